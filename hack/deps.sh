@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# deps.sh installs and builds the real parts Raksh is tested against, caching
+# everything under _output/ so that a second run is fast.
+#
+#   hack/deps.sh packages     Debian packages (qemu, cpio, libseccomp-dev, ...)
+#   hack/deps.sh containerd   containerd, ctr, containerd-shim-runc-v2 (v2.4.2)
+#   hack/deps.sh runc         static runc for the guest (and the host)
+#   hack/deps.sh kernel       Debian cloud kernel + virtio modules (extracted)
+#   hack/deps.sh all
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+OUT="${OUTPUT_DIR:-$ROOT/_output}"
+DEPS="$OUT/deps"
+BIN="$DEPS/bin"
+CONTAINERD_VERSION="${CONTAINERD_VERSION:-v2.4.2}"
+RUNC_VERSION="${RUNC_VERSION:-v1.5.2}"
+KERNEL_PKG="${KERNEL_PKG:-linux-image-cloud-amd64}"
+mkdir -p "$BIN"
+
+log() { echo "deps: $*" >&2; }
+
+packages() {
+	local need=()
+	for p in qemu-system-x86 qemu-utils cpio libseccomp-dev pkg-config gcc make e2fsprogs; do
+		dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
+	done
+	if [ "${#need[@]}" -gt 0 ]; then
+		log "installing ${need[*]}"
+		apt-get update -qq
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+	fi
+}
+
+containerd() {
+	if [ -x "$BIN/containerd" ] && "$BIN/containerd" --version | grep -q "$CONTAINERD_VERSION"; then
+		return
+	fi
+	log "building containerd $CONTAINERD_VERSION"
+	GOBIN="$BIN" CGO_ENABLED=1 go install \
+		-ldflags "-X github.com/containerd/containerd/v2/version.Version=$CONTAINERD_VERSION" \
+		"github.com/containerd/containerd/v2/cmd/containerd@$CONTAINERD_VERSION" \
+		"github.com/containerd/containerd/v2/cmd/ctr@$CONTAINERD_VERSION" \
+		"github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2@$CONTAINERD_VERSION"
+}
+
+runc() {
+	if [ -x "$BIN/runc" ] && "$BIN/runc" --version | grep -q "${RUNC_VERSION#v}"; then
+		return
+	fi
+	log "building static runc $RUNC_VERSION"
+	local dir
+	dir="$(go mod download -json "github.com/opencontainers/runc@$RUNC_VERSION" | sed -n 's/.*"Dir": "\(.*\)".*/\1/p')"
+	(cd "$dir" && CGO_ENABLED=1 go build -trimpath -mod=vendor -buildvcs=false -tags "seccomp urfave_cli_no_docs" \
+		-ldflags "-X main.version=${RUNC_VERSION#v} -extldflags -static" -o "$BIN/runc" .)
+}
+
+kernel() {
+	local kdir="$DEPS/kernel"
+	if [ -f "$kdir/vmlinuz" ] && [ -d "$kdir/modules" ]; then
+		return
+	fi
+	log "fetching $KERNEL_PKG"
+	rm -rf "$kdir" && mkdir -p "$kdir/deb"
+	apt-get update -qq >/dev/null 2>&1 || true
+	# The meta package names the versioned image package.
+	local real
+	real="$(apt-cache depends "$KERNEL_PKG" | sed -n 's/.*Depends: \(linux-image-[0-9].*\)/\1/p' | head -1)"
+	[ -n "$real" ] || { log "cannot resolve $KERNEL_PKG"; exit 1; }
+	(cd "$kdir/deb" && apt-get download "$real" >/dev/null)
+	dpkg-deb -x "$kdir"/deb/*.deb "$kdir/root"
+	cp "$kdir"/root/boot/vmlinuz-* "$kdir/vmlinuz"
+	mv "$kdir"/root/lib/modules/* "$kdir/modules"
+	rm -rf "$kdir/root" "$kdir/deb"
+	echo "$real" >"$kdir/package"
+}
+
+case "${1:-all}" in
+packages) packages ;;
+containerd) containerd ;;
+runc) runc ;;
+kernel) kernel ;;
+all) packages; kernel; containerd; runc ;;
+*) echo "usage: $0 [packages|containerd|runc|kernel|all]" >&2; exit 2 ;;
+esac

@@ -23,7 +23,7 @@ func (f fakeAttester) Evidence(context.Context, [ReportDataSize]byte) ([]byte, e
 
 type fakeLauncher struct{ t Type }
 
-func (f fakeLauncher) Type() Type                                 { return f.t }
+func (f fakeLauncher) Type() Type                                  { return f.t }
 func (f fakeLauncher) LaunchArgs(LaunchParams) (LaunchArgs, error) { return LaunchArgs{}, nil }
 
 func TestRegistry(t *testing.T) {

@@ -372,7 +372,9 @@ var _ tee.Launcher = (*Launcher)(nil)
 
 // NewLauncher returns a launcher reporting measurement (see Measure); nil
 // leaves the measurement out.
-func NewLauncher(measurement []byte) *Launcher { return &Launcher{measurement: bytes.Clone(measurement)} }
+func NewLauncher(measurement []byte) *Launcher {
+	return &Launcher{measurement: bytes.Clone(measurement)}
+}
 
 // Type implements tee.Launcher.
 func (l *Launcher) Type() tee.Type { return tee.Sim }

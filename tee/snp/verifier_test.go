@@ -219,9 +219,9 @@ func wrappingCertTable(t testing.TB) []byte {
 
 func TestNewVerifierBadConfig(t *testing.T) {
 	for name, cfg := range map[string]Config{
-		"short measurement": {Measurements: []string{"abcd"}},
-		"non-hex host data": {InitDataDigests: []string{"zz"}},
-		"missing cert file": {CertFiles: []string{"testdata/nope"}},
+		"short measurement":          {Measurements: []string{"abcd"}},
+		"non-hex host data":          {InitDataDigests: []string{"zz"}},
+		"missing cert file":          {CertFiles: []string{"testdata/nope"}},
 		"roots without product line": {RootBundles: []string{"testdata/vcek.testcer"}},
 	} {
 		t.Run(name, func(t *testing.T) {

@@ -49,10 +49,14 @@ runc() {
 		return
 	fi
 	log "building static runc $RUNC_VERSION"
-	local dir
-	dir="$(go mod download -json "github.com/opencontainers/runc@$RUNC_VERSION" | sed -n 's/.*"Dir": "\(.*\)".*/\1/p')"
-	(cd "$dir" && CGO_ENABLED=1 go build -trimpath -mod=vendor -buildvcs=false -tags "seccomp urfave_cli_no_docs" \
-		-ldflags "-X main.version=${RUNC_VERSION#v} -extldflags -static" -o "$BIN/runc" .)
+	# go install keeps the module's own go.mod; the proxy's zip has no vendor/.
+	local tmp
+	tmp="$(mktemp -d)"
+	GOBIN="$tmp" CGO_ENABLED=1 go install -trimpath -tags "seccomp urfave_cli_no_docs" \
+		-ldflags "-X main.version=${RUNC_VERSION#v} -extldflags -static" \
+		"github.com/opencontainers/runc@$RUNC_VERSION"
+	mv "$tmp/runc" "$BIN/runc" && rmdir "$tmp"
+	file "$BIN/runc" 2>/dev/null | grep -q "statically linked" || ldd "$BIN/runc" 2>&1 | grep -q "not a dynamic" || { log "runc is not static"; exit 1; }
 }
 
 kernel() {

@@ -1,0 +1,60 @@
+package agent
+
+import (
+	"context"
+	"fmt"
+	"os"
+
+	"github.com/containerd/console"
+	runc "github.com/containerd/go-runc"
+)
+
+type consoleSocket struct{ *runc.Socket }
+
+func newConsoleSocket(path string) (*consoleSocket, error) {
+	os.Remove(path)
+	s, err := runc.NewConsoleSocket(path)
+	if err != nil {
+		return nil, fmt.Errorf("console socket: %w", err)
+	}
+	return &consoleSocket{s}, nil
+}
+
+// receive waits for the pty master, giving up if the runtime call behind
+// pidc fails first (it then never sends one).
+func (s *consoleSocket) receive(ctx context.Context, pidc chan struct {
+	pid int
+	err error
+}) (consoleResizer, error) {
+	type res struct {
+		c   console.Console
+		err error
+	}
+	rc := make(chan res, 1)
+	go func() {
+		c, err := s.ReceiveMaster()
+		rc <- res{c, err}
+	}()
+	select {
+	case r := <-rc:
+		if r.err != nil {
+			return nil, fmt.Errorf("receive pty master: %w", r.err)
+		}
+		return ptyConsole{r.c}, nil
+	case r := <-pidc:
+		s.Close() // unblocks ReceiveMaster
+		if r.err == nil {
+			r.err = fmt.Errorf("runtime sent no pty master")
+		}
+		return nil, r.err
+	case <-ctx.Done():
+		s.Close()
+		return nil, ctx.Err()
+	}
+}
+
+type ptyConsole struct{ console.Console }
+
+func (c ptyConsole) Resize(w, h uint16) error {
+	return c.Console.Resize(console.WinSize{Width: w, Height: h})
+}

@@ -1,0 +1,192 @@
+package agent
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/containerd/cgroups/v3/cgroup2"
+	"github.com/containerd/log"
+	"golang.org/x/sys/unix"
+
+	"github.com/raksh-project/raksh/internal/wire"
+)
+
+// ModulesOrder is the file in the initrd listing kernel modules, one path
+// per line, in the order they must be loaded.
+const ModulesOrder = "/lib/modules/load.order"
+
+// CgroupParent is the guest cgroup holding every container.
+const CgroupParent = "/raksh"
+
+// SetupSystem mounts the guest's pseudo filesystems, loads the initrd's
+// kernel modules and enables cgroup controllers. It is run by PID 1.
+func SetupSystem(ctx context.Context) error {
+	mounts := []struct {
+		src, target, fstype string
+		flags               uintptr
+		data                string
+	}{
+		{"proc", "/proc", "proc", unix.MS_NOSUID | unix.MS_NODEV | unix.MS_NOEXEC, ""},
+		{"sysfs", "/sys", "sysfs", unix.MS_NOSUID | unix.MS_NODEV | unix.MS_NOEXEC, ""},
+		{"devtmpfs", "/dev", "devtmpfs", unix.MS_NOSUID, "mode=0755"},
+		{"devpts", "/dev/pts", "devpts", unix.MS_NOSUID | unix.MS_NOEXEC, "newinstance,ptmxmode=0666,mode=0620"},
+		{"tmpfs", "/dev/shm", "tmpfs", unix.MS_NOSUID | unix.MS_NODEV, "mode=1777"},
+		{"tmpfs", "/run", "tmpfs", unix.MS_NOSUID | unix.MS_NODEV, "mode=0755"},
+		{"tmpfs", "/tmp", "tmpfs", unix.MS_NOSUID | unix.MS_NODEV, "mode=1777"},
+		{"cgroup2", "/sys/fs/cgroup", "cgroup2", unix.MS_NOSUID | unix.MS_NODEV | unix.MS_NOEXEC, ""},
+	}
+	for _, m := range mounts {
+		if err := os.MkdirAll(m.target, 0o755); err != nil {
+			return err
+		}
+		if err := unix.Mount(m.src, m.target, m.fstype, m.flags, m.data); err != nil && !errors.Is(err, unix.EBUSY) {
+			return fmt.Errorf("mount %s on %s: %w", m.fstype, m.target, err)
+		}
+	}
+	os.Symlink("/proc/self/fd", "/dev/fd")
+	os.Remove("/dev/ptmx")
+	os.Symlink("pts/ptmx", "/dev/ptmx")
+	if err := LoadModules(ctx, ModulesOrder); err != nil {
+		return err
+	}
+	for _, c := range []string{"cpu", "cpuset", "io", "memory", "pids"} {
+		if err := os.WriteFile("/sys/fs/cgroup/cgroup.subtree_control", []byte("+"+c), 0); err != nil {
+			log.G(ctx).WithError(err).WithField("controller", c).Debug("cgroup controller not enabled")
+		}
+	}
+	if err := os.MkdirAll(filepath.Join("/sys/fs/cgroup", CgroupParent), 0o755); err != nil {
+		return err
+	}
+	os.WriteFile(filepath.Join("/sys/fs/cgroup", CgroupParent, "cgroup.subtree_control"), []byte("+cpu +memory +pids +io"), 0)
+	return unix.Sethostname([]byte("raksh"))
+}
+
+// LoadModules loads the modules listed in the file at order.
+func LoadModules(ctx context.Context, order string) error {
+	f, err := os.Open(order)
+	if err != nil {
+		if os.IsNotExist(err) {
+			return nil
+		}
+		return err
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		path := strings.TrimSpace(sc.Text())
+		if path == "" || strings.HasPrefix(path, "#") {
+			continue
+		}
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return fmt.Errorf("read module: %w", err)
+		}
+		if err := unix.InitModule(b, ""); err != nil && !errors.Is(err, unix.EEXIST) {
+			return fmt.Errorf("load module %s: %w", filepath.Base(path), err)
+		}
+	}
+	return sc.Err()
+}
+
+// FindPort returns the device of the virtio-serial port called name,
+// waiting for the driver to create it.
+func FindPort(ctx context.Context, name string, timeout time.Duration) (string, error) {
+	deadline := time.Now().Add(timeout)
+	for {
+		ports, _ := filepath.Glob("/sys/class/virtio-ports/*/name")
+		for _, p := range ports {
+			b, err := os.ReadFile(p)
+			if err == nil && strings.TrimSpace(string(b)) == name {
+				dev := "/dev/" + filepath.Base(filepath.Dir(p))
+				if _, err := os.Stat(dev); err == nil {
+					return dev, nil
+				}
+			}
+		}
+		if time.Now().After(deadline) {
+			return "", fmt.Errorf("virtio-serial port %q not found after %s", name, timeout)
+		}
+		select {
+		case <-ctx.Done():
+			return "", ctx.Err()
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
+// SerialPort is a virtio-serial port whose reads return EOF while the host
+// side is not connected; it retries such reads instead.
+type SerialPort struct{ f *os.File }
+
+// OpenSerialPort opens the port device.
+func OpenSerialPort(dev string) (*SerialPort, error) {
+	f, err := os.OpenFile(dev, os.O_RDWR, 0)
+	if err != nil {
+		return nil, err
+	}
+	return &SerialPort{f: f}, nil
+}
+
+// Read implements io.Reader, treating EOF as "host not connected yet".
+func (p *SerialPort) Read(b []byte) (int, error) {
+	for {
+		n, err := p.f.Read(b)
+		if n > 0 || (err != nil && err != io.EOF) {
+			return n, err
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// Write implements io.Writer.
+func (p *SerialPort) Write(b []byte) (int, error) { return p.f.Write(b) }
+
+// Close implements io.Closer.
+func (p *SerialPort) Close() error { return p.f.Close() }
+
+// CgroupStats returns the cgroup v2 metrics of a container in the guest.
+func CgroupStats(id string) (any, error) {
+	m, err := cgroup2.Load(filepath.Join(CgroupParent, id))
+	if err != nil {
+		return nil, err
+	}
+	return m.Stat()
+}
+
+// WatchOOM publishes an "oom" event each time the kernel OOM-kills a
+// process of container id.
+func (s *Service) WatchOOM(ctx context.Context, id string) {
+	m, err := cgroup2.Load(filepath.Join(CgroupParent, id))
+	if err != nil {
+		log.G(ctx).WithError(err).WithField("id", id).Warn("cannot watch cgroup for OOM")
+		return
+	}
+	evc, errc := m.EventChan()
+	go func() {
+		var last uint64
+		for {
+			select {
+			case ev := <-evc:
+				if ev.OOMKill > last {
+					last = ev.OOMKill
+					s.Publish(wire.Event{Type: "oom", ContainerID: id})
+				}
+			case <-errc:
+				return
+			}
+		}
+	}()
+}
+
+// PowerOff syncs and powers the VM off.
+func PowerOff() {
+	unix.Sync()
+	unix.Reboot(unix.LINUX_REBOOT_CMD_POWER_OFF)
+}

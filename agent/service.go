@@ -1,0 +1,849 @@
+// Package agent is the in-guest half of Raksh: the task service the shim
+// drives over ttrpc, backed by runc inside the VM.
+package agent
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"sync"
+	"syscall"
+	"time"
+
+	taskAPI "github.com/containerd/containerd/api/runtime/task/v3"
+	"github.com/containerd/containerd/api/types"
+	"github.com/containerd/containerd/api/types/task"
+	"github.com/containerd/containerd/v2/pkg/archive"
+	"github.com/containerd/containerd/v2/pkg/protobuf"
+	ptypes "github.com/containerd/containerd/v2/pkg/protobuf/types"
+	"github.com/containerd/errdefs"
+	"github.com/containerd/errdefs/pkg/errgrpc"
+	"github.com/containerd/log"
+	"github.com/containerd/typeurl/v2"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+
+	"github.com/raksh-project/raksh/internal/wire"
+)
+
+const streamTimeout = 30 * time.Second
+
+// Service is the agent's task service.
+type Service struct {
+	root    string
+	rt      Runtime
+	streams *streams
+
+	mu         sync.Mutex
+	containers map[string]*container
+	byPid      map[int]*process
+	early      map[int]int // exits reaped before their pid was known
+
+	events chan wire.Event
+	// Stats returns cgroup metrics of a container; nil disables Stats.
+	stats func(id string) (any, error)
+	// shutdown is called after Shutdown has answered.
+	shutdown func()
+	// created is called after a container was created.
+	created func(ctx context.Context, id string)
+}
+
+// WithCreated sets a function called after each container is created (the
+// agent watches its cgroup for OOM kills).
+func WithCreated(f func(ctx context.Context, id string)) Opt {
+	return func(s *Service) { s.created = f }
+}
+
+// Opt configures a Service.
+type Opt func(*Service)
+
+// WithStats sets the function returning a container's metrics.
+func WithStats(f func(id string) (any, error)) Opt { return func(s *Service) { s.stats = f } }
+
+// WithShutdown sets what runs once the shim asked the agent to shut down.
+func WithShutdown(f func()) Opt { return func(s *Service) { s.shutdown = f } }
+
+// NewService returns a task service keeping bundles under root.
+func NewService(root string, rt Runtime, opts ...Opt) *Service {
+	s := &Service{
+		root:       root,
+		rt:         rt,
+		streams:    newStreams(),
+		containers: map[string]*container{},
+		byPid:      map[int]*process{},
+		early:      map[int]int{},
+		events:     make(chan wire.Event, 64),
+	}
+	for _, o := range opts {
+		o(s)
+	}
+	go s.reap()
+	return s
+}
+
+var _ taskAPI.TTRPCTaskService = (*Service)(nil)
+
+type container struct {
+	id     string
+	bundle string
+	spec   *specs.Spec
+	init   *process
+	execs  map[string]*process
+}
+
+type process struct {
+	id, execID string
+	pid        int
+	terminal   bool
+	started    bool
+
+	mu       sync.Mutex
+	stdin    io.WriteCloser
+	console  consoleResizer
+	exited   chan struct{}
+	status   int
+	exitedAt time.Time
+	ioDone   sync.WaitGroup
+	closers  []io.Closer
+
+	// spec and stdio of an exec between Exec and Start.
+	spec  []byte
+	stdio [3]string
+}
+
+func (p *process) pendingSpec() []byte { return p.spec }
+
+type consoleResizer interface {
+	Resize(w, h uint16) error
+	io.ReadWriteCloser
+}
+
+// HandleStream passes a stream opened by the shim to the service.
+func (s *Service) HandleStream(ctx context.Context, name string, c net.Conn) {
+	if name == wire.EventsStream {
+		go s.sendEvents(ctx, c)
+		return
+	}
+	s.streams.add(name, c)
+}
+
+// Publish queues an asynchronous event for the shim; it never blocks.
+func (s *Service) Publish(ev wire.Event) {
+	select {
+	case s.events <- ev:
+	default:
+		log.G(context.Background()).WithField("type", ev.Type).Warn("dropping agent event: queue full")
+	}
+}
+
+func (s *Service) sendEvents(ctx context.Context, c net.Conn) {
+	defer c.Close()
+	enc := json.NewEncoder(c)
+	for ev := range s.events {
+		if err := enc.Encode(ev); err != nil {
+			log.G(ctx).WithError(err).Warn("events stream closed")
+			return
+		}
+	}
+}
+
+func (s *Service) reap() {
+	for e := range s.rt.Exits() {
+		s.mu.Lock()
+		p, ok := s.byPid[e.Pid]
+		if ok {
+			delete(s.byPid, e.Pid)
+		} else {
+			if len(s.early) > 1024 {
+				clear(s.early)
+			}
+			s.early[e.Pid] = e.Status
+		}
+		s.mu.Unlock()
+		if ok {
+			p.setExited(e.Status)
+		}
+	}
+}
+
+// track registers pid for process p, delivering an exit that was reaped
+// before the pid was known.
+func (s *Service) track(p *process, pid int) {
+	s.mu.Lock()
+	p.pid = pid
+	status, exited := s.early[pid]
+	if exited {
+		delete(s.early, pid)
+	} else {
+		s.byPid[pid] = p
+	}
+	s.mu.Unlock()
+	if exited {
+		p.setExited(status)
+	}
+}
+
+func newProcess(id, execID string, terminal bool) *process {
+	return &process{id: id, execID: execID, terminal: terminal, exited: make(chan struct{})}
+}
+
+func (p *process) setExited(status int) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	select {
+	case <-p.exited:
+		return
+	default:
+	}
+	p.status = status
+	p.exitedAt = time.Now()
+	close(p.exited)
+}
+
+func (p *process) hasExited() bool {
+	select {
+	case <-p.exited:
+		return true
+	default:
+		return false
+	}
+}
+
+// closeIO releases the process's stdio once its output is drained.
+func (p *process) closeIO() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, c := range p.closers {
+		c.Close()
+	}
+	p.closers = nil
+	if p.stdin != nil {
+		p.stdin.Close()
+		p.stdin = nil
+	}
+}
+
+func (s *Service) get(id string) (*container, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	c, ok := s.containers[id]
+	if !ok {
+		return nil, fmt.Errorf("container %q: %w", id, errdefs.ErrNotFound)
+	}
+	return c, nil
+}
+
+func (s *Service) getProcess(id, execID string) (*container, *process, error) {
+	c, err := s.get(id)
+	if err != nil {
+		return nil, nil, err
+	}
+	if execID == "" {
+		return c, c.init, nil
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	p, ok := c.execs[execID]
+	if !ok {
+		return nil, nil, fmt.Errorf("exec %q in container %q: %w", execID, id, errdefs.ErrNotFound)
+	}
+	return c, p, nil
+}
+
+// Create creates a container from the spec carried in the request's
+// options and the rootfs archive streamed by the shim.
+func (s *Service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *taskAPI.CreateTaskResponse, retErr error) {
+	if err := wire.ValidID(r.ID); err != nil {
+		return nil, errgrpc.ToGRPC(fmt.Errorf("%w: %w", err, errdefs.ErrInvalidArgument))
+	}
+	spec, err := decodeSpec(r.Options)
+	if err != nil {
+		return nil, errgrpc.ToGRPC(err)
+	}
+	s.mu.Lock()
+	if _, ok := s.containers[r.ID]; ok {
+		s.mu.Unlock()
+		return nil, errgrpc.ToGRPCf(errdefs.ErrAlreadyExists, "container %q", r.ID)
+	}
+	c := &container{id: r.ID, bundle: filepath.Join(s.root, r.ID), spec: spec, execs: map[string]*process{}}
+	s.containers[r.ID] = c
+	s.mu.Unlock()
+	defer func() {
+		if retErr != nil {
+			s.mu.Lock()
+			delete(s.containers, r.ID)
+			s.mu.Unlock()
+			os.RemoveAll(c.bundle)
+		}
+	}()
+
+	rootfs := filepath.Join(c.bundle, "rootfs")
+	if err := os.MkdirAll(rootfs, 0o700); err != nil {
+		return nil, errgrpc.ToGRPC(err)
+	}
+	if err := s.receiveRootfs(ctx, r.ID, r.Rootfs, rootfs); err != nil {
+		return nil, errgrpc.ToGRPC(err)
+	}
+	s.adaptSpec(c, rootfs)
+	b, err := json.Marshal(c.spec)
+	if err != nil {
+		return nil, errgrpc.ToGRPC(err)
+	}
+	if err := os.WriteFile(filepath.Join(c.bundle, "config.json"), b, 0o600); err != nil {
+		return nil, errgrpc.ToGRPC(err)
+	}
+
+	p := newProcess(r.ID, "", r.Terminal)
+	pid, err := s.startProcess(ctx, p, r.Stdin, r.Stdout, r.Stderr, func(stdio Stdio, console string) (int, error) {
+		return s.rt.Create(ctx, r.ID, c.bundle, stdio, console)
+	})
+	if err != nil {
+		return nil, errgrpc.ToGRPC(fmt.Errorf("create container %q: %w", r.ID, err))
+	}
+	c.init = p
+	s.track(p, pid)
+	log.G(ctx).WithField("id", r.ID).WithField("pid", pid).Info("container created")
+	if s.created != nil {
+		s.created(context.WithoutCancel(ctx), r.ID)
+	}
+	return &taskAPI.CreateTaskResponse{Pid: uint32(pid)}, nil
+}
+
+func decodeSpec(a *ptypes.Any) (*specs.Spec, error) {
+	if a == nil || a.GetTypeUrl() != wire.SpecTypeURL {
+		return nil, fmt.Errorf("create request carries no OCI spec: %w", errdefs.ErrInvalidArgument)
+	}
+	var spec specs.Spec
+	if err := json.Unmarshal(a.GetValue(), &spec); err != nil {
+		return nil, fmt.Errorf("decode OCI spec: %v: %w", err, errdefs.ErrInvalidArgument)
+	}
+	if spec.Process == nil {
+		return nil, fmt.Errorf("OCI spec has no process: %w", errdefs.ErrInvalidArgument)
+	}
+	return &spec, nil
+}
+
+func (s *Service) receiveRootfs(ctx context.Context, id string, mounts []*types.Mount, dest string) error {
+	if len(mounts) != 1 || mounts[0].Type != wire.RootfsTar {
+		return fmt.Errorf("rootfs must be one %s mount, got %d mounts: %w", wire.RootfsTar, len(mounts), errdefs.ErrInvalidArgument)
+	}
+	if mounts[0].Source != wire.RootfsStream(id) {
+		return fmt.Errorf("rootfs stream %q does not belong to container %q: %w", mounts[0].Source, id, errdefs.ErrInvalidArgument)
+	}
+	st, err := s.streams.claim(ctx, mounts[0].Source, streamTimeout)
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	start := time.Now()
+	n, err := archive.Apply(ctx, dest, st)
+	if err != nil {
+		return fmt.Errorf("unpack rootfs of %q: %w", id, err)
+	}
+	log.G(ctx).WithField("id", id).WithField("bytes", n).WithField("elapsed", time.Since(start)).Debug("rootfs received")
+	return nil
+}
+
+// adaptSpec turns the host's spec into one that runs in the guest: the
+// rootfs is the unpacked copy, host-only paths are dropped, namespaces of a
+// pod's containers point at its sandbox's in the guest.
+func (s *Service) adaptSpec(c *container, rootfs string) {
+	spec := c.spec
+	spec.Root = &specs.Root{Path: rootfs, Readonly: spec.Root != nil && spec.Root.Readonly}
+	spec.Hooks = nil
+	if spec.Process != nil {
+		spec.Process.ApparmorProfile = ""
+		spec.Process.SelinuxLabel = ""
+	}
+	var mounts []specs.Mount
+	for _, m := range spec.Mounts {
+		if m.Type == "bind" || hasOpt(m.Options, "bind") || hasOpt(m.Options, "rbind") {
+			if _, err := os.Stat(m.Source); err != nil {
+				continue // a host path that does not exist in the guest
+			}
+		}
+		mounts = append(mounts, m)
+	}
+	spec.Mounts = mounts
+	if spec.Linux == nil {
+		return
+	}
+	spec.Linux.CgroupsPath = "/raksh/" + c.id
+	spec.Linux.MountLabel = ""
+	sandboxPid := s.sandboxPid(spec)
+	for i, ns := range spec.Linux.Namespaces {
+		if ns.Path == "" {
+			continue
+		}
+		spec.Linux.Namespaces[i].Path = ""
+		if sandboxPid > 0 {
+			if name, ok := nsFile[ns.Type]; ok {
+				spec.Linux.Namespaces[i].Path = fmt.Sprintf("/proc/%d/ns/%s", sandboxPid, name)
+			}
+		}
+	}
+}
+
+var nsFile = map[specs.LinuxNamespaceType]string{
+	specs.NetworkNamespace: "net",
+	specs.IPCNamespace:     "ipc",
+	specs.UTSNamespace:     "uts",
+	specs.PIDNamespace:     "pid",
+}
+
+// sandboxPid returns the guest pid of the CRI sandbox container of spec.
+func (s *Service) sandboxPid(spec *specs.Spec) int {
+	sb := spec.Annotations["io.kubernetes.cri.sandbox-id"]
+	if sb == "" || spec.Annotations["io.kubernetes.cri.container-type"] == "sandbox" {
+		return 0
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if c, ok := s.containers[sb]; ok && c.init != nil && !c.init.hasExited() {
+		return c.init.pid
+	}
+	return 0
+}
+
+func hasOpt(opts []string, o string) bool {
+	for _, x := range opts {
+		if x == o {
+			return true
+		}
+	}
+	return false
+}
+
+// startProcess wires a process's stdio to the shim's streams and runs fn.
+func (s *Service) startProcess(ctx context.Context, p *process, stdin, stdout, stderr string,
+	fn func(Stdio, string) (int, error)) (int, error) {
+	var (
+		stdio   Stdio
+		child   []*os.File
+		cleanup []io.Closer
+		ok      bool
+	)
+	defer func() {
+		for _, f := range child {
+			f.Close()
+		}
+		if !ok {
+			for _, c := range cleanup {
+				c.Close()
+			}
+		}
+	}()
+	claim := func(name string) (net.Conn, error) {
+		if name == "" {
+			return nil, nil
+		}
+		c, err := s.streams.claim(ctx, name, streamTimeout)
+		if err != nil {
+			return nil, err
+		}
+		cleanup = append(cleanup, c)
+		return c, nil
+	}
+	in, err := claim(stdin)
+	if err != nil {
+		return 0, err
+	}
+	out, err := claim(stdout)
+	if err != nil {
+		return 0, err
+	}
+	errS, err := claim(stderr)
+	if err != nil {
+		return 0, err
+	}
+
+	if p.terminal {
+		sock, err := newConsoleSocket(filepath.Join(s.root, fmt.Sprintf(".console-%s-%s", p.id, p.execID)))
+		if err != nil {
+			return 0, err
+		}
+		defer sock.Close()
+		pidc := make(chan struct {
+			pid int
+			err error
+		}, 1)
+		go func() {
+			pid, err := fn(stdio, sock.Path())
+			pidc <- struct {
+				pid int
+				err error
+			}{pid, err}
+		}()
+		con, err := sock.receive(ctx, pidc)
+		if err != nil {
+			return 0, err
+		}
+		r := <-pidc
+		if r.err != nil {
+			con.Close()
+			return 0, r.err
+		}
+		p.console = con
+		cleanup = append(cleanup, con)
+		if in != nil {
+			p.stdin = nopCloseWriter{con}
+			go func() { io.Copy(con, in) }()
+		}
+		if out != nil {
+			p.ioDone.Add(1)
+			go func() {
+				defer p.ioDone.Done()
+				io.Copy(out, con) // ends with EIO when the last holder of the pty exits
+				closeWrite(out)
+			}()
+		}
+		p.closers = cleanup
+		ok = true
+		return r.pid, nil
+	}
+
+	pipe := func(c net.Conn, toChild bool) (*os.File, error) {
+		if c == nil {
+			return nil, nil
+		}
+		r, w, err := os.Pipe()
+		if err != nil {
+			return nil, err
+		}
+		if toChild {
+			child = append(child, r)
+			p.stdin = w
+			go func() {
+				io.Copy(w, c)
+				p.mu.Lock()
+				if p.stdin == w {
+					p.stdin = nil
+				}
+				p.mu.Unlock()
+				w.Close()
+			}()
+			return r, nil
+		}
+		child = append(child, w)
+		p.ioDone.Add(1)
+		go func() {
+			defer p.ioDone.Done()
+			io.Copy(c, r)
+			r.Close()
+			closeWrite(c)
+		}()
+		return w, nil
+	}
+	if stdio.Stdin, err = pipe(in, true); err != nil {
+		return 0, err
+	}
+	if stdio.Stdout, err = pipe(out, false); err != nil {
+		return 0, err
+	}
+	if stdio.Stderr, err = pipe(errS, false); err != nil {
+		return 0, err
+	}
+	pid, err := fn(stdio, "")
+	if err != nil {
+		return 0, err
+	}
+	p.closers = cleanup
+	ok = true
+	return pid, nil
+}
+
+type nopCloseWriter struct{ io.Writer }
+
+func (nopCloseWriter) Close() error { return nil }
+
+// closeWrite half-closes a stream so the shim reads EOF after the data.
+func closeWrite(c net.Conn) {
+	c.Close() // a yamux stream's Close is a half-close: reads stay possible
+}
+
+// Start starts a created container or exec.
+func (s *Service) Start(ctx context.Context, r *taskAPI.StartRequest) (*taskAPI.StartResponse, error) {
+	c, p, err := s.getProcess(r.ID, r.ExecID)
+	if err != nil {
+		return nil, errgrpc.ToGRPC(err)
+	}
+	if r.ExecID != "" {
+		if p.started {
+			return nil, errgrpc.ToGRPCf(errdefs.ErrFailedPrecondition, "exec %q already started", r.ExecID)
+		}
+		var proc specs.Process
+		if err := json.Unmarshal(p.pendingSpec(), &proc); err != nil {
+			return nil, errgrpc.ToGRPC(err)
+		}
+		pid, err := s.startProcess(ctx, p, p.stdio[0], p.stdio[1], p.stdio[2], func(stdio Stdio, console string) (int, error) {
+			return s.rt.Exec(ctx, c.id, r.ExecID, &proc, stdio, console)
+		})
+		if err != nil {
+			return nil, errgrpc.ToGRPC(fmt.Errorf("exec %q in %q: %w", r.ExecID, c.id, err))
+		}
+		p.started = true
+		s.track(p, pid)
+		return &taskAPI.StartResponse{Pid: uint32(pid)}, nil
+	}
+	if p.started {
+		return nil, errgrpc.ToGRPCf(errdefs.ErrFailedPrecondition, "container %q already started", r.ID)
+	}
+	if err := s.rt.Start(ctx, r.ID); err != nil {
+		return nil, errgrpc.ToGRPC(fmt.Errorf("start %q: %w", r.ID, err))
+	}
+	p.started = true
+	return &taskAPI.StartResponse{Pid: uint32(p.pid)}, nil
+}
+
+// Exec registers an additional process; Start runs it.
+func (s *Service) Exec(ctx context.Context, r *taskAPI.ExecProcessRequest) (*ptypes.Empty, error) {
+	if err := wire.ValidID(r.ExecID); err != nil {
+		return nil, errgrpc.ToGRPC(fmt.Errorf("%w: %w", err, errdefs.ErrInvalidArgument))
+	}
+	c, err := s.get(r.ID)
+	if err != nil {
+		return nil, errgrpc.ToGRPC(err)
+	}
+	if r.Spec == nil {
+		return nil, errgrpc.ToGRPCf(errdefs.ErrInvalidArgument, "exec %q has no process spec", r.ExecID)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if _, ok := c.execs[r.ExecID]; ok {
+		return nil, errgrpc.ToGRPCf(errdefs.ErrAlreadyExists, "exec %q", r.ExecID)
+	}
+	p := newProcess(r.ID, r.ExecID, r.Terminal)
+	p.spec = r.Spec.GetValue()
+	p.stdio = [3]string{r.Stdin, r.Stdout, r.Stderr}
+	c.execs[r.ExecID] = p
+	return &ptypes.Empty{}, nil
+}
+
+// Wait waits for a process to exit and its output to be drained.
+func (s *Service) Wait(ctx context.Context, r *taskAPI.WaitRequest) (*taskAPI.WaitResponse, error) {
+	_, p, err := s.getProcess(r.ID, r.ExecID)
+	if err != nil {
+		return nil, errgrpc.ToGRPC(err)
+	}
+	select {
+	case <-p.exited:
+	case <-ctx.Done():
+		return nil, errgrpc.ToGRPC(ctx.Err())
+	}
+	p.ioDone.Wait()
+	p.closeIO()
+	return &taskAPI.WaitResponse{ExitStatus: uint32(p.status), ExitedAt: protobuf.ToTimestamp(p.exitedAt)}, nil
+}
+
+// Kill signals a process.
+func (s *Service) Kill(ctx context.Context, r *taskAPI.KillRequest) (*ptypes.Empty, error) {
+	c, p, err := s.getProcess(r.ID, r.ExecID)
+	if err != nil {
+		return nil, errgrpc.ToGRPC(err)
+	}
+	if r.ExecID != "" {
+		if p.pid == 0 || p.hasExited() {
+			return nil, errgrpc.ToGRPCf(errdefs.ErrNotFound, "exec %q is not running", r.ExecID)
+		}
+		if err := syscall.Kill(p.pid, syscall.Signal(r.Signal)); err != nil {
+			return nil, errgrpc.ToGRPC(fmt.Errorf("signal exec %q: %w", r.ExecID, err))
+		}
+		return &ptypes.Empty{}, nil
+	}
+	if p.hasExited() && !r.All {
+		return nil, errgrpc.ToGRPCf(errdefs.ErrNotFound, "container %q: process already finished", c.id)
+	}
+	if err := s.rt.Kill(ctx, c.id, int(r.Signal), r.All); err != nil {
+		return nil, errgrpc.ToGRPC(fmt.Errorf("kill %q: %w", c.id, err))
+	}
+	return &ptypes.Empty{}, nil
+}
+
+// Delete removes an exited exec, or a container and its bundle.
+func (s *Service) Delete(ctx context.Context, r *taskAPI.DeleteRequest) (*taskAPI.DeleteResponse, error) {
+	c, p, err := s.getProcess(r.ID, r.ExecID)
+	if err != nil {
+		return nil, errgrpc.ToGRPC(err)
+	}
+	if r.ExecID != "" {
+		if p.started && !p.hasExited() {
+			return nil, errgrpc.ToGRPCf(errdefs.ErrFailedPrecondition, "exec %q is still running", r.ExecID)
+		}
+		s.mu.Lock()
+		delete(c.execs, r.ExecID)
+		s.mu.Unlock()
+		p.closeIO()
+		return &taskAPI.DeleteResponse{Pid: uint32(p.pid), ExitStatus: uint32(p.status), ExitedAt: protobuf.ToTimestamp(p.exitedAt)}, nil
+	}
+	if err := s.rt.Delete(ctx, c.id, true); err != nil {
+		log.G(ctx).WithError(err).WithField("id", c.id).Warn("runc delete failed")
+	}
+	if !p.hasExited() {
+		// A created but never started container: its process is gone now.
+		select {
+		case <-p.exited:
+		case <-time.After(2 * time.Second):
+			p.setExited(128 + int(syscall.SIGKILL))
+		}
+	}
+	p.closeIO()
+	s.mu.Lock()
+	delete(s.containers, c.id)
+	for _, e := range c.execs {
+		e.closeIO()
+	}
+	s.mu.Unlock()
+	if err := os.RemoveAll(c.bundle); err != nil {
+		log.G(ctx).WithError(err).Warn("failed to remove bundle")
+	}
+	return &taskAPI.DeleteResponse{Pid: uint32(p.pid), ExitStatus: uint32(p.status), ExitedAt: protobuf.ToTimestamp(p.exitedAt)}, nil
+}
+
+// State reports a process's state.
+func (s *Service) State(ctx context.Context, r *taskAPI.StateRequest) (*taskAPI.StateResponse, error) {
+	c, p, err := s.getProcess(r.ID, r.ExecID)
+	if err != nil {
+		return nil, errgrpc.ToGRPC(err)
+	}
+	st := task.Status_CREATED
+	switch {
+	case p.hasExited():
+		st = task.Status_STOPPED
+	case p.started:
+		st = task.Status_RUNNING
+	}
+	resp := &taskAPI.StateResponse{
+		ID: r.ID, ExecID: r.ExecID, Bundle: c.bundle, Pid: uint32(p.pid), Status: st,
+		Terminal: p.terminal, ExitStatus: uint32(p.status), ExitedAt: protobuf.ToTimestamp(p.exitedAt),
+	}
+	return resp, nil
+}
+
+// Pids lists a container's processes.
+func (s *Service) Pids(ctx context.Context, r *taskAPI.PidsRequest) (*taskAPI.PidsResponse, error) {
+	c, err := s.get(r.ID)
+	if err != nil {
+		return nil, errgrpc.ToGRPC(err)
+	}
+	pids, err := s.rt.Pids(ctx, c.id)
+	if err != nil {
+		return nil, errgrpc.ToGRPC(err)
+	}
+	resp := &taskAPI.PidsResponse{}
+	for _, pid := range pids {
+		resp.Processes = append(resp.Processes, &task.ProcessInfo{Pid: uint32(pid)})
+	}
+	return resp, nil
+}
+
+// Pause is not supported.
+func (s *Service) Pause(context.Context, *taskAPI.PauseRequest) (*ptypes.Empty, error) {
+	return nil, errgrpc.ToGRPCf(errdefs.ErrNotImplemented, "pause is not supported by the raksh agent")
+}
+
+// Resume is not supported.
+func (s *Service) Resume(context.Context, *taskAPI.ResumeRequest) (*ptypes.Empty, error) {
+	return nil, errgrpc.ToGRPCf(errdefs.ErrNotImplemented, "resume is not supported by the raksh agent")
+}
+
+// Checkpoint is not supported: a confidential VM's memory must not leave it.
+func (s *Service) Checkpoint(context.Context, *taskAPI.CheckpointTaskRequest) (*ptypes.Empty, error) {
+	return nil, errgrpc.ToGRPCf(errdefs.ErrNotImplemented, "checkpoint is not supported by the raksh agent")
+}
+
+// ResizePty resizes a process's terminal.
+func (s *Service) ResizePty(ctx context.Context, r *taskAPI.ResizePtyRequest) (*ptypes.Empty, error) {
+	_, p, err := s.getProcess(r.ID, r.ExecID)
+	if err != nil {
+		return nil, errgrpc.ToGRPC(err)
+	}
+	p.mu.Lock()
+	con := p.console
+	p.mu.Unlock()
+	if con == nil {
+		return nil, errgrpc.ToGRPCf(errdefs.ErrFailedPrecondition, "process has no terminal")
+	}
+	if err := con.Resize(uint16(r.Width), uint16(r.Height)); err != nil {
+		return nil, errgrpc.ToGRPC(err)
+	}
+	return &ptypes.Empty{}, nil
+}
+
+// CloseIO closes a process's stdin.
+func (s *Service) CloseIO(ctx context.Context, r *taskAPI.CloseIORequest) (*ptypes.Empty, error) {
+	_, p, err := s.getProcess(r.ID, r.ExecID)
+	if err != nil {
+		return nil, errgrpc.ToGRPC(err)
+	}
+	if r.Stdin {
+		p.mu.Lock()
+		if p.stdin != nil {
+			p.stdin.Close()
+			p.stdin = nil
+		}
+		p.mu.Unlock()
+	}
+	return &ptypes.Empty{}, nil
+}
+
+// Update changes a container's resources.
+func (s *Service) Update(ctx context.Context, r *taskAPI.UpdateTaskRequest) (*ptypes.Empty, error) {
+	c, err := s.get(r.ID)
+	if err != nil {
+		return nil, errgrpc.ToGRPC(err)
+	}
+	var res specs.LinuxResources
+	if r.Resources == nil {
+		return nil, errgrpc.ToGRPCf(errdefs.ErrInvalidArgument, "update without resources")
+	}
+	if err := json.Unmarshal(r.Resources.GetValue(), &res); err != nil {
+		return nil, errgrpc.ToGRPCf(errdefs.ErrInvalidArgument, "decode resources: %v", err)
+	}
+	if err := s.rt.Update(ctx, c.id, &res); err != nil {
+		return nil, errgrpc.ToGRPC(err)
+	}
+	return &ptypes.Empty{}, nil
+}
+
+// Stats returns a container's cgroup metrics.
+func (s *Service) Stats(ctx context.Context, r *taskAPI.StatsRequest) (*taskAPI.StatsResponse, error) {
+	c, err := s.get(r.ID)
+	if err != nil {
+		return nil, errgrpc.ToGRPC(err)
+	}
+	if s.stats == nil {
+		return nil, errgrpc.ToGRPCf(errdefs.ErrNotImplemented, "stats are not available")
+	}
+	m, err := s.stats(c.id)
+	if err != nil {
+		return nil, errgrpc.ToGRPC(err)
+	}
+	a, err := typeurl.MarshalAnyToProto(m)
+	if err != nil {
+		return nil, errgrpc.ToGRPC(err)
+	}
+	return &taskAPI.StatsResponse{Stats: a}, nil
+}
+
+// Connect returns the agent's and the container's pids.
+func (s *Service) Connect(ctx context.Context, r *taskAPI.ConnectRequest) (*taskAPI.ConnectResponse, error) {
+	resp := &taskAPI.ConnectResponse{ShimPid: uint32(os.Getpid()), Version: wire.Version}
+	if c, err := s.get(r.ID); err == nil && c.init != nil {
+		resp.TaskPid = uint32(c.init.pid)
+	}
+	return resp, nil
+}
+
+// Shutdown stops the agent (and powers the VM off) once it has answered.
+func (s *Service) Shutdown(ctx context.Context, r *taskAPI.ShutdownRequest) (*ptypes.Empty, error) {
+	if s.shutdown != nil {
+		go func() {
+			time.Sleep(50 * time.Millisecond) // let the reply reach the shim
+			s.shutdown()
+		}()
+	}
+	return &ptypes.Empty{}, nil
+}

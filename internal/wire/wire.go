@@ -1,0 +1,54 @@
+// Package wire holds the conventions shared by the shim and the agent on top
+// of the containerd task API: stream names, the spec carried in a task's
+// Options and the rootfs mount types. Both ends import it so the protocol is
+// defined in one place.
+package wire
+
+import (
+	"fmt"
+	"strings"
+)
+
+// Version is the protocol version the shim and the agent speak. It is
+// checked at connect time.
+const Version = "raksh.agent/v1"
+
+// SpecTypeURL is the type URL of the Any in CreateTaskRequest.Options and
+// ExecProcessRequest.Spec carrying JSON (an OCI runtime spec or process).
+const SpecTypeURL = "raksh.io/oci+json"
+
+// RootfsTar is the rootfs mount type whose Source names a stream carrying a
+// tar archive of the container's root filesystem.
+const RootfsTar = "raksh.tar"
+
+// EventsStream is the stream on which the agent publishes asynchronous
+// events (OOM) as JSON lines.
+const EventsStream = "events"
+
+// Event is one asynchronous agent event.
+type Event struct {
+	// Type is "oom".
+	Type string `json:"type"`
+	// ContainerID is the container the event concerns.
+	ContainerID string `json:"container_id"`
+}
+
+// StdioStream returns the name of a stdio stream of a process. fd is
+// "stdin", "stdout" or "stderr"; execID is empty for a container's init.
+func StdioStream(containerID, execID, fd string) string {
+	if execID == "" {
+		execID = "init"
+	}
+	return fmt.Sprintf("io/%s/%s/%s", containerID, execID, fd)
+}
+
+// RootfsStream returns the name of the stream carrying a container's rootfs.
+func RootfsStream(containerID string) string { return "rootfs/" + containerID }
+
+// ValidID reports whether id is safe as a path element and stream name part.
+func ValidID(id string) error {
+	if id == "" || len(id) > 128 || id == "." || id == ".." || strings.ContainsAny(id, "/\x00") {
+		return fmt.Errorf("invalid id %q", id)
+	}
+	return nil
+}

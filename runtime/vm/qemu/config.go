@@ -1,0 +1,152 @@
+// Package qemu launches Raksh VMs with QEMU. Config renders QEMU's
+// arguments in the shape of govmm's qemu.Config; QMP (go-qemu) is used for
+// status and shutdown.
+package qemu
+
+import (
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+
+	"github.com/raksh-project/raksh/tee"
+)
+
+// Accelerators.
+const (
+	AccelKVM = "kvm"
+	AccelTCG = "tcg"
+)
+
+// Config describes one VM. Args renders it; nothing is started.
+type Config struct {
+	// Path is the QEMU binary.
+	Path string
+	// Name names the VM in QEMU (process title, QMP).
+	Name string
+	// Machine is the machine type ("pc", "q35", "pseries").
+	Machine string
+	// MachineOptions are appended to -machine.
+	MachineOptions []string
+	// Accel is "kvm" or "tcg".
+	Accel string
+	// CPUModel is the -cpu model; empty picks "host" for KVM, "max" for TCG.
+	CPUModel string
+	// MemoryMiB is the guest memory in MiB.
+	MemoryMiB uint
+	// VCPUs is the number of virtual CPUs.
+	VCPUs uint
+	// Kernel, Initrd and KernelParams boot the guest directly.
+	Kernel       string
+	Initrd       string
+	KernelParams []string
+	// ConsoleLog receives the guest's serial console; empty discards it.
+	ConsoleLog string
+	// AgentSocket is the host unix socket of the agent's virtio-serial port,
+	// named AgentPort in the guest.
+	AgentSocket string
+	AgentPort   string
+	// VsockCID, if not zero, adds a vhost-vsock device with that guest CID.
+	VsockCID uint32
+	// QMPSocket is the host unix socket of the QMP monitor.
+	QMPSocket string
+	// PidFile, if set, is where QEMU writes its pid.
+	PidFile string
+	// TEE are the confidential-computing options of the TEE backend.
+	TEE tee.LaunchArgs
+	// Extra are further raw arguments.
+	Extra []string
+}
+
+// Validate checks the config is complete.
+func (c *Config) Validate() error {
+	var errs []error
+	if c.Path == "" {
+		errs = append(errs, errors.New("qemu path is empty"))
+	}
+	if c.Kernel == "" {
+		errs = append(errs, errors.New("kernel path is empty"))
+	}
+	if c.Initrd == "" {
+		errs = append(errs, errors.New("initrd path is empty"))
+	}
+	if c.AgentSocket == "" && c.VsockCID == 0 {
+		errs = append(errs, errors.New("no agent transport: set an agent socket or a vsock CID"))
+	}
+	if c.Accel != AccelKVM && c.Accel != AccelTCG {
+		errs = append(errs, fmt.Errorf("accel %q is neither kvm nor tcg", c.Accel))
+	}
+	if c.MemoryMiB < 64 {
+		errs = append(errs, fmt.Errorf("memory %d MiB is below 64 MiB", c.MemoryMiB))
+	}
+	if c.VCPUs == 0 {
+		errs = append(errs, errors.New("vcpus is 0"))
+	}
+	return errors.Join(errs...)
+}
+
+// Args renders the QEMU command line (without the binary).
+func (c *Config) Args() ([]string, error) {
+	if err := c.Validate(); err != nil {
+		return nil, fmt.Errorf("invalid vm config: %w", err)
+	}
+	machine := c.Machine
+	if machine == "" {
+		machine = "pc"
+	}
+	mopts := append([]string{machine, "accel=" + c.Accel}, c.MachineOptions...)
+	mopts = append(mopts, c.TEE.MachineOptions...)
+	cpu := c.CPUModel
+	if cpu == "" {
+		cpu = "max"
+		if c.Accel == AccelKVM {
+			cpu = "host"
+		}
+	}
+	args := []string{
+		"-name", c.Name,
+		"-machine", strings.Join(mopts, ","),
+		"-cpu", cpu,
+		"-m", strconv.FormatUint(uint64(c.MemoryMiB), 10) + "M",
+		"-smp", strconv.FormatUint(uint64(c.VCPUs), 10),
+		"-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
+		"-kernel", c.Kernel,
+		"-initrd", c.Initrd,
+		"-append", strings.Join(append(append([]string{}, c.KernelParams...), c.TEE.KernelParams...), " "),
+	}
+	if c.ConsoleLog != "" {
+		args = append(args, "-chardev", "file,id=console,path="+escape(c.ConsoleLog), "-serial", "chardev:console")
+	} else {
+		args = append(args, "-serial", "null")
+	}
+	args = append(args, "-device", "virtio-rng-pci,id=rng0")
+	if c.AgentSocket != "" {
+		port := c.AgentPort
+		if port == "" {
+			port = "raksh.agent"
+		}
+		args = append(args,
+			"-device", "virtio-serial-pci,id=vser0",
+			"-chardev", "socket,id=agent,path="+escape(c.AgentSocket)+",server=on,wait=off",
+			"-device", "virtserialport,bus=vser0.0,chardev=agent,name="+port,
+		)
+	}
+	if c.VsockCID != 0 {
+		args = append(args, "-device", fmt.Sprintf("vhost-vsock-pci,id=vsock0,guest-cid=%d", c.VsockCID))
+	}
+	if c.QMPSocket != "" {
+		args = append(args, "-qmp", "unix:"+escape(c.QMPSocket)+",server=on,wait=off")
+	}
+	if c.PidFile != "" {
+		args = append(args, "-pidfile", c.PidFile)
+	}
+	for _, o := range c.TEE.Objects {
+		args = append(args, "-object", o)
+	}
+	args = append(args, c.TEE.Extra...)
+	args = append(args, c.Extra...)
+	return args, nil
+}
+
+// escape doubles commas, QEMU's escape inside option values.
+func escape(s string) string { return strings.ReplaceAll(s, ",", ",,") }

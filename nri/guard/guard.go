@@ -142,12 +142,12 @@ func Cleartext(spec *specs.Spec, m envelope.Manifest) []string {
 		}
 	}
 	for _, mnt := range spec.Mounts {
-		if !hostBacked(mnt) {
+		if !HostBacked(mnt.Type, mnt.Options) {
 			continue
 		}
 		dest := path.Clean("/" + mnt.Destination)
 		for _, f := range m.Files {
-			if covers(dest, f) {
+			if Covers(dest, f) {
 				found = append(found, fmt.Sprintf("mount %q (sealed file %q)", dest, f))
 				break
 			}
@@ -156,18 +156,20 @@ func Cleartext(spec *specs.Spec, m envelope.Manifest) []string {
 	return found
 }
 
-// hostBacked reports whether a mount may expose host files: a bind mount, or
-// any type not known to be a pseudo or memory file system.
-func hostBacked(m specs.Mount) bool {
-	if slices.Contains(m.Options, "bind") || slices.Contains(m.Options, "rbind") {
+// HostBacked reports whether a mount of this type and options may expose
+// host files: a bind mount, or any type not known to be a pseudo or memory
+// file system.
+func HostBacked(typ string, options []string) bool {
+	if slices.Contains(options, "bind") || slices.Contains(options, "rbind") {
 		return true
 	}
-	return !contentless[m.Type]
+	return !contentless[typ]
 }
 
-// covers reports whether a mount at dest makes file visible: file is dest
+// Covers reports whether a mount at dest makes file visible: file is dest
 // itself or lies below it.
-func covers(dest, file string) bool {
+func Covers(dest, file string) bool {
+	dest = path.Clean("/" + dest)
 	file = path.Clean("/" + file)
 	if dest == file || dest == "/" {
 		return true

@@ -221,14 +221,14 @@ func (s *state) seal(ctx context.Context, b envelope.Binding, pod *api.PodSandbo
 	}
 
 	if total > lim.MaxEnvelopeBytes {
-		return nil, fmt.Errorf("container %s: %d bytes to seal, envelope limit %d: %w", b, total, lim.MaxEnvelopeBytes, ErrTooLarge)
+		return nil, fmt.Errorf("container %s: %d bytes to seal, over the envelope limit %d: %w", b, total, lim.MaxEnvelopeBytes, ErrTooLarge)
 	}
 	data, err := envelope.Seal(spec, b, r)
 	if err != nil {
 		return nil, fmt.Errorf("container %s: failed to seal: %w", b, err)
 	}
 	if len(data) > lim.MaxEnvelopeBytes {
-		return nil, fmt.Errorf("container %s: envelope is %d bytes, limit %d: %w", b, len(data), lim.MaxEnvelopeBytes, ErrTooLarge)
+		return nil, fmt.Errorf("container %s: envelope is %d bytes, over the envelope limit %d: %w", b, len(data), lim.MaxEnvelopeBytes, ErrTooLarge)
 	}
 	adj.AddAnnotation(envelope.ContainerAnnotation, string(data))
 	log.G(ctx).WithFields(log.Fields{

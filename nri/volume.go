@@ -122,7 +122,7 @@ func (r *volumeReader) file(p, dest string, fi os.FileInfo) (envelope.File, erro
 	}
 	*r.total += len(content)
 	if *r.total > r.lim.MaxEnvelopeBytes {
-		return envelope.File{}, fmt.Errorf("sealing file %q brings the envelope over %d bytes: %w", dest, r.lim.MaxEnvelopeBytes, ErrTooLarge)
+		return envelope.File{}, fmt.Errorf("sealing file %q goes over the envelope limit %d: %w", dest, r.lim.MaxEnvelopeBytes, ErrTooLarge)
 	}
 	return envelope.File{Path: dest, Mode: uint32(fi.Mode().Perm()), Content: content}, nil
 }

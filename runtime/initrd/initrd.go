@@ -1,0 +1,251 @@
+// Package initrd assembles the Raksh guest initrd: the agent as /init, a
+// static runc, and the kernel modules the agent loads in dependency order.
+package initrd
+
+import (
+	"bufio"
+	"bytes"
+	"compress/gzip"
+	"debug/elf"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strings"
+)
+
+// DefaultModules are the modules a Raksh guest needs from a Debian cloud
+// kernel, where virtio drivers are modules. Dependencies are added.
+var DefaultModules = []string{
+	"virtio_pci", "virtio_console", "virtio-rng",
+	"vmw_vsock_virtio_transport", "overlay",
+}
+
+// Options describe an initrd.
+type Options struct {
+	// Agent is the static raksh-agent binary; it becomes /init.
+	Agent string
+	// Runc is the static runc binary; it becomes /bin/runc.
+	Runc string
+	// ModulesDir is the kernel's lib/modules/<version> directory.
+	ModulesDir string
+	// Modules are module names to include (with their dependencies).
+	Modules []string
+	// Files are extra files: destination path in the initrd → host path.
+	Files map[string]string
+	// Output is the path of the gzip-compressed newc cpio archive.
+	Output string
+}
+
+// Build writes the initrd described by o.
+func Build(o Options) error {
+	if o.Agent == "" || o.Runc == "" || o.Output == "" {
+		return errors.New("initrd: agent, runc and output are required")
+	}
+	stage, err := os.MkdirTemp("", "raksh-initrd-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(stage)
+	for _, d := range []string{"bin", "dev", "proc", "sys", "run", "tmp", "etc", "lib/modules", "var/lib"} {
+		if err := os.MkdirAll(filepath.Join(stage, d), 0o755); err != nil {
+			return err
+		}
+	}
+	if err := copyFile(o.Agent, filepath.Join(stage, "init"), 0o755); err != nil {
+		return fmt.Errorf("agent: %w", err)
+	}
+	if err := copyFile(o.Runc, filepath.Join(stage, "bin/runc"), 0o755); err != nil {
+		return fmt.Errorf("runc: %w", err)
+	}
+	for dst, src := range o.Files {
+		if err := os.MkdirAll(filepath.Join(stage, filepath.Dir(dst)), 0o755); err != nil {
+			return err
+		}
+		if err := copyFile(src, filepath.Join(stage, dst), 0o644); err != nil {
+			return err
+		}
+	}
+	if o.ModulesDir != "" {
+		order, err := ModuleOrder(o.ModulesDir, o.Modules)
+		if err != nil {
+			return err
+		}
+		var list bytes.Buffer
+		for _, m := range order {
+			rel, _ := filepath.Rel(o.ModulesDir, m)
+			dst := filepath.Join("lib/modules", rel)
+			if err := os.MkdirAll(filepath.Join(stage, filepath.Dir(dst)), 0o755); err != nil {
+				return err
+			}
+			if err := copyFile(m, filepath.Join(stage, dst), 0o644); err != nil {
+				return err
+			}
+			fmt.Fprintf(&list, "/%s\n", dst)
+		}
+		if err := os.WriteFile(filepath.Join(stage, "lib/modules/load.order"), list.Bytes(), 0o644); err != nil {
+			return err
+		}
+	}
+	return writeCpio(stage, o.Output)
+}
+
+// writeCpio archives dir with Debian's cpio (newc) and gzips it.
+func writeCpio(dir, output string) error {
+	var files []string
+	err := filepath.Walk(dir, func(p string, _ os.FileInfo, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(dir, p)
+		files = append(files, rel)
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	sort.Strings(files) // reproducible
+	tmp := output + ".tmp"
+	out, err := os.Create(tmp)
+	if err != nil {
+		return err
+	}
+	defer os.Remove(tmp)
+	gz, _ := gzip.NewWriterLevel(out, gzip.BestSpeed)
+	cmd := exec.Command("cpio", "--quiet", "-o", "-H", "newc", "-R", "0:0", "--reproducible")
+	cmd.Dir = dir
+	cmd.Stdin = strings.NewReader(strings.Join(files, "\n") + "\n")
+	cmd.Stdout = gz
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	if err := cmd.Run(); err != nil {
+		out.Close()
+		return fmt.Errorf("cpio: %w: %s", err, bytes.TrimSpace(stderr.Bytes()))
+	}
+	if err := gz.Close(); err != nil {
+		out.Close()
+		return err
+	}
+	if err := out.Close(); err != nil {
+		return err
+	}
+	return os.Rename(tmp, output)
+}
+
+// ModuleOrder resolves names to module files under modulesDir, adds their
+// dependencies (read from each module's .modinfo section) and returns the
+// files in load order.
+func ModuleOrder(modulesDir string, names []string) ([]string, error) {
+	index := map[string]string{}
+	err := filepath.Walk(modulesDir, func(p string, info os.FileInfo, err error) error {
+		if err != nil {
+			return err
+		}
+		if strings.HasSuffix(p, ".ko") {
+			index[normalize(strings.TrimSuffix(filepath.Base(p), ".ko"))] = p
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	var (
+		order    []string
+		visiting = map[string]bool{}
+		done     = map[string]bool{}
+	)
+	var visit func(string) error
+	visit = func(name string) error {
+		name = normalize(name)
+		if done[name] {
+			return nil
+		}
+		if visiting[name] {
+			return fmt.Errorf("module dependency cycle at %s", name)
+		}
+		path, ok := index[name]
+		if !ok {
+			return fmt.Errorf("kernel module %s not found under %s", name, modulesDir)
+		}
+		visiting[name] = true
+		deps, err := moduleDeps(path)
+		if err != nil {
+			return err
+		}
+		for _, d := range deps {
+			if err := visit(d); err != nil {
+				return err
+			}
+		}
+		visiting[name] = false
+		done[name] = true
+		order = append(order, path)
+		return nil
+	}
+	for _, n := range names {
+		if err := visit(n); err != nil {
+			return nil, err
+		}
+	}
+	return order, nil
+}
+
+func normalize(n string) string { return strings.ReplaceAll(n, "-", "_") }
+
+// moduleDeps reads "depends=" from a module's .modinfo section.
+func moduleDeps(path string) ([]string, error) {
+	f, err := elf.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("module %s: %w", path, err)
+	}
+	defer f.Close()
+	sec := f.Section(".modinfo")
+	if sec == nil {
+		return nil, fmt.Errorf("module %s has no .modinfo", path)
+	}
+	b, err := sec.Data()
+	if err != nil {
+		return nil, err
+	}
+	sc := bufio.NewScanner(bytes.NewReader(b))
+	sc.Split(splitNUL)
+	for sc.Scan() {
+		if v, ok := strings.CutPrefix(sc.Text(), "depends="); ok {
+			if v == "" {
+				return nil, nil
+			}
+			return strings.Split(v, ","), nil
+		}
+	}
+	return nil, nil
+}
+
+func splitNUL(data []byte, atEOF bool) (int, []byte, error) {
+	if i := bytes.IndexByte(data, 0); i >= 0 {
+		return i + 1, data[:i], nil
+	}
+	if atEOF && len(data) > 0 {
+		return len(data), data, nil
+	}
+	return 0, nil, nil
+}
+
+func copyFile(src, dst string, mode os.FileMode) error {
+	in, err := os.Open(src)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	out, err := os.OpenFile(dst, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, mode)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(out, in); err != nil {
+		out.Close()
+		return err
+	}
+	return out.Close()
+}

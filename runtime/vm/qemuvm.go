@@ -1,0 +1,249 @@
+package vm
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/containerd/log"
+	"github.com/containerd/ttrpc"
+
+	"github.com/raksh-project/raksh/internal/transport"
+	"github.com/raksh-project/raksh/runtime/vm/qemu"
+)
+
+// QEMUOptions configure a QEMU-backed Instance.
+type QEMUOptions struct {
+	// Config is the VM; its Accel may be "auto" (see AccelCache).
+	Config qemu.Config
+	// Dir is the VM's state directory (sockets, console log).
+	Dir string
+	// BootTimeout bounds boot until the agent's handshake.
+	BootTimeout time.Duration
+	// KVMProbeTimeout bounds the first KVM boot when Accel is "auto"; a VM
+	// whose agent has not answered by then is restarted under TCG and the
+	// result is remembered in AccelCache.
+	KVMProbeTimeout time.Duration
+	// AccelCache is the file remembering the probe's result.
+	AccelCache string
+}
+
+// AccelAuto picks KVM when a probe boot proves it works, else TCG.
+const AccelAuto = "auto"
+
+type qemuVM struct {
+	opts QEMUOptions
+
+	mu     sync.Mutex
+	proc   *qemu.Process
+	sess   transport.Session
+	client *ttrpc.Client
+	done   chan struct{}
+	once   sync.Once
+}
+
+// NewQEMU returns an Instance that boots opts.Config with QEMU.
+func NewQEMU(opts QEMUOptions) Instance {
+	if opts.BootTimeout == 0 {
+		opts.BootTimeout = 2 * time.Minute
+	}
+	if opts.KVMProbeTimeout == 0 {
+		opts.KVMProbeTimeout = 15 * time.Second
+	}
+	return &qemuVM{opts: opts, done: make(chan struct{})}
+}
+
+// ProbeAccel returns the accelerator to use for "auto": a cached result,
+// or "" when a probe boot is needed.
+func ProbeAccel(cache string) string {
+	if _, err := os.Stat("/dev/kvm"); err != nil {
+		return qemu.AccelTCG
+	}
+	if cache == "" {
+		return ""
+	}
+	b, err := os.ReadFile(cache)
+	if err != nil {
+		return ""
+	}
+	switch a := strings.TrimSpace(string(b)); a {
+	case qemu.AccelKVM, qemu.AccelTCG:
+		return a
+	}
+	return ""
+}
+
+func (v *qemuVM) Start(ctx context.Context) error {
+	cfg := v.opts.Config
+	if err := os.MkdirAll(v.opts.Dir, 0o700); err != nil {
+		return err
+	}
+	cfg.AgentSocket = filepath.Join(v.opts.Dir, "agent.sock")
+	cfg.QMPSocket = filepath.Join(v.opts.Dir, "qmp.sock")
+	cfg.PidFile = filepath.Join(v.opts.Dir, "qemu.pid")
+	if cfg.ConsoleLog == "" {
+		cfg.ConsoleLog = filepath.Join(v.opts.Dir, "console.log")
+	}
+	probing := false
+	if cfg.Accel == AccelAuto {
+		cfg.Accel = ProbeAccel(v.opts.AccelCache)
+		if cfg.Accel == "" {
+			cfg.Accel, probing = qemu.AccelKVM, true
+		}
+	}
+	start := time.Now()
+	if probing {
+		err := v.boot(ctx, cfg, v.opts.KVMProbeTimeout)
+		if err == nil {
+			v.remember(qemu.AccelKVM)
+			log.G(ctx).WithField("elapsed", time.Since(start)).Info("kvm probe boot succeeded; using kvm")
+			return nil
+		}
+		log.G(ctx).WithError(err).Warn("kvm probe boot failed; falling back to tcg")
+		v.stopProcess(ctx)
+		v.remember(qemu.AccelTCG)
+		cfg.Accel = qemu.AccelTCG
+		start = time.Now()
+	}
+	if err := v.boot(ctx, cfg, v.opts.BootTimeout); err != nil {
+		v.stopProcess(ctx)
+		return err
+	}
+	log.G(ctx).WithField("accel", cfg.Accel).WithField("elapsed", time.Since(start)).Info("vm booted, agent connected")
+	return nil
+}
+
+func (v *qemuVM) remember(accel string) {
+	if v.opts.AccelCache == "" {
+		return
+	}
+	os.MkdirAll(filepath.Dir(v.opts.AccelCache), 0o755)
+	os.WriteFile(v.opts.AccelCache, []byte(accel+"\n"), 0o644)
+}
+
+func (v *qemuVM) boot(ctx context.Context, cfg qemu.Config, timeout time.Duration) error {
+	os.Remove(cfg.AgentSocket)
+	os.Remove(cfg.QMPSocket)
+	os.Remove(cfg.ConsoleLog)
+	proc, err := qemu.Start(cfg)
+	if err != nil {
+		return err
+	}
+	v.mu.Lock()
+	v.proc = proc
+	v.mu.Unlock()
+
+	bctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	var conn net.Conn
+	for conn == nil {
+		c, err := net.Dial("unix", cfg.AgentSocket)
+		if err == nil {
+			conn = c
+			break
+		}
+		select {
+		case <-proc.Done():
+			return fmt.Errorf("vm failed to start: %w", proc.ExitError())
+		case <-bctx.Done():
+			return fmt.Errorf("vm agent socket did not appear within %s", timeout)
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+	go func() {
+		select {
+		case <-proc.Done():
+			conn.Close() // unblocks the handshake
+		case <-bctx.Done():
+		}
+	}()
+	sess, err := transport.Client(bctx, conn)
+	if err != nil {
+		conn.Close()
+		select {
+		case <-proc.Done():
+			return fmt.Errorf("vm exited before its agent answered: %w", proc.ExitError())
+		case <-time.After(500 * time.Millisecond): // a reset connection usually means QEMU is exiting
+		}
+		if errors.Is(bctx.Err(), context.DeadlineExceeded) {
+			return fmt.Errorf("agent did not answer within %s (accel %s; see %s): %w", timeout, cfg.Accel, cfg.ConsoleLog, err)
+		}
+		return fmt.Errorf("agent handshake: %w", err)
+	}
+	ctrl, err := sess.Open(ctx, transport.ControlStream)
+	if err != nil {
+		sess.Close()
+		return err
+	}
+	v.mu.Lock()
+	v.sess = sess
+	v.client = ttrpc.NewClient(ctrl)
+	v.mu.Unlock()
+	go func() {
+		select {
+		case <-proc.Done():
+		case <-sess.Done():
+		}
+		v.once.Do(func() { close(v.done) })
+	}()
+	return nil
+}
+
+func (v *qemuVM) Client() *ttrpc.Client {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return v.client
+}
+
+func (v *qemuVM) StartStream(ctx context.Context, name string) (net.Conn, error) {
+	v.mu.Lock()
+	sess := v.sess
+	v.mu.Unlock()
+	if sess == nil {
+		return nil, errors.New("vm is not running")
+	}
+	return sess.Open(ctx, name)
+}
+
+func (v *qemuVM) stopProcess(ctx context.Context) {
+	v.mu.Lock()
+	proc, sess, client := v.proc, v.sess, v.client
+	v.sess, v.client = nil, nil
+	v.mu.Unlock()
+	if client != nil {
+		client.Close()
+	}
+	if sess != nil {
+		sess.Close()
+	}
+	if proc != nil {
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		proc.Stop(sctx)
+	}
+}
+
+func (v *qemuVM) Shutdown(ctx context.Context) error {
+	v.stopProcess(ctx)
+	v.once.Do(func() { close(v.done) })
+	os.Remove(filepath.Join(v.opts.Dir, "agent.sock"))
+	os.Remove(filepath.Join(v.opts.Dir, "qmp.sock"))
+	return nil
+}
+
+func (v *qemuVM) Done() <-chan struct{} { return v.done }
+
+func (v *qemuVM) Pid() int {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if v.proc == nil {
+		return 0
+	}
+	return v.proc.Pid()
+}

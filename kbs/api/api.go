@@ -169,4 +169,3 @@ func DecodeEvidence(raw json.RawMessage) ([]byte, error) {
 	}
 	return nil, fmt.Errorf("tee-evidence must be a JSON string or object: %w", errdefs.ErrInvalidArgument)
 }
-

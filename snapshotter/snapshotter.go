@@ -490,9 +490,15 @@ func (s *Snapshotter) mounts(sn storage.Snapshot) []mount.Mount {
 }
 
 func (s *Snapshotter) snapshotPath(id string) string { return filepath.Join(s.root, "snapshots", id) }
-func (s *Snapshotter) upperPath(id string) string    { return filepath.Join(s.root, "snapshots", id, "fs") }
-func (s *Snapshotter) workPath(id string) string     { return filepath.Join(s.root, "snapshots", id, "work") }
-func (s *Snapshotter) rootfsPath(id string) string   { return filepath.Join(s.root, "snapshots", id, "rootfs") }
+func (s *Snapshotter) upperPath(id string) string {
+	return filepath.Join(s.root, "snapshots", id, "fs")
+}
+func (s *Snapshotter) workPath(id string) string {
+	return filepath.Join(s.root, "snapshots", id, "work")
+}
+func (s *Snapshotter) rootfsPath(id string) string {
+	return filepath.Join(s.root, "snapshots", id, "rootfs")
+}
 
 func fileExists(p string) bool {
 	_, err := os.Lstat(p)

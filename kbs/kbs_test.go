@@ -269,7 +269,7 @@ func (e *env) do(method, path string, body []byte, hdr map[string]string, cookie
 
 func (e *env) auth(teeName string) (*manual, int, api.ErrorInformation) {
 	e.t.Helper()
-	body, _ := json.Marshal(api.Request{Version: api.ProtocolVersion, TEE: teeName, ExtraParams: map[string]any{}})
+	body, _ := json.Marshal(api.Request{Version: api.ProtocolVersion, TEE: teeName, ExtraParams: api.EmptyParams})
 	resp, out := e.do("POST", api.AuthPath, body, nil, nil)
 	if resp.StatusCode != 200 {
 		var info api.ErrorInformation

@@ -321,7 +321,7 @@ func (s *Server) handleAuth(w http.ResponseWriter, r *http.Request) {
 	s.sessions[id] = &session{tee: t, nonce: nonce, expires: expires}
 	s.mu.Unlock()
 	s.setCookie(w, r, id, expires)
-	writeJSON(w, api.Challenge{Nonce: nonce, ExtraParams: map[string]any{}})
+	writeJSON(w, api.Challenge{Nonce: nonce, ExtraParams: api.EmptyParams})
 }
 
 func (s *Server) setCookie(w http.ResponseWriter, r *http.Request, id string, expires time.Time) {

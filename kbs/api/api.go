@@ -38,16 +38,21 @@ const (
 
 // Request is the KBC's first message (POST /kbs/v0/auth).
 type Request struct {
-	Version     string         `json:"version"`
-	TEE         string         `json:"tee"`
-	ExtraParams map[string]any `json:"extra-params"`
+	Version string `json:"version"`
+	TEE     string `json:"tee"`
+	// ExtraParams is any JSON value (Trustee clients send {} or "").
+	ExtraParams json.RawMessage `json:"extra-params"`
 }
 
 // Challenge is the KBS's answer to a Request.
 type Challenge struct {
-	Nonce       string         `json:"nonce"`
-	ExtraParams map[string]any `json:"extra-params"`
+	Nonce string `json:"nonce"`
+	// ExtraParams is any JSON value; raksh-kbs sends {}.
+	ExtraParams json.RawMessage `json:"extra-params"`
 }
+
+// EmptyParams is the extra-params value raksh sends.
+var EmptyParams = json.RawMessage(`{}`)
 
 // InitData is the optional init data of an Attestation.
 type InitData struct {

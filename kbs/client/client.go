@@ -195,7 +195,7 @@ func (c *Client) Attest(ctx context.Context) error {
 }
 
 func (c *Client) attestLocked(ctx context.Context) error {
-	resp, err := c.post(ctx, api.AuthPath, api.Request{Version: api.ProtocolVersion, TEE: string(c.attester.Type()), ExtraParams: map[string]any{}}, nil)
+	resp, err := c.post(ctx, api.AuthPath, api.Request{Version: api.ProtocolVersion, TEE: string(c.attester.Type()), ExtraParams: api.EmptyParams}, nil)
 	if err != nil {
 		return err
 	}
@@ -327,7 +327,20 @@ func (c *Client) fetch(ctx context.Context, path string) ([]byte, error) {
 }
 
 // DecryptResponse opens a KBS Response (JWE JSON) with the TEE private key.
+//
+// Trustee sets the "aad" member to the base64url protected header itself
+// (kbs_attestation_protocol.md, "Response"), which RFC 7516 would read as
+// extra AAD; such an "aad" member is dropped so the RFC computation (AAD =
+// ASCII(protected)) matches what Trustee encrypted with.
 func DecryptResponse(body []byte, key any) ([]byte, error) {
+	var members map[string]json.RawMessage
+	if err := json.Unmarshal(body, &members); err != nil {
+		return nil, fmt.Errorf("kbs response is not a JSON object: %w", errdefs.ErrInvalidArgument)
+	}
+	if aad, ok := members["aad"]; ok && bytes.Equal(aad, members["protected"]) {
+		delete(members, "aad")
+		body, _ = json.Marshal(members)
+	}
 	obj, err := jose.ParseEncryptedJSON(string(body),
 		[]jose.KeyAlgorithm{jose.ECDH_ES_A256KW, jose.RSA_OAEP_256, jose.RSA_OAEP},
 		[]jose.ContentEncryption{jose.A256GCM})

@@ -58,4 +58,3 @@ func main() {
 		os.Exit(1)
 	}
 }
-

@@ -137,7 +137,15 @@ func (s *state) adopt(ctx context.Context, b envelope.Binding, ctr *api.Containe
 	removed := map[string]bool{}
 	for _, e := range ctr.GetEnv() {
 		name, value, _ := strings.Cut(e, "=")
-		if (sealed[name] || value == envelope.Placeholder) && !removed[name] {
+		if removed[name] {
+			continue
+		}
+		switch {
+		case sealed[name] && value != envelope.Placeholder:
+			removed[name] = true
+			stripEnv(adj, name)
+		case value == envelope.Placeholder:
+			// A stray placeholder: removal is best effort (see stripEnv).
 			removed[name] = true
 			adj.RemoveEnv(name)
 		}
@@ -197,7 +205,7 @@ func (s *state) seal(ctx context.Context, b envelope.Binding, pod *api.PodSandbo
 		seen[name] = true
 		total += len(e)
 		spec.Env = append(spec.Env, e)
-		adj.RemoveEnv(name)
+		stripEnv(adj, name)
 	}
 
 	var mounts []string
@@ -241,6 +249,16 @@ func (s *state) seal(ctx context.Context, b envelope.Binding, pod *api.PodSandbo
 		"image":          spec.Image != nil,
 	}).Info("sealed container on the node")
 	return adj, nil
+}
+
+// stripEnv replaces the value of the environment variable name with the
+// placeholder. NRI drops the removal of a variable the container already has
+// (the runtime side merges it away, containerd #13432), so removing alone
+// leaves the value in clear; an override does reach the spec. The removal
+// first claims the variable from any other plugin, as NRI requires.
+func stripEnv(adj *api.ContainerAdjustment, name string) {
+	adj.RemoveEnv(name)
+	adj.AddEnv(name, envelope.Placeholder)
 }
 
 // recipient returns the recipient a pod's envelopes are sealed to.

@@ -118,12 +118,18 @@ func TestSealOnNode(t *testing.T) {
 			if got := removedEnv(adj); !slices.Equal(got, tc.wantEnv) {
 				t.Errorf("removed env = %q, want %q", got, tc.wantEnv)
 			}
+			if got := placeholderEnv(adj); !slices.Equal(got, tc.wantEnv) {
+				t.Errorf("env set to the placeholder = %q, want %q", got, tc.wantEnv)
+			}
+			if len(adj.GetEnv()) != 2*len(tc.wantEnv) {
+				t.Errorf("env adjustments = %d, want a removal and a placeholder per sealed name", len(adj.GetEnv()))
+			}
 			if got := removedMounts(adj); !slices.Equal(got, tc.wantMounts) {
 				t.Errorf("removed mounts = %q, want %q", got, tc.wantMounts)
 			}
-			for _, e := range adj.GetEnv() {
-				if _, removal := e.IsMarkedForRemoval(); !removal {
-					t.Errorf("adjustment adds env %q", e.Key)
+			for _, m := range adj.GetMounts() {
+				if _, removal := m.IsMarkedForRemoval(); !removal {
+					t.Errorf("adjustment adds mount %q", m.Destination)
 				}
 			}
 			if len(adj.GetAnnotations()) != 1 {
@@ -190,7 +196,7 @@ func TestSealOnNode(t *testing.T) {
 			if err := guard.Check(oci, guard.Options{RequireEnvelope: true}); err != nil {
 				t.Errorf("guard refuses the adjusted spec: %v", err)
 			}
-			// ...and with containerd #13432 (env removals dropped) it does not.
+			// ...and with containerd #13432 (env adjustments dropped) it does not.
 			if len(tc.wantEnv) > 0 {
 				oci := ociSpec(pod, ctr)
 				apply(oci, adj, true)
@@ -268,8 +274,13 @@ func TestAdoptOwnerEnvelope(t *testing.T) {
 			if len(adj.GetArgs()) != 0 {
 				t.Errorf("args already the placeholder, adjusted to %q", adj.GetArgs())
 			}
+			// SECRET already carries the placeholder: nothing to override;
+			// placeholders get a best-effort removal only.
 			if got, want := removedEnv(adj), []string{"OTHER", "SECRET"}; !slices.Equal(got, want) {
 				t.Errorf("removed env = %q, want %q", got, want)
+			}
+			if got := placeholderEnv(adj); len(got) != 0 {
+				t.Errorf("env set to the placeholder = %q, want none", got)
 			}
 			if got, want := removedMounts(adj), []string{"/etc/creds"}; !slices.Equal(got, want) {
 				t.Errorf("removed mounts = %q, want %q", got, want)
@@ -296,8 +307,13 @@ func TestAdoptOwnerEnvelope(t *testing.T) {
 		if !slices.Equal(adj.GetArgs(), []string{envelope.Placeholder}) {
 			t.Errorf("args = %q, want the placeholder", adj.GetArgs())
 		}
-		if got := removedEnv(adj); !slices.Equal(got, []string{"SECRET"}) {
-			t.Errorf("removed env = %q", got)
+		if got := placeholderEnv(adj); !slices.Equal(got, []string{"SECRET"}) {
+			t.Errorf("env set to the placeholder = %q", got)
+		}
+		oci := ociSpec(pod, ctr)
+		apply(oci, adj, false)
+		if err := guard.Check(oci, guard.Options{RequireEnvelope: true}); err != nil {
+			t.Errorf("guard refuses the adjusted spec: %v", err)
 		}
 	})
 

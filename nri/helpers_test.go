@@ -176,15 +176,16 @@ func ociSpec(pod *api.PodSandbox, ctr *api.Container) *specs.Spec {
 // apply applies the parts of adj this plugin uses to s, with the semantics
 // of NRI's runtime-tools generator (containerd's): args replaced, env
 // removals and overrides by name, mounts removed by destination, annotations
-// set. dropEnvRemovals simulates containerd #13432.
-func apply(s *specs.Spec, adj *api.ContainerAdjustment, dropEnvRemovals bool) {
+// set. dropEnv simulates containerd #13432 as reported against containerd
+// 2.3: every env adjustment of an existing variable ignored.
+func apply(s *specs.Spec, adj *api.ContainerAdjustment, dropEnv bool) {
 	if adj == nil {
 		return
 	}
 	if len(adj.Args) > 0 {
 		s.Process.Args = slices.Clone(adj.Args)
 	}
-	if len(adj.Env) > 0 && !dropEnvRemovals {
+	if len(adj.Env) > 0 && !dropEnv {
 		mod := map[string]*api.KeyValue{}
 		for _, e := range adj.Env {
 			k, _ := api.IsMarkedForRemoval(e.Key)
@@ -219,6 +220,18 @@ func removedEnv(adj *api.ContainerAdjustment) []string {
 	for _, e := range adj.GetEnv() {
 		if k, ok := api.IsMarkedForRemoval(e.Key); ok {
 			out = append(out, k)
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+// placeholderEnv returns the names adj sets to the placeholder.
+func placeholderEnv(adj *api.ContainerAdjustment) []string {
+	var out []string
+	for _, e := range adj.GetEnv() {
+		if _, removal := e.IsMarkedForRemoval(); !removal && e.Value == envelope.Placeholder {
+			out = append(out, e.Key)
 		}
 	}
 	slices.Sort(out)

@@ -91,7 +91,13 @@ var (
 	contentEncryption = []jose.ContentEncryption{jose.A256GCM}
 )
 
-// Binding identifies the one container an envelope may be opened for.
+// Binding identifies the container an envelope may be opened for.
+//
+// Namespace and Container are always exact. Pod is a pod name or, for pods
+// a controller creates (Deployment, StatefulSet, ...), a pattern in which
+// each "*" stands for one generated name segment: one or more of [a-z0-9],
+// never "-". "web-*-*" matches the pods of Deployment "web" (web-<hash>-<id>)
+// but not those of Deployment "web-admin" (web-admin-<hash>-<id>).
 type Binding struct {
 	Namespace string `json:"namespace"`
 	Pod       string `json:"pod"`
@@ -101,12 +107,49 @@ type Binding struct {
 // String renders the binding as namespace/pod/container.
 func (b Binding) String() string { return b.Namespace + "/" + b.Pod + "/" + b.Container }
 
-// Validate returns an error if a field of the binding is empty.
+// Validate returns an error if a field of the binding is empty, or if
+// Namespace or Container holds a "*".
 func (b Binding) Validate() error {
 	if b.Namespace == "" || b.Pod == "" || b.Container == "" {
 		return fmt.Errorf("binding %q: namespace, pod and container are required: %w", b.String(), errdefs.ErrInvalidArgument)
 	}
+	if strings.Contains(b.Namespace, "*") || strings.Contains(b.Container, "*") || strings.Contains(b.Pod, "**") {
+		return fmt.Errorf("binding %q: only the pod name may hold single \"*\" segments: %w", b.String(), errdefs.ErrInvalidArgument)
+	}
 	return nil
+}
+
+// Matches reports whether the concrete binding actual (a running pod's
+// namespace, name and container) is covered by b.
+func (b Binding) Matches(actual Binding) bool {
+	if b.Namespace != actual.Namespace || b.Container != actual.Container {
+		return false
+	}
+	return matchPod(b.Pod, actual.Pod)
+}
+
+// matchPod matches name against pattern, where "*" matches one or more of
+// [a-z0-9].
+func matchPod(pattern, name string) bool {
+	for pattern != "" {
+		i := strings.IndexByte(pattern, '*')
+		if i < 0 {
+			return pattern == name
+		}
+		if !strings.HasPrefix(name, pattern[:i]) {
+			return false
+		}
+		name, pattern = name[i:], pattern[i+1:]
+		n := 0
+		for n < len(name) && (name[n] >= 'a' && name[n] <= 'z' || name[n] >= '0' && name[n] <= '9') {
+			n++
+		}
+		if n == 0 {
+			return false
+		}
+		name = name[n:]
+	}
+	return name == ""
 }
 
 // canonical is the canonical JSON of the binding: keys sorted, no
@@ -474,10 +517,11 @@ func (e *Envelope) Binding() Binding { return e.binding }
 // Open succeeds.
 func (e *Envelope) Manifest() Manifest { return e.manifest }
 
-// CheckBinding returns ErrWrongBinding unless e is bound to b. It does not
-// decrypt.
+// CheckBinding returns ErrWrongBinding unless e's binding covers b, the
+// concrete namespace, pod and container opening it (see Binding.Matches).
+// It does not decrypt.
 func (e *Envelope) CheckBinding(b Binding) error {
-	if e.binding != b {
+	if e.binding != b && !e.binding.Matches(b) {
 		return fmt.Errorf("envelope for %s opened as %s: %w", e.binding, b, ErrWrongBinding)
 	}
 	return nil

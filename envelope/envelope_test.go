@@ -437,3 +437,47 @@ func TestParseKeyID(t *testing.T) {
 		}
 	}
 }
+
+func TestBindingPattern(t *testing.T) {
+	testKeys(t)
+	pat := Binding{Namespace: "prod", Pod: "web-*-*", Container: "app"}
+	data, err := Seal(testSpec(), pat, Recipient{KeyID: testKID, Key: keyP256.Public()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	env, err := Parse(data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for pod, ok := range map[string]bool{
+		"web-5d8f7c9b4-x7k2p":       true,
+		"web-admin-5d8f7c9b4-x7k2p": false,
+		"web-5d8f7c9b4":             false,
+		"web--x7k2p":                false,
+		"web-5d8f7c9b4-x7k2p-extra": false,
+		"web-ABC-x7k2p":             false,
+		"api-5d8f7c9b4-x7k2p":       false,
+	} {
+		b := Binding{Namespace: "prod", Pod: pod, Container: "app"}
+		err := env.CheckBinding(b)
+		if (err == nil) != ok {
+			t.Errorf("pod %q: CheckBinding = %v, want match %v", pod, err, ok)
+		}
+		if ok {
+			if _, err := env.Open(b, keyP256); err != nil {
+				t.Errorf("pod %q: Open = %v", pod, err)
+			}
+		}
+	}
+	if err := env.CheckBinding(Binding{Namespace: "dev", Pod: "web-5d8f7c9b4-x7k2p", Container: "app"}); !errors.Is(err, ErrWrongBinding) {
+		t.Errorf("other namespace: %v", err)
+	}
+	if err := env.CheckBinding(Binding{Namespace: "prod", Pod: "web-5d8f7c9b4-x7k2p", Container: "sidecar"}); !errors.Is(err, ErrWrongBinding) {
+		t.Errorf("other container: %v", err)
+	}
+	for _, b := range []Binding{{"*", "p", "c"}, {"n", "p", "*"}, {"n", "web-**", "c"}} {
+		if err := b.Validate(); err == nil {
+			t.Errorf("%v validated", b)
+		}
+	}
+}

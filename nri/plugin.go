@@ -180,7 +180,15 @@ func Run(ctx context.Context, p *Plugin, o RunOpts) error {
 		o.MaxBackoff = max(5*time.Second, o.MinBackoff)
 	}
 	preRegistered := os.Getenv(api.PluginSocketEnvVar) != ""
-	opts := []stub.Option{stub.WithPluginName(PluginName), stub.WithPluginIdx(PluginIdx)}
+	var opts []stub.Option
+	// A launched plugin takes its name and index from the runtime's
+	// environment (the file name /opt/nri/plugins/NN-name).
+	if os.Getenv(api.PluginNameEnvVar) == "" {
+		opts = append(opts, stub.WithPluginName(PluginName))
+	}
+	if os.Getenv(api.PluginIdxEnvVar) == "" {
+		opts = append(opts, stub.WithPluginIdx(PluginIdx))
+	}
 	opts = append(opts, o.StubOptions...)
 	opts = append(opts, stub.WithFailurePolicy(&api.FailurePolicy{FailRequest: true}))
 

@@ -25,6 +25,7 @@ type Runc struct {
 // must call reaper.Reap on SIGCHLD (the agent is PID 1).
 func NewRunc(binary, root string) *Runc {
 	runc.Monitor = reaper.Default
+	os.MkdirAll(root, 0o700)
 	r := &Runc{
 		r: &runc.Runc{
 			Command: binary,

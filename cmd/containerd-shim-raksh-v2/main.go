@@ -1,0 +1,18 @@
+// Command containerd-shim-raksh-v2 is the Raksh runtime shim
+// (io.containerd.raksh.v2): one shim and one VM per pod.
+package main
+
+import (
+	"context"
+
+	"github.com/containerd/containerd/v2/pkg/shim"
+
+	"github.com/raksh-project/raksh/runtime"
+)
+
+func main() {
+	runtime.Register()
+	shim.RunShim(context.Background(), runtime.NewManager(runtime.RuntimeName), func(c *shim.Config) {
+		c.NoReaper = false
+	})
+}

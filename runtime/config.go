@@ -1,0 +1,116 @@
+package runtime
+
+import (
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/BurntSushi/toml"
+)
+
+// DefaultConfigPath is where the shim reads its configuration unless the
+// runtime options or RAKSH_RUNTIME_CONFIG name another file.
+const DefaultConfigPath = "/etc/raksh/runtime.toml"
+
+// ConfigEnv overrides the configuration path.
+const ConfigEnv = "RAKSH_RUNTIME_CONFIG"
+
+// Duration is a time.Duration written as a string ("30s") in TOML.
+type Duration struct{ time.Duration }
+
+// UnmarshalText implements encoding.TextUnmarshaler.
+func (d *Duration) UnmarshalText(b []byte) error {
+	v, err := time.ParseDuration(string(b))
+	if err != nil {
+		return err
+	}
+	d.Duration = v
+	return nil
+}
+
+// MarshalText implements encoding.TextMarshaler.
+func (d Duration) MarshalText() ([]byte, error) { return []byte(d.String()), nil }
+
+// Config is the shim's configuration (/etc/raksh/runtime.toml).
+type Config struct {
+	// QEMUPath is the QEMU binary.
+	QEMUPath string `toml:"qemu_path"`
+	// Kernel and Initrd boot the guest.
+	Kernel string `toml:"kernel"`
+	Initrd string `toml:"initrd"`
+	// KernelParams are added to the guest kernel command line.
+	KernelParams []string `toml:"kernel_params"`
+	// Machine is the QEMU machine type.
+	Machine string `toml:"machine"`
+	// Accel is "auto" (KVM if a probe boot works, else TCG), "kvm" or "tcg".
+	Accel string `toml:"accel"`
+	// MemoryMiB and VCPUs size each VM.
+	MemoryMiB uint `toml:"memory_mib"`
+	VCPUs     uint `toml:"vcpus"`
+	// BootTimeout bounds a boot until the agent answers.
+	BootTimeout Duration `toml:"boot_timeout"`
+	// KVMProbeTimeout bounds the KVM probe boot.
+	KVMProbeTimeout Duration `toml:"kvm_probe_timeout"`
+	// StateDir holds per-VM sockets and console logs.
+	StateDir string `toml:"state_dir"`
+	// Transport is "auto" (vsock when /dev/vhost-vsock exists), "vsock" or
+	// "serial" (virtio-serial multiplexed with yamux).
+	Transport string `toml:"transport"`
+	// RequireEnvelope refuses non-sandbox containers without a sealed
+	// envelope (set it on nodes where every workload must be sealed).
+	RequireEnvelope bool `toml:"require_envelope"`
+	// Debug keeps the guest console log and raises the agent's log level.
+	Debug bool `toml:"debug"`
+}
+
+// DefaultConfig returns the configuration used for unset fields.
+func DefaultConfig() Config {
+	return Config{
+		QEMUPath:        "qemu-system-x86_64",
+		Kernel:          "/usr/share/raksh/vmlinuz",
+		Initrd:          "/usr/share/raksh/initrd.img",
+		Machine:         "pc",
+		Accel:           "auto",
+		MemoryMiB:       512,
+		VCPUs:           1,
+		BootTimeout:     Duration{2 * time.Minute},
+		KVMProbeTimeout: Duration{15 * time.Second},
+		StateDir:        "/run/raksh",
+		Transport:       "auto",
+	}
+}
+
+// LoadConfig reads the TOML file at path over DefaultConfig. A missing file
+// at the default path is not an error.
+func LoadConfig(path string) (Config, error) {
+	cfg := DefaultConfig()
+	explicit := path != ""
+	if path == "" {
+		path = os.Getenv(ConfigEnv)
+		explicit = path != ""
+	}
+	if path == "" {
+		path = DefaultConfigPath
+	}
+	md, err := toml.DecodeFile(path, &cfg)
+	if err != nil {
+		if os.IsNotExist(err) && !explicit {
+			return cfg, nil
+		}
+		return cfg, fmt.Errorf("runtime config %s: %w", path, err)
+	}
+	if und := md.Undecoded(); len(und) > 0 {
+		return cfg, fmt.Errorf("runtime config %s: unknown keys %v", path, und)
+	}
+	switch cfg.Accel {
+	case "auto", "kvm", "tcg":
+	default:
+		return cfg, fmt.Errorf("runtime config %s: accel %q is not auto, kvm or tcg", path, cfg.Accel)
+	}
+	switch cfg.Transport {
+	case "auto", "vsock", "serial":
+	default:
+		return cfg, fmt.Errorf("runtime config %s: transport %q is not auto, vsock or serial", path, cfg.Transport)
+	}
+	return cfg, nil
+}

@@ -1,0 +1,196 @@
+package runtime
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	bootapi "github.com/containerd/containerd/api/runtime/bootstrap/v1"
+	"github.com/containerd/containerd/api/types"
+	"github.com/containerd/containerd/v2/core/mount"
+	"github.com/containerd/containerd/v2/defaults"
+	"github.com/containerd/containerd/v2/pkg/namespaces"
+	"github.com/containerd/containerd/v2/pkg/shim"
+	"github.com/containerd/containerd/v2/version"
+	"github.com/containerd/errdefs"
+	"github.com/containerd/log"
+
+	"github.com/raksh-project/raksh/runtime/vm"
+	"github.com/raksh-project/raksh/runtime/vm/qemu"
+)
+
+// RuntimeName is the containerd runtime type of the Raksh shim.
+const RuntimeName = "io.containerd.raksh.v2"
+
+// groupLabels group containers into one shim (and one VM). Order matters.
+var groupLabels = []string{
+	"io.kubernetes.cri.sandbox-id",
+}
+
+// NewManager returns the shim manager of the Raksh runtime.
+func NewManager(name string) shim.Shim { return manager{name: name} }
+
+type manager struct{ name string }
+
+func (m manager) Name() string { return m.name }
+
+// Start starts (or, for a container of an existing pod, finds) the shim
+// serving the container, grouping the containers of a CRI sandbox into one
+// shim and so one VM.
+func (m manager) Start(ctx context.Context, opts *bootapi.BootstrapParams) (_ *bootapi.BootstrapResult, retErr error) {
+	res := &bootapi.BootstrapResult{Version: 3, Protocol: "ttrpc"}
+	id := opts.GetInstanceID()
+	grouping := id
+	if b, err := os.ReadFile("config.json"); err == nil {
+		var spec struct {
+			Annotations map[string]string `json:"annotations"`
+		}
+		if err := json.Unmarshal(b, &spec); err == nil {
+			for _, g := range groupLabels {
+				if v, ok := spec.Annotations[g]; ok {
+					grouping = v
+					break
+				}
+			}
+		}
+	}
+	socketDir := opts.GetSocketDir()
+	if socketDir == "" {
+		socketDir = filepath.Join(defaults.DefaultStateDir, "s")
+	}
+	address, err := shim.CreateSocketAddress(ctx, socketDir, opts.GetContainerdGrpcAddress(), grouping, false)
+	if err != nil {
+		return nil, err
+	}
+	socket, err := shim.NewSocket(address)
+	if err != nil {
+		if !shim.SocketEaddrinuse(err) {
+			return nil, fmt.Errorf("create shim socket: %w", err)
+		}
+		if shim.CanConnect(address) {
+			res.Address = address
+			return res, nil
+		}
+		if err := shim.RemoveSocket(address); err != nil {
+			return nil, fmt.Errorf("remove stale shim socket: %w", err)
+		}
+		if socket, err = shim.NewSocket(address); err != nil {
+			return nil, fmt.Errorf("create shim socket: %w", err)
+		}
+	}
+	defer func() {
+		if retErr != nil {
+			socket.Close()
+			shim.RemoveSocket(address)
+		}
+	}()
+	f, err := socket.File()
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+
+	ns, err := namespaces.NamespaceRequired(ctx)
+	if err != nil {
+		return nil, err
+	}
+	self, err := os.Executable()
+	if err != nil {
+		return nil, err
+	}
+	cwd, err := os.Getwd()
+	if err != nil {
+		return nil, err
+	}
+	args := []string{"-namespace", ns, "-id", id, "-address", opts.GetContainerdGrpcAddress()}
+	if opts.GetLogLevel() <= bootapi.LogLevel_LOG_LEVEL_DEBUG {
+		args = append(args, "-debug")
+	}
+	cmd := exec.Command(self, args...)
+	cmd.Dir = cwd
+	cmd.Env = append(os.Environ(), "GOMAXPROCS=4")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.ExtraFiles = append(cmd.ExtraFiles, f)
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	go cmd.Wait()
+	if err := shim.AdjustOOMScore(cmd.Process.Pid); err != nil {
+		log.G(ctx).WithError(err).Debug("cannot adjust shim OOM score")
+	}
+	res.Address = address
+	return res, nil
+}
+
+// Stop cleans up after a shim that is gone: it kills the VM it left
+// behind, unmounts the rootfs and removes the VM's state.
+func (m manager) Stop(ctx context.Context, id string) (shim.StopStatus, error) {
+	cwd, err := os.Getwd()
+	if err != nil {
+		return shim.StopStatus{}, err
+	}
+	bundle := filepath.Join(filepath.Dir(cwd), id)
+	if err := mount.UnmountRecursive(filepath.Join(bundle, "rootfs"), 0); err != nil {
+		log.G(ctx).WithError(err).Warn("failed to clean up rootfs mount")
+	}
+	ns, _ := namespaces.Namespace(ctx)
+	cfg, err := LoadConfig("")
+	if err == nil {
+		dir := vmDir(cfg, ns, id)
+		if b, err := os.ReadFile(filepath.Join(dir, "qemu.pid")); err == nil {
+			if pid, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil && pid > 0 {
+				if comm, _ := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid)); strings.HasPrefix(string(comm), "qemu") {
+					syscall.Kill(pid, syscall.SIGKILL)
+				}
+			}
+		}
+		os.RemoveAll(dir)
+	}
+	return shim.StopStatus{ExitedAt: time.Now(), ExitStatus: 128 + int(syscall.SIGKILL)}, nil
+}
+
+// Info reports the runtime's name and version.
+func (m manager) Info(ctx context.Context, optionsR io.Reader) (*types.RuntimeInfo, error) {
+	return &types.RuntimeInfo{
+		Name:    m.name,
+		Version: &types.RuntimeVersion{Version: version.Version, Revision: version.Revision},
+	}, nil
+}
+
+func vmDir(cfg Config, ns, id string) string {
+	return filepath.Join(cfg.StateDir, ns, id)
+}
+
+// NewQEMUVM is the VMFactory of the shim: a QEMU VM per shim.
+func NewQEMUVM(ctx context.Context, cfg Config, id string) (vm.Instance, error) {
+	ns, _ := namespaces.Namespace(ctx)
+	for what, p := range map[string]string{"kernel": cfg.Kernel, "initrd": cfg.Initrd} {
+		if _, err := os.Stat(p); err != nil {
+			return nil, fmt.Errorf("guest %s: %v (set %s in the runtime config): %w", what, err, what, errdefs.ErrFailedPrecondition)
+		}
+	}
+	params := append([]string{"console=ttyS0", "quiet", "panic=-1"}, cfg.KernelParams...)
+	if cfg.Debug {
+		params = append(params, "raksh.debug")
+	}
+	qc := qemu.Config{
+		Path: cfg.QEMUPath, Name: "raksh-" + id, Machine: cfg.Machine, Accel: cfg.Accel,
+		MemoryMiB: cfg.MemoryMiB, VCPUs: cfg.VCPUs,
+		Kernel: cfg.Kernel, Initrd: cfg.Initrd, KernelParams: params,
+	}
+	return vm.NewQEMU(vm.QEMUOptions{
+		Config:          qc,
+		Dir:             vmDir(cfg, ns, id),
+		BootTimeout:     cfg.BootTimeout.Duration,
+		KVMProbeTimeout: cfg.KVMProbeTimeout.Duration,
+		AccelCache:      filepath.Join(cfg.StateDir, "accel"),
+	}), nil
+}

@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"io"
+	"log"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -60,7 +62,7 @@ func (t *tamper) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 }
 
 func newRegistry(t *testing.T) (string, *tamper) {
-	tp := &tamper{h: registry.New()}
+	tp := &tamper{h: registry.New(registry.Logger(log.New(io.Discard, "", 0)))}
 	srv := httptest.NewServer(tp)
 	t.Cleanup(srv.Close)
 	return strings.TrimPrefix(srv.URL, "http://"), tp

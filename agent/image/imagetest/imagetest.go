@@ -134,7 +134,9 @@ func RSAKey() (priv, pub []byte, err error) {
 // ggcrLayer adapts Layer to go-containerregistry.
 type ggcrLayer struct{ l *Layer }
 
-func hash(d digest.Digest) v1.Hash { return v1.Hash{Algorithm: d.Algorithm().String(), Hex: d.Encoded()} }
+func hash(d digest.Digest) v1.Hash {
+	return v1.Hash{Algorithm: d.Algorithm().String(), Hex: d.Encoded()}
+}
 
 func (g ggcrLayer) Digest() (v1.Hash, error) { return hash(g.l.Digest()), nil }
 func (g ggcrLayer) DiffID() (v1.Hash, error) { return hash(g.l.DiffID), nil }

@@ -197,3 +197,47 @@ func TestSplitJoin(t *testing.T) {
 		t.Fatalf("%d docs", n)
 	}
 }
+
+func TestInspect(t *testing.T) {
+	in, _ := os.ReadFile("testdata/workloads.yaml")
+	o, key := opts(t)
+	out, err := Seal(in, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	views, err := Inspect(out, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(views) != 7 {
+		t.Fatalf("%d views, want 7 containers", len(views))
+	}
+	app := views[1]
+	if app.Container != "app" || app.Sealed == nil || app.Sealed.Opened == nil || !*app.Sealed.Opened {
+		t.Fatalf("app view %+v", app)
+	}
+	if !views[0].Init || views[0].Container != "init" {
+		t.Fatalf("init view %+v", views[0])
+	}
+	srcs := map[string]string{}
+	for _, e := range app.NodeSees.Env {
+		srcs[e.Name] = e.Source
+	}
+	if srcs["DB_PASSWORD"] != "placeholder" || srcs["FROM_SECRET"] != "secretKeyRef" {
+		t.Fatalf("env sources %v", srcs)
+	}
+	if len(app.Warnings) != 1 || !strings.Contains(app.Warnings[0], "FROM_SECRET") {
+		t.Fatalf("warnings %v", app.Warnings)
+	}
+	// The unsealed input: everything flagged.
+	views, _ = Inspect(in, nil)
+	if views[1].Sealed != nil || len(views[1].Warnings) < 3 {
+		t.Fatalf("unsealed view %+v", views[1])
+	}
+	// Another key: reported as not opened, with the reason.
+	other, _ := envelope.GenerateKey(envelope.KeyP256)
+	views, _ = Inspect(out, other)
+	if views[1].Sealed.Opened == nil || *views[1].Sealed.Opened || !strings.Contains(views[1].Sealed.Error, "decryption failed") {
+		t.Fatalf("wrong key view %+v", views[1].Sealed)
+	}
+}

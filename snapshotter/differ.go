@@ -4,6 +4,7 @@ package snapshotter
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"path/filepath"
 	"strings"
@@ -98,8 +99,12 @@ func (d *Differ) Apply(ctx context.Context, desc ocispec.Descriptor, mounts []mo
 	}
 	diffID, err := digest.Parse(labels[snapshots.LabelSnapshotDiffID])
 	if err != nil {
-		return ocispec.Descriptor{}, fmt.Errorf("encrypted layer %s: snapshot has no valid %s label (set by containerd's unpacker): %w",
-			desc.Digest, snapshots.LabelSnapshotDiffID, errdefs.ErrFailedPrecondition)
+		// Unlabelled extraction (ctr pull --local, ctr image unpack): find
+		// the diff ID in the image config the layer belongs to.
+		if diffID, err = s.diffIDFromContent(ctx, desc); err != nil {
+			return ocispec.Descriptor{}, fmt.Errorf("encrypted layer %s: no %s label and no image config found for it: %w",
+				desc.Digest, snapshots.LabelSnapshotDiffID, err)
+		}
 	}
 
 	s.cacheMu.RLock()
@@ -158,4 +163,53 @@ func (s *Snapshotter) snapshotIDFromMounts(mounts []mount.Mount) (string, bool) 
 		return "", false
 	}
 	return filepath.Base(dir), true
+}
+
+// maxLayers bounds the manifest layer index searched by diffIDFromContent.
+const maxLayers = 256
+
+// diffIDFromContent finds the diff ID of layer desc through containerd's
+// content store: a manifest referencing the layer (by the GC labels
+// containerd sets while fetching), then its config's rootfs.diff_ids.
+func (s *Snapshotter) diffIDFromContent(ctx context.Context, desc ocispec.Descriptor) (digest.Digest, error) {
+	mgr, ok := s.opts.content.(content.Manager)
+	if !ok {
+		return "", fmt.Errorf("content store cannot be searched: %w", errdefs.ErrFailedPrecondition)
+	}
+	filters := make([]string, 0, maxLayers)
+	for i := 0; i < maxLayers; i++ {
+		filters = append(filters, fmt.Sprintf(`labels.%q==%q`, fmt.Sprintf("containerd.io/gc.ref.content.l.%d", i), desc.Digest.String()))
+	}
+	var manifests []digest.Digest
+	if err := mgr.Walk(ctx, func(info content.Info) error {
+		manifests = append(manifests, info.Digest)
+		return nil
+	}, filters...); err != nil {
+		return "", err
+	}
+	for _, md := range manifests {
+		b, err := content.ReadBlob(ctx, s.opts.content, ocispec.Descriptor{Digest: md})
+		if err != nil {
+			continue
+		}
+		var m ocispec.Manifest
+		if json.Unmarshal(b, &m) != nil {
+			continue
+		}
+		for i, l := range m.Layers {
+			if l.Digest != desc.Digest {
+				continue
+			}
+			cb, err := content.ReadBlob(ctx, s.opts.content, m.Config)
+			if err != nil {
+				break
+			}
+			var cfg ocispec.Image
+			if json.Unmarshal(cb, &cfg) != nil || i >= len(cfg.RootFS.DiffIDs) {
+				break
+			}
+			return cfg.RootFS.DiffIDs[i], cfg.RootFS.DiffIDs[i].Validate()
+		}
+	}
+	return "", errdefs.ErrNotFound
 }

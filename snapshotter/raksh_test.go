@@ -29,7 +29,7 @@ type memContent map[digest.Digest][]byte
 
 type memReaderAt struct{ *bytes.Reader }
 
-func (memReaderAt) Close() error   { return nil }
+func (memReaderAt) Close() error  { return nil }
 func (r memReaderAt) Size() int64 { return r.Reader.Size() }
 
 func (m memContent) ReaderAt(ctx context.Context, desc ocispec.Descriptor) (content.ReaderAt, error) {
@@ -57,11 +57,11 @@ func newTest(t *testing.T, opts ...Opt) (*Snapshotter, string) {
 
 func criLabels(ref, target, parent string, layer, manifest, diffID digest.Digest) map[string]string {
 	l := map[string]string{
-		snapshots.LabelSnapshotRef:               target,
-		snapshots.LabelSnapshotDiffID:            diffID.String(),
-		snapshotters.TargetRefLabel:              ref,
-		snapshotters.TargetLayerDigestLabel:      layer.String(),
-		snapshotters.TargetManifestDigestLabel:   manifest.String(),
+		snapshots.LabelSnapshotRef:                target,
+		snapshots.LabelSnapshotDiffID:             diffID.String(),
+		snapshotters.TargetRefLabel:               ref,
+		snapshotters.TargetLayerDigestLabel:       layer.String(),
+		snapshotters.TargetManifestDigestLabel:    manifest.String(),
 		"containerd.io/snapshot/cri.image-layers": layer.String(),
 	}
 	if parent != "" {

@@ -23,6 +23,7 @@ import (
 	"github.com/containerd/errdefs"
 	"github.com/containerd/errdefs/pkg/errgrpc"
 	"github.com/containerd/log"
+	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
@@ -79,15 +80,48 @@ func ContainerdContent(address string) (content.Provider, func() error, error) {
 	return nsProvider{p: contentproxy.NewContentStore(conn)}, conn.Close, nil
 }
 
-type nsProvider struct{ p content.Provider }
+type nsProvider struct{ p content.Store }
 
-func (n nsProvider) ReaderAt(ctx context.Context, desc ocispec.Descriptor) (content.ReaderAt, error) {
+func nsContext(ctx context.Context) (context.Context, error) {
 	ns, err := namespaces.NamespaceRequired(ctx)
 	if err != nil {
 		return nil, err
 	}
 	// Forward the caller's namespace as an outgoing header.
-	return n.p.ReaderAt(namespaces.WithNamespace(ctx, ns), desc)
+	return namespaces.WithNamespace(ctx, ns), nil
+}
+
+// Walk implements the content.Manager subset the differ uses.
+func (n nsProvider) Walk(ctx context.Context, fn content.WalkFunc, filters ...string) error {
+	ctx, err := nsContext(ctx)
+	if err != nil {
+		return err
+	}
+	return n.p.Walk(ctx, fn, filters...)
+}
+
+func (n nsProvider) Info(ctx context.Context, d digest.Digest) (content.Info, error) {
+	ctx, err := nsContext(ctx)
+	if err != nil {
+		return content.Info{}, err
+	}
+	return n.p.Info(ctx, d)
+}
+
+func (n nsProvider) Update(ctx context.Context, info content.Info, fieldpaths ...string) (content.Info, error) {
+	return content.Info{}, fmt.Errorf("read-only: %w", errdefs.ErrNotImplemented)
+}
+
+func (n nsProvider) Delete(ctx context.Context, d digest.Digest) error {
+	return fmt.Errorf("read-only: %w", errdefs.ErrNotImplemented)
+}
+
+func (n nsProvider) ReaderAt(ctx context.Context, desc ocispec.Descriptor) (content.ReaderAt, error) {
+	ctx, err := nsContext(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return n.p.ReaderAt(ctx, desc)
 }
 
 type diffService struct {

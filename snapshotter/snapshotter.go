@@ -400,7 +400,7 @@ func (s *Snapshotter) createSnapshot(ctx context.Context, kind snapshots.Kind, k
 			if err := writeLayerRecord(td, staged); err != nil {
 				return err
 			}
-		} else if _, extraction := info.Labels[snapshots.LabelSnapshotRef]; !extraction && len(sn.ParentIDs) > 0 {
+		} else if !isExtraction(key, info.Labels) && len(sn.ParentIDs) > 0 {
 			desc, err := s.rootfsDescriptor(ctx, sn.ParentIDs)
 			if err != nil {
 				return err
@@ -442,6 +442,21 @@ func (s *Snapshotter) createSnapshot(ctx context.Context, kind snapshots.Kind, k
 		return []mount.Mount{{Source: s.upperPath(sn.ID), Type: "bind", Options: []string{"ro", "rbind"}}}, nil
 	}
 	return s.mounts(sn), nil
+}
+
+// extractionKey matches containerd's unpack keys (snapshots.UnpackKeyFormat,
+// "extract-<unique> <chain ID>"), possibly prefixed by the namespace and
+// sequence containerd's metadata store adds ("<ns>/<n>/").
+var extractionKey = regexp.MustCompile(`(^|/)extract-[^ /]+ [a-z0-9]+:[a-f0-9]+$`)
+
+// isExtraction reports whether a new snapshot is a layer being unpacked
+// rather than a container rootfs: labelled by containerd's unpacker, or keyed
+// like one (ctr pull --local and ctr image unpack pass no labels).
+func isExtraction(key string, labels map[string]string) bool {
+	if _, ok := labels[snapshots.LabelSnapshotRef]; ok {
+		return true
+	}
+	return extractionKey.MatchString(key)
 }
 
 func prepareDirectory(snapshotDir string, kind snapshots.Kind) (string, error) {

@@ -1,0 +1,404 @@
+//go:build integration
+
+package integration
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+	"github.com/opencontainers/image-spec/identity"
+
+	"github.com/raksh-project/raksh/agent/image"
+	"github.com/raksh-project/raksh/agent/image/imagetest"
+	"github.com/raksh-project/raksh/integration/harness"
+	"github.com/raksh-project/raksh/snapshotter/rootfs"
+)
+
+const snMarker = "RAKSH-SNAPSHOTTER-MARKER-41c7e2"
+
+var (
+	snBinOnce sync.Once
+	snBin     string
+	snBinErr  error
+)
+
+// snapshotterBin returns raksh-snapshotter from _output/bin, or builds it.
+func snapshotterBin(t *testing.T) string {
+	t.Helper()
+	p := filepath.Join(harness.Output(), "bin", "raksh-snapshotter")
+	if _, err := os.Stat(p); err == nil {
+		return p
+	}
+	snBinOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "raksh-sn-bin-")
+		if err != nil {
+			snBinErr = err
+			return
+		}
+		snBin = filepath.Join(dir, "raksh-snapshotter")
+		cmd := exec.Command("go", "build", "-o", snBin, "./cmd/raksh-snapshotter")
+		cmd.Dir = harness.Repo()
+		if out, err := cmd.CombinedOutput(); err != nil {
+			snBinErr = fmt.Errorf("build: %v\n%s", err, out)
+		}
+	})
+	if snBinErr != nil {
+		t.Fatal(snBinErr)
+	}
+	return snBin
+}
+
+type snapshotterProc struct {
+	t                   *testing.T
+	dir, root, sock, cf string
+	cmd                 *exec.Cmd
+}
+
+func startSnapshotter(t *testing.T, extra string) *snapshotterProc {
+	t.Helper()
+	dir, err := os.MkdirTemp("/tmp", "rks-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := &snapshotterProc{t: t, dir: dir, root: filepath.Join(dir, "root"), sock: filepath.Join(dir, "s.sock"), cf: filepath.Join(dir, "snapshotter.toml")}
+	cfg := fmt.Sprintf("root = %q\naddress = %q\nlog_level = \"debug\"\n", s.root, s.sock) + extra
+	if err := os.WriteFile(s.cf, []byte(cfg), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	s.start()
+	t.Cleanup(func() {
+		s.stop(syscall.SIGTERM)
+		if t.Failed() {
+			b, _ := os.ReadFile(filepath.Join(dir, "snapshotter.log"))
+			if len(b) > 200000 {
+				b = b[len(b)-200000:]
+			}
+			t.Logf("snapshotter log tail:\n%s", b)
+		}
+		exec.Command("umount", "-R", s.root).Run()
+		os.RemoveAll(dir)
+	})
+	return s
+}
+
+func (s *snapshotterProc) start() {
+	s.t.Helper()
+	logf, err := os.OpenFile(filepath.Join(s.dir, "snapshotter.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	s.cmd = exec.Command(snapshotterBin(s.t), "-config", s.cf)
+	s.cmd.Stdout, s.cmd.Stderr = logf, logf
+	if err := s.cmd.Start(); err != nil {
+		s.t.Fatal(err)
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		if c, err := net.Dial("unix", s.sock); err == nil {
+			c.Close()
+			return
+		}
+		if time.Now().After(deadline) {
+			s.t.Fatal("raksh-snapshotter did not come up")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func (s *snapshotterProc) stop(sig syscall.Signal) {
+	if s.cmd == nil {
+		return
+	}
+	s.cmd.Process.Signal(sig)
+	s.cmd.Wait()
+	s.cmd = nil
+}
+
+// withSnapshotter starts containerd with contrib/containerd/snapshotter.toml
+// pointed at s.
+func withSnapshotter(t *testing.T, s *snapshotterProc) *harness.Containerd {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(harness.Repo(), "contrib", "containerd", "snapshotter.toml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b = bytes.ReplaceAll(b, []byte("/run/raksh-snapshotter/snapshotter.sock"), []byte(s.sock))
+	b = bytes.ReplaceAll(b, []byte(`"linux/amd64"`), []byte(fmt.Sprintf("%q", "linux/"+goarch())))
+	p := filepath.Join(s.dir, "containerd-snapshotter.toml")
+	if err := os.WriteFile(p, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return harness.StartContainerd(t, harness.Options{Imports: []string{p}})
+}
+
+func goarch() string {
+	out, _ := exec.Command("go", "env", "GOARCH").Output()
+	return strings.TrimSpace(string(out))
+}
+
+// grepTree reports files under root containing needle.
+func grepTree(root, needle string) []string {
+	var hits []string
+	filepath.Walk(root, func(p string, fi os.FileInfo, err error) error {
+		if err != nil || !fi.Mode().IsRegular() {
+			return nil
+		}
+		if b, err := os.ReadFile(p); err == nil && bytes.Contains(b, []byte(needle)) {
+			hits = append(hits, p)
+		}
+		return nil
+	})
+	return hits
+}
+
+var mountRE = regexp.MustCompile(`mount -t (\S+) (\S+) \S+ -o (\S+)`)
+
+// rootfsOf prepares an active snapshot key on chain through containerd and
+// parses its mount as a raksh rootfs descriptor.
+func rootfsOf(t *testing.T, h *harness.Containerd, key string, chain digest.Digest) (*rootfs.Descriptor, string) {
+	t.Helper()
+	if _, err := h.Ctr("snapshots", "--snapshotter", "raksh", "prepare", key, chain.String()); err != nil {
+		t.Fatal(err)
+	}
+	out, err := h.Ctr("snapshots", "--snapshotter", "raksh", "mounts", "/mnt", key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := mountRE.FindStringSubmatch(out)
+	if m == nil || m[1] != "bind" || !strings.Contains(m[3], "ro") {
+		t.Fatalf("not a read-only bind mount: %q", out)
+	}
+	d, err := rootfs.Read(m[2])
+	if err != nil {
+		t.Fatalf("rootfs descriptor: %v", err)
+	}
+	return d, m[2]
+}
+
+func contentDigests(t *testing.T, h *harness.Containerd) string {
+	out, err := h.Ctr("content", "ls", "-q")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+// ctrAfterRestart runs ctr, retrying while containerd's gRPC connection to
+// the restarted proxy is still in reconnect backoff.
+func ctrAfterRestart(h *harness.Containerd, args ...string) (string, error) {
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		out, err := h.Ctr(args...)
+		if err == nil || time.Now().After(deadline) || !strings.Contains(err.Error(), "connection") {
+			return out, err
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+}
+
+func tcpDial(ctx context.Context, network, addr string) (net.Conn, error) {
+	var d net.Dialer
+	return d.DialContext(ctx, network, addr)
+}
+
+func TestSnapshotterGuestPull(t *testing.T) {
+	harness.RequiresRoot(t)
+	host, stop := imagetest.Registry()
+	defer stop()
+	base := imagetest.GzipLayer(imagetest.Tar(map[string]string{"etc/os-release": "raksh\n"}))
+	top := imagetest.GzipLayer(imagetest.Tar(map[string]string{"app/marker": snMarker}))
+	img, err := imagetest.Image(base, top)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ref := host + "/raksh/guest:1"
+	mdgst, err := imagetest.Push(ref, img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfgDigest, _ := img.ConfigName()
+
+	s := startSnapshotter(t, fmt.Sprintf("[guest_pull]\nenable = true\nimage_patterns = [%q]\n", regexp.QuoteMeta(host)+"/raksh/.*"))
+	h := withSnapshotter(t, s)
+
+	if out, err := h.Ctr("images", "pull", "--plain-http", "--snapshotter", "raksh", ref); err != nil {
+		t.Fatalf("pull: %v\n%s", err, out)
+	}
+	content := contentDigests(t, h)
+	if !strings.Contains(content, mdgst.String()) || !strings.Contains(content, cfgDigest.String()) {
+		t.Fatalf("content store lacks manifest or config:\n%s", content)
+	}
+	for _, l := range []*imagetest.Layer{base, top} {
+		if strings.Contains(content, l.Digest().String()) {
+			t.Fatalf("layer %s was fetched by containerd", l.Digest())
+		}
+	}
+	if hits := append(grepTree(s.root, snMarker), grepTree(h.Dir, snMarker)...); len(hits) > 0 {
+		t.Fatalf("marker found on the host: %v", hits)
+	}
+	chain := identity.ChainID([]digest.Digest{base.DiffID, top.DiffID})
+	d, _ := rootfsOf(t, h, "pod-1", chain)
+	if d.Mode != rootfs.ModeGuestPull || d.ImageRef != ref || d.ManifestDigest != mdgst.String() || len(d.Layers) != 2 {
+		t.Fatalf("bad descriptor %+v", d)
+	}
+
+	// What the agent then does with it (here on the host, loopback dialer).
+	dest := filepath.Join(t.TempDir(), "rootfs")
+	if _, err := image.Pull(context.Background(), d.ImageRef, tcpDial, dest, image.WithManifestDigest(digest.Digest(d.ManifestDigest))); err != nil {
+		t.Fatal(err)
+	}
+	if b, err := os.ReadFile(filepath.Join(dest, "app", "marker")); err != nil || string(b) != snMarker {
+		t.Fatalf("guest pull: %q %v", b, err)
+	}
+
+	// kill -9 and restart: committed snapshots survive, containerd recovers.
+	s.stop(syscall.SIGKILL)
+	s.start()
+	if out, err := ctrAfterRestart(h, "snapshots", "--snapshotter", "raksh", "info", chain.String()); err != nil {
+		t.Fatalf("committed snapshot lost after kill -9: %v %s", err, out)
+	}
+	if _, err := h.Ctr("images", "rm", "--sync", ref); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := h.Ctr("images", "pull", "--plain-http", "--snapshotter", "raksh", ref); err != nil {
+		t.Fatalf("pull after restart: %v\n%s", err, out)
+	}
+	if d2, _ := rootfsOf(t, h, "pod-2", chain); d2.ManifestDigest != mdgst.String() {
+		t.Fatalf("after restart: %+v", d2)
+	}
+}
+
+func TestSnapshotterEncrypted(t *testing.T) {
+	harness.RequiresRoot(t)
+	host, stop := imagetest.Registry()
+	defer stop()
+	priv, pub, err := imagetest.RSAKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// mk builds a fresh two-layer encrypted image (distinct per variant, so
+	// every pull path unpacks its own layers).
+	mk := func(variant int) (l0, l1 *imagetest.Layer, chain digest.Digest) {
+		var err error
+		l0, err = imagetest.Encrypt(imagetest.GzipLayer(imagetest.Tar(map[string]string{"etc/os-release": fmt.Sprintf("raksh %d\n", variant), "app/old": "x"})), pub)
+		if err != nil {
+			t.Fatal(err)
+		}
+		l1, err = imagetest.Encrypt(imagetest.GzipLayer(imagetest.Tar(map[string]string{"app/marker": snMarker, "app/old": "<whiteout>", "app/variant": fmt.Sprint(variant)})), pub)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return l0, l1, identity.ChainID([]digest.Digest{l0.DiffID, l1.DiffID})
+	}
+	l0, _, _ := mk(100)
+
+	s := startSnapshotter(t, "") // guest pull off: encrypted layers go through the ciphertext cache
+	h := withSnapshotter(t, s)
+	b, _ := os.ReadFile(s.cf)
+	os.WriteFile(s.cf, append(b, []byte(fmt.Sprintf("containerd_address = %q\n", h.Address))...), 0o644)
+	s.stop(syscall.SIGTERM)
+	s.start()
+
+	keyFile := filepath.Join(t.TempDir(), "key.pem")
+	os.WriteFile(keyFile, priv, 0o600)
+
+	for i, pull := range []struct {
+		name string
+		args []string
+	}{
+		{"transfer service (ctr pull)", []string{"images", "pull", "--plain-http", "--snapshotter", "raksh"}},
+		{"client unpack (ctr pull --local)", []string{"images", "pull", "--local", "--plain-http", "--snapshotter", "raksh"}},
+	} {
+		t.Run(pull.name, func(t *testing.T) {
+			l0, l1, chain := mk(i)
+			img, err := imagetest.Image(l0, l1)
+			if err != nil {
+				t.Fatal(err)
+			}
+			ref := fmt.Sprintf("%s/enc/app:%d", host, i)
+			if _, err := imagetest.Push(ref, img); err != nil {
+				t.Fatal(err)
+			}
+			if out, err := h.Ctr(append(pull.args, ref)...); err != nil {
+				t.Fatalf("pull: %v\n%s", err, out)
+			}
+			for _, l := range []*imagetest.Layer{l0, l1} {
+				p := filepath.Join(s.root, "cache", "blobs", "sha256", l.Digest().Encoded())
+				got, err := os.ReadFile(p)
+				if err != nil || !bytes.Equal(got, l.Blob) {
+					t.Fatalf("cache lacks ciphertext of %s: %v", l.Digest(), err)
+				}
+			}
+			if hits := append(grepTree(s.root, snMarker), grepTree(h.Dir, snMarker)...); len(hits) > 0 {
+				t.Fatalf("plaintext marker found on the host: %v", hits)
+			}
+			// Two pods share one cached copy.
+			da, _ := rootfsOf(t, h, fmt.Sprintf("pod-a-%d", i), chain)
+			db, _ := rootfsOf(t, h, fmt.Sprintf("pod-b-%d", i), chain)
+			if da.Mode != rootfs.ModeLayers || len(da.Layers) != 2 || da.Layers[1].Path != db.Layers[1].Path || da.Layers[1].Source != rootfs.SourceBlob {
+				t.Fatalf("descriptors: %+v / %+v", da, db)
+			}
+			if n, _ := filepath.Glob(filepath.Join(s.root, "cache", "blobs", "sha256", "*[0-9a-f]")); len(n) != 2*(i+1) {
+				t.Fatalf("cache holds %d blobs, want %d (one per layer)", len(n), 2*(i+1))
+			}
+			// The guest side: decrypt the shared ciphertext with the key.
+			dest := filepath.Join(t.TempDir(), "rootfs")
+			if _, err := image.DecryptLayers(context.Background(), da, image.KeyFiles{keyFile}, dest); err != nil {
+				t.Fatal(err)
+			}
+			if b, err := os.ReadFile(filepath.Join(dest, "app", "marker")); err != nil || string(b) != snMarker {
+				t.Fatalf("decrypted rootfs: %q %v", b, err)
+			}
+			if _, err := os.Stat(filepath.Join(dest, "app", "old")); err == nil {
+				t.Fatal("whiteout not applied")
+			}
+		})
+	}
+
+	t.Run("kill -9 mid-pull", func(t *testing.T) {
+		ref := host + "/enc/app:crash"
+		big := imagetest.GzipLayer(imagetest.Tar(map[string]string{"big": strings.Repeat("0123456789abcdef", 4<<20)}))
+		bigEnc, err := imagetest.Encrypt(big, pub)
+		if err != nil {
+			t.Fatal(err)
+		}
+		img2, _ := imagetest.Image(l0, bigEnc)
+		if _, err := imagetest.Push(ref, img2); err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+		defer cancel()
+		errC := make(chan error, 1)
+		go func() {
+			_, err := h.CtrContext(ctx, "images", "pull", "--local", "--plain-http", "--snapshotter", "raksh", ref)
+			errC <- err
+		}()
+		time.Sleep(300 * time.Millisecond)
+		s.stop(syscall.SIGKILL)
+		<-errC // fails or, if it was quick, succeeds
+		s.start()
+		if entries, _ := os.ReadDir(filepath.Join(s.root, "cache", "ingest")); len(entries) != 0 {
+			t.Fatalf("partial cache writes survived a restart: %d", len(entries))
+		}
+		if out, err := ctrAfterRestart(h, "images", "pull", "--local", "--plain-http", "--snapshotter", "raksh", ref); err != nil {
+			t.Fatalf("pull after kill -9: %v\n%s", err, out)
+		}
+		d, _ := rootfsOf(t, h, "pod-crash", identity.ChainID([]digest.Digest{l0.DiffID, bigEnc.DiffID}))
+		got, err := os.ReadFile(d.Layers[1].Path)
+		if err != nil || !bytes.Equal(got, bigEnc.Blob) {
+			t.Fatalf("cached ciphertext after recovery: %v", err)
+		}
+	})
+}

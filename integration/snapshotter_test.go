@@ -19,6 +19,9 @@ import (
 
 	"github.com/opencontainers/go-digest"
 	"github.com/opencontainers/image-spec/identity"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	criapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	"github.com/raksh-project/raksh/agent/image"
 	"github.com/raksh-project/raksh/agent/image/imagetest"
@@ -401,4 +404,91 @@ func TestSnapshotterEncrypted(t *testing.T) {
 			t.Fatalf("cached ciphertext after recovery: %v", err)
 		}
 	})
+}
+
+// ctrNS runs ctr against h in namespace ns.
+func ctrNS(t *testing.T, h *harness.Containerd, ns string, args ...string) (string, error) {
+	t.Helper()
+	cmd := exec.Command(harness.Bin(t, "ctr"), append([]string{"--address", h.Address, "--namespace", ns}, args...)...)
+	out, err := cmd.CombinedOutput()
+	return string(out), err
+}
+
+func TestSnapshotterGuestPullCRI(t *testing.T) {
+	harness.RequiresRoot(t)
+	host, stop := imagetest.Registry()
+	defer stop()
+	base := imagetest.GzipLayer(imagetest.Tar(map[string]string{"etc/os-release": "raksh cri\n"}))
+	top := imagetest.GzipLayer(imagetest.Tar(map[string]string{"app/marker": snMarker + "-cri"}))
+	img, err := imagetest.Image(base, top)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ref := host + "/raksh/cri:1"
+	mdgst, err := imagetest.Push(ref, img)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	s := startSnapshotter(t, fmt.Sprintf("[guest_pull]\nenable = true\nimage_patterns = [%q]\n", regexp.QuoteMeta(host)+"/raksh/.*"))
+	// The drop-in, plus: CRI pulls into raksh, plain HTTP to the test registry.
+	hostsDir := filepath.Join(s.dir, "certs.d")
+	os.MkdirAll(filepath.Join(hostsDir, host), 0o755)
+	os.WriteFile(filepath.Join(hostsDir, host, "hosts.toml"), []byte(fmt.Sprintf("server = \"http://%s\"\n[host.\"http://%s\"]\n  capabilities = [\"pull\", \"resolve\"]\n", host, host)), 0o644)
+	b, err := os.ReadFile(filepath.Join(harness.Repo(), "contrib", "containerd", "snapshotter.toml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b = bytes.ReplaceAll(b, []byte("/run/raksh-snapshotter/snapshotter.sock"), []byte(s.sock))
+	b = bytes.ReplaceAll(b, []byte(`"linux/amd64"`), []byte(fmt.Sprintf("%q", "linux/"+goarch())))
+	b = bytes.ReplaceAll(b, []byte("disable_snapshot_annotations = false\n"),
+		[]byte(fmt.Sprintf("disable_snapshot_annotations = false\n  snapshotter = \"raksh\"\n  [plugins.'io.containerd.cri.v1.images'.registry]\n    config_path = %q\n", hostsDir)))
+	p := filepath.Join(s.dir, "containerd-snapshotter.toml")
+	os.WriteFile(p, b, 0o644)
+	h := harness.StartContainerd(t, harness.Options{Imports: []string{p}})
+
+	conn, err := grpc.NewClient("unix://"+h.Address, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	resp, err := criapi.NewImageServiceClient(conn).PullImage(ctx, &criapi.PullImageRequest{Image: &criapi.ImageSpec{Image: ref}})
+	if err != nil {
+		t.Fatalf("CRI PullImage: %v", err)
+	}
+	t.Logf("CRI pulled %s", resp.ImageRef)
+
+	content, err := ctrNS(t, h, "k8s.io", "content", "ls", "-q")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(content, mdgst.String()) {
+		t.Fatalf("content store lacks the manifest:\n%s", content)
+	}
+	for _, l := range []*imagetest.Layer{base, top} {
+		if strings.Contains(content, l.Digest().String()) {
+			t.Fatalf("layer %s was fetched through CRI", l.Digest())
+		}
+	}
+	if hits := append(grepTree(s.root, snMarker), grepTree(h.Dir, snMarker)...); len(hits) > 0 {
+		t.Fatalf("marker found on the host: %v", hits)
+	}
+	chain := identity.ChainID([]digest.Digest{base.DiffID, top.DiffID})
+	if out, err := ctrNS(t, h, "k8s.io", "snapshots", "--snapshotter", "raksh", "prepare", "cri-pod", chain.String()); err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+	out, err := ctrNS(t, h, "k8s.io", "snapshots", "--snapshotter", "raksh", "mounts", "/mnt", "cri-pod")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := mountRE.FindStringSubmatch(out)
+	if m == nil {
+		t.Fatalf("mounts: %q", out)
+	}
+	d, err := rootfs.Read(m[2])
+	if err != nil || d.Mode != rootfs.ModeGuestPull || d.ImageRef != ref || d.ManifestDigest != mdgst.String() {
+		t.Fatalf("descriptor %+v: %v", d, err)
+	}
 }

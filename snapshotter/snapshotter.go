@@ -400,7 +400,14 @@ func (s *Snapshotter) createSnapshot(ctx context.Context, kind snapshots.Kind, k
 			if err := writeLayerRecord(td, staged); err != nil {
 				return err
 			}
-		} else if !isExtraction(key, info.Labels) && len(sn.ParentIDs) > 0 {
+		}
+		if len(sn.ParentIDs) > 0 && s.chainHasRaksh(sn.ParentIDs[0]) {
+			// Mark the chain so children find out from their parent alone.
+			if err := os.WriteFile(filepath.Join(td, chainMarkerName), nil, 0o644); err != nil {
+				return err
+			}
+		}
+		if staged == nil && len(sn.ParentIDs) > 0 && !isExtraction(key, info.Labels) && s.chainHasRaksh(sn.ParentIDs[0]) {
 			desc, err := s.rootfsDescriptor(ctx, sn.ParentIDs)
 			if err != nil {
 				return err
@@ -513,6 +520,15 @@ func (s *Snapshotter) workPath(id string) string {
 }
 func (s *Snapshotter) rootfsPath(id string) string {
 	return filepath.Join(s.root, "snapshots", id, "rootfs")
+}
+
+// chainMarkerName marks a snapshot whose parent chain holds raksh layers.
+const chainMarkerName = "raksh-chain"
+
+// chainHasRaksh reports whether snapshot id is a raksh layer or sits on one.
+func (s *Snapshotter) chainHasRaksh(id string) bool {
+	dir := s.snapshotPath(id)
+	return fileExists(filepath.Join(dir, layerRecordName)) || fileExists(filepath.Join(dir, chainMarkerName))
 }
 
 func fileExists(p string) bool {

@@ -7,6 +7,7 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"math/rand"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -38,7 +39,7 @@ var (
 )
 
 // snapshotterBin returns raksh-snapshotter from _output/bin, or builds it.
-func snapshotterBin(t *testing.T) string {
+func snapshotterBin(t testing.TB) string {
 	t.Helper()
 	p := filepath.Join(harness.Output(), "bin", "raksh-snapshotter")
 	if _, err := os.Stat(p); err == nil {
@@ -64,12 +65,12 @@ func snapshotterBin(t *testing.T) string {
 }
 
 type snapshotterProc struct {
-	t                   *testing.T
+	t                   testing.TB
 	dir, root, sock, cf string
 	cmd                 *exec.Cmd
 }
 
-func startSnapshotter(t *testing.T, extra string) *snapshotterProc {
+func startSnapshotter(t testing.TB, extra string) *snapshotterProc {
 	t.Helper()
 	dir, err := os.MkdirTemp("/tmp", "rks-")
 	if err != nil {
@@ -131,7 +132,7 @@ func (s *snapshotterProc) stop(sig syscall.Signal) {
 
 // withSnapshotter starts containerd with contrib/containerd/snapshotter.toml
 // pointed at s.
-func withSnapshotter(t *testing.T, s *snapshotterProc) *harness.Containerd {
+func withSnapshotter(t testing.TB, s *snapshotterProc) *harness.Containerd {
 	t.Helper()
 	b, err := os.ReadFile(filepath.Join(harness.Repo(), "contrib", "containerd", "snapshotter.toml"))
 	if err != nil {
@@ -190,7 +191,7 @@ func rootfsOf(t *testing.T, h *harness.Containerd, key string, chain digest.Dige
 	return d, m[2]
 }
 
-func contentDigests(t *testing.T, h *harness.Containerd) string {
+func contentDigests(t testing.TB, h *harness.Containerd) string {
 	out, err := h.Ctr("content", "ls", "-q")
 	if err != nil {
 		t.Fatal(err)
@@ -491,4 +492,72 @@ func TestSnapshotterGuestPullCRI(t *testing.T) {
 	if err != nil || d.Mode != rootfs.ModeGuestPull || d.ImageRef != ref || d.ManifestDigest != mdgst.String() {
 		t.Fatalf("descriptor %+v: %v", d, err)
 	}
+}
+
+// diskUsage returns the bytes allocated to regular files under root.
+func diskUsage(root string) int64 {
+	var n int64
+	filepath.Walk(root, func(p string, fi os.FileInfo, err error) error {
+		if err == nil && fi.Mode().IsRegular() {
+			if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+				n += st.Blocks * 512
+			}
+		}
+		return nil
+	})
+	return n
+}
+
+// BenchmarkHostBytes compares the host disk used by pulling the same image
+// (three 4 MiB layers of random data) with containerd's overlayfs snapshotter
+// and with raksh guest pull (content store plus snapshotter directories).
+func BenchmarkHostBytes(b *testing.B) {
+	harness.RequiresRoot(b)
+	host, stop := imagetest.Registry()
+	defer stop()
+	s := startSnapshotter(b, "[guest_pull]\nenable = true\n")
+	h := withSnapshotter(b, s)
+	rng := rand.New(rand.NewSource(1))
+	var overlayBytes, rakshBytes int64
+	for i := 0; i < b.N; i++ {
+		var layers []*imagetest.Layer
+		for j := 0; j < 3; j++ {
+			buf := make([]byte, 4<<20)
+			rng.Read(buf)
+			layers = append(layers, imagetest.GzipLayer(imagetest.Tar(map[string]string{fmt.Sprintf("l%d", j): string(buf)})))
+		}
+		img, err := imagetest.Image(layers...)
+		if err != nil {
+			b.Fatal(err)
+		}
+		ref := fmt.Sprintf("%s/bench/img:%d", host, i)
+		if _, err := imagetest.Push(ref, img); err != nil {
+			b.Fatal(err)
+		}
+		before := diskUsage(h.Dir) + diskUsage(s.root)
+		if out, err := h.Ctr("images", "pull", "--plain-http", "--snapshotter", "overlayfs", ref); err != nil {
+			b.Fatalf("%v %s", err, out)
+		}
+		mid := diskUsage(h.Dir) + diskUsage(s.root)
+		overlayBytes += mid - before
+		if _, err := h.Ctr("images", "rm", "--sync", ref); err != nil {
+			b.Fatal(err)
+		}
+		h.Ctr("snapshots", "--snapshotter", "overlayfs", "ls") // let GC settle
+		ref2 := fmt.Sprintf("%s/bench/img-raksh:%d", host, i)
+		if _, err := imagetest.Push(ref2, img); err != nil {
+			b.Fatal(err)
+		}
+		before = diskUsage(h.Dir) + diskUsage(s.root)
+		if out, err := h.Ctr("images", "pull", "--plain-http", "--snapshotter", "raksh", ref2); err != nil {
+			b.Fatalf("%v %s", err, out)
+		}
+		rakshBytes += diskUsage(h.Dir) + diskUsage(s.root) - before
+		if _, err := h.Ctr("images", "rm", "--sync", ref2); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(float64(overlayBytes)/float64(b.N), "overlayfs-host-bytes/image")
+	b.ReportMetric(float64(rakshBytes)/float64(b.N), "raksh-guest-pull-host-bytes/image")
+	b.ReportMetric(float64(rakshBytes)/float64(overlayBytes), "raksh/overlayfs")
 }

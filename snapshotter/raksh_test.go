@@ -460,3 +460,157 @@ func TestConfig(t *testing.T) {
 		t.Fatalf("shipped example config: %v", err)
 	}
 }
+
+func TestIsExtraction(t *testing.T) {
+	for _, tc := range []struct {
+		key    string
+		labels map[string]string
+		want   bool
+	}{
+		{"extract-123-abcd sha256:0123abcd", nil, true},
+		{"default/7/extract-881726318-mllo sha256:6677c9ec3df3fdbc", nil, true},
+		{"default/8/pod-a", nil, false},
+		{"k8s.io/9/5f2c0a3e1b", nil, false},
+		{"default/9/extract-with-no-chain", nil, false},
+		{"default/10/anything", map[string]string{snapshots.LabelSnapshotRef: "sha256:aa"}, true},
+	} {
+		if got := isExtraction(tc.key, tc.labels); got != tc.want {
+			t.Errorf("isExtraction(%q) = %v, want %v", tc.key, got, tc.want)
+		}
+	}
+}
+
+// memStore adds the content.Manager methods the differ uses to memContent,
+// with the GC labels containerd puts on a manifest.
+type memStore struct {
+	memContent
+	labels map[digest.Digest]map[string]string
+}
+
+func (m memStore) Info(ctx context.Context, d digest.Digest) (content.Info, error) {
+	return content.Info{Digest: d, Labels: m.labels[d]}, nil
+}
+func (m memStore) Update(ctx context.Context, info content.Info, fieldpaths ...string) (content.Info, error) {
+	return info, errdefs.ErrNotImplemented
+}
+func (m memStore) Delete(ctx context.Context, d digest.Digest) error {
+	return errdefs.ErrNotImplemented
+}
+func (m memStore) Walk(ctx context.Context, fn content.WalkFunc, filters ...string) error {
+	for d, l := range m.labels {
+		match := false
+		for _, f := range filters {
+			for k, v := range l {
+				if f == fmt.Sprintf(`labels.%q==%q`, k, v) {
+					match = true
+				}
+			}
+		}
+		if match {
+			if err := fn(content.Info{Digest: d, Labels: l}); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// TestDifferUnlabelled covers ctr pull --local / ctr image unpack: no labels,
+// extraction recognised by its key, diff ID found through the image config.
+func TestDifferUnlabelled(t *testing.T) {
+	ctx := testCtx(t)
+	ciphertext := []byte("opaque layer bytes")
+	layer := ocispec.Descriptor{MediaType: encMediaType, Digest: digest.FromBytes(ciphertext), Size: int64(len(ciphertext))}
+	diffID := digest.FromString("plain tar")
+	cfg := []byte(fmt.Sprintf(`{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[%q]}}`, diffID))
+	cfgDesc := ocispec.Descriptor{MediaType: ocispec.MediaTypeImageConfig, Digest: digest.FromBytes(cfg), Size: int64(len(cfg))}
+	man := []byte(fmt.Sprintf(`{"schemaVersion":2,"config":{"mediaType":%q,"digest":%q,"size":%d},"layers":[{"mediaType":%q,"digest":%q,"size":%d}]}`,
+		cfgDesc.MediaType, cfgDesc.Digest, cfgDesc.Size, layer.MediaType, layer.Digest, layer.Size))
+	md := digest.FromBytes(man)
+
+	for _, tc := range []struct {
+		name     string
+		labelled bool
+		wantErr  func(error) bool
+	}{
+		{"manifest found", true, nil},
+		{"no manifest references the layer", false, errdefs.IsNotFound},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			store := memStore{
+				memContent: memContent{layer.Digest: ciphertext, cfgDesc.Digest: cfg, md: man},
+				labels:     map[digest.Digest]map[string]string{},
+			}
+			if tc.labelled {
+				store.labels[md] = map[string]string{"containerd.io/gc.ref.content.config": cfgDesc.Digest.String(), "containerd.io/gc.ref.content.l.0": layer.Digest.String()}
+			}
+			sn, _ := newTest(t, WithContentProvider(store))
+			key := "default/1/extract-1-abcd " + digest.FromString("chain").String()
+			mounts, err := sn.Prepare(ctx, key, "")
+			if err != nil {
+				t.Fatal(err)
+			}
+			applied, err := sn.Differ().Apply(ctx, layer, mounts)
+			if tc.wantErr != nil {
+				if !tc.wantErr(err) {
+					t.Fatalf("unexpected error %v", err)
+				}
+				return
+			}
+			if err != nil || applied.Digest != diffID {
+				t.Fatalf("applied %v, %v; want diff ID %s", applied.Digest, err, diffID)
+			}
+			// The unlabelled container rootfs on top still gets a descriptor.
+			if err := sn.Commit(ctx, "chain", key); err != nil {
+				t.Fatal(err)
+			}
+			m, err := sn.Prepare(ctx, "default/2/container", "chain")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if d, ok, err := rootfs.ParseMounts(m); !ok || err != nil || d.Layers[0].DiffID != diffID.String() {
+				t.Fatalf("descriptor: %v %v %+v", ok, err, d)
+			}
+		})
+	}
+}
+
+// TestCrashLeftovers: what a kill -9 can leave behind is discarded on
+// restart (partial cache writes) or by Cleanup (unrenamed snapshot dirs,
+// blob metadata without its blob).
+func TestCrashLeftovers(t *testing.T) {
+	ctx := testCtx(t)
+	sn, root := newTest(t)
+	if _, err := sn.Prepare(ctx, "kept", ""); err != nil {
+		t.Fatal(err)
+	}
+	sn.Close()
+	stray := filepath.Join(root, "snapshots", "new-123456")
+	os.MkdirAll(filepath.Join(stray, "fs"), 0o755)
+	os.WriteFile(filepath.Join(root, "cache", "ingest", "partial"), []byte("half"), 0o644)
+	orphan := filepath.Join(root, "cache", "blobs", "sha256")
+	os.MkdirAll(orphan, 0o755)
+	orphanMeta := filepath.Join(orphan, digest.FromString("x").Encoded()+".json")
+	os.WriteFile(orphanMeta, []byte(`{}`), 0o444)
+
+	sn2, err := New(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sn2.Close()
+	if entries, _ := os.ReadDir(filepath.Join(root, "cache", "ingest")); len(entries) != 0 {
+		t.Fatal("partial cache write survived restart")
+	}
+	if err := sn2.Cleanup(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(stray); !errors.Is(err, os.ErrNotExist) {
+		t.Fatal("stray snapshot dir not cleaned up")
+	}
+	if _, err := os.Stat(orphanMeta); !errors.Is(err, os.ErrNotExist) {
+		t.Fatal("orphan blob metadata not pruned")
+	}
+	if _, err := sn2.Mounts(ctx, "kept"); err != nil {
+		t.Fatalf("active snapshot lost: %v", err)
+	}
+}

@@ -240,14 +240,61 @@ func parseFDT(b []byte) (*dt.FDT, error) {
 	if len(b) < 40 || binary.BigEndian.Uint32(b) != dt.Magic {
 		return nil, fmt.Errorf("pef: not an FDT: %w", errdefs.ErrInvalidArgument)
 	}
-	if total := binary.BigEndian.Uint32(b[4:]); total > maxFDTSize || int(total) > len(b) {
+	total := binary.BigEndian.Uint32(b[4:])
+	if total < 40 || total > maxFDTSize || int(total) > len(b) {
 		return nil, fmt.Errorf("pef: FDT size %d out of range: %w", total, errdefs.ErrInvalidArgument)
 	}
-	f, err := readFDT(b)
+	if err := checkFDTBounds(b[:total]); err != nil {
+		return nil, fmt.Errorf("pef: malformed FDT: %v: %w", err, errdefs.ErrInvalidArgument)
+	}
+	f, err := readFDT(b[:total])
 	if err != nil {
 		return nil, fmt.Errorf("pef: malformed FDT: %v: %w", err, errdefs.ErrInvalidArgument)
 	}
 	return f, nil
+}
+
+// checkFDTBounds checks that the blocks the header points to, and every
+// property in the structure block, lie inside b. dt.ReadFDT allocates
+// header- and property-declared lengths before reading, so hostile sizes
+// would otherwise cost gigabytes.
+func checkFDTBounds(b []byte) error {
+	be := binary.BigEndian
+	total := uint64(len(b))
+	offStruct, offStrings, offRsv := uint64(be.Uint32(b[8:])), uint64(be.Uint32(b[12:])), uint64(be.Uint32(b[16:]))
+	sizeStrings, sizeStruct := uint64(be.Uint32(b[32:])), uint64(be.Uint32(b[36:]))
+	if offRsv >= total || offStrings+sizeStrings > total || offStruct+sizeStruct > total {
+		return fmt.Errorf("block outside the FDT")
+	}
+	st := b[offStruct : offStruct+sizeStruct]
+	for i := uint64(0); i+4 <= uint64(len(st)); {
+		tok := be.Uint32(st[i:])
+		i += 4
+		switch tok {
+		case 1: // FDT_BEGIN_NODE: NUL-terminated name, 4-aligned
+			n := bytes.IndexByte(st[i:], 0)
+			if n < 0 {
+				return fmt.Errorf("unterminated node name")
+			}
+			i += (uint64(n) + 1 + 3) &^ 3
+		case 3: // FDT_PROP: len, nameoff, value
+			if i+8 > uint64(len(st)) {
+				return fmt.Errorf("truncated property")
+			}
+			l := uint64(be.Uint32(st[i:]))
+			i += 8
+			if l > uint64(len(st))-i {
+				return fmt.Errorf("property length %d outside the structure block", l)
+			}
+			i += (l + 3) &^ 3
+		case 2, 4: // FDT_END_NODE, FDT_NOP
+		case 9: // FDT_END
+			return nil
+		default:
+			return fmt.Errorf("bad token %#x", tok)
+		}
+	}
+	return nil
 }
 
 // readFDT calls dt.ReadFDT, turning a panic on hostile input into an error.

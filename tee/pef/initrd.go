@@ -5,6 +5,7 @@ import (
 	"crypto/rsa"
 	"fmt"
 	"io"
+	"strconv"
 	"strings"
 
 	"github.com/containerd/errdefs"
@@ -78,7 +79,13 @@ func FindESMBlob(initrd []byte) (blob, initramfs []byte, err error) {
 		rr = eof.RecordReader // we need the trailer record's position
 	}
 	var end int64 = -1
+	var pos int64
 	for {
+		// u-root's reader allocates the declared name size before reading
+		// it: refuse absurd sizes first.
+		if err := checkNewcHeader(initrd, pos); err != nil {
+			return nil, nil, fmt.Errorf("pef: %v: %w", err, ErrNoESMBlob)
+		}
 		rec, err := rr.ReadRecord()
 		if err == io.EOF {
 			break
@@ -86,6 +93,7 @@ func FindESMBlob(initrd []byte) (blob, initramfs []byte, err error) {
 		if err != nil {
 			return nil, nil, fmt.Errorf("pef: initrd does not start with a cpio archive: %v: %w", err, ErrNoESMBlob)
 		}
+		pos = rec.RecPos + int64(rec.RecLen) + (int64(rec.FileSize)+3)&^3
 		if rec.Name == cpio.Trailer {
 			end = rec.RecPos + int64(rec.RecLen)
 			break
@@ -116,4 +124,24 @@ func FindESMBlob(initrd []byte) (blob, initramfs []byte, err error) {
 		end = int64(len(initrd))
 	}
 	return blob, initrd[end:], nil
+}
+
+// maxNewcName bounds cpio names (PATH_MAX).
+const maxNewcName = 4096
+
+// checkNewcHeader checks the newc header at pos: magic and a sane name size.
+func checkNewcHeader(b []byte, pos int64) error {
+	const hdrLen = 110
+	if pos < 0 || pos+hdrLen > int64(len(b)) {
+		return fmt.Errorf("truncated cpio header")
+	}
+	h := b[pos : pos+hdrLen]
+	if string(h[:6]) != "070701" {
+		return fmt.Errorf("not a newc cpio header")
+	}
+	n, err := strconv.ParseUint(string(h[94:102]), 16, 32)
+	if err != nil || n == 0 || n > maxNewcName {
+		return fmt.Errorf("bad cpio name size")
+	}
+	return nil
 }

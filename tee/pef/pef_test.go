@@ -352,3 +352,35 @@ func TestNewUltravisorSourceOffPower(t *testing.T) {
 		t.Fatalf("NewUltravisorSource = %v", err)
 	}
 }
+
+// TestHostileSizes checks that declared sizes are bounded before u-root's
+// parsers allocate them (found while fuzzing: gigabyte allocations).
+func TestHostileSizes(t *testing.T) {
+	fx := newFixture(t)
+	blob, _, err := FindESMBlob(fx.sealed)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hugeStrings := bytes.Clone(blob)
+	binary.BigEndian.PutUint32(hugeStrings[32:], 0xfffffff0) // size_dt_strings
+	if _, err := parseFDT(hugeStrings); !errdefs.IsInvalidArgument(err) {
+		t.Fatalf("huge strings block: %v", err)
+	}
+	// A property claiming 4 GiB: patch the first FDT_PROP length.
+	hugeProp := bytes.Clone(blob)
+	off := binary.BigEndian.Uint32(hugeProp[8:])
+	for i := off; i+12 < uint32(len(hugeProp)); i += 4 {
+		if binary.BigEndian.Uint32(hugeProp[i:]) == 3 {
+			binary.BigEndian.PutUint32(hugeProp[i+4:], 0xffffff00)
+			break
+		}
+	}
+	if _, err := parseFDT(hugeProp); !errdefs.IsInvalidArgument(err) {
+		t.Fatalf("huge property: %v", err)
+	}
+	hugeName := bytes.Clone(fx.sealed)
+	copy(hugeName[94:102], "FFFFFFFF") // namesize of the first record
+	if _, _, err := FindESMBlob(hugeName); !errors.Is(err, ErrNoESMBlob) {
+		t.Fatalf("huge cpio name: %v", err)
+	}
+}

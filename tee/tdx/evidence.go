@@ -60,7 +60,7 @@ func ParseQuote(raw []byte) (*pb.QuoteV4, error) {
 	if len(raw) > maxQuoteSize {
 		return nil, fmt.Errorf("tdx: quote is %d bytes, limit %d: %w", len(raw), maxQuoteSize, errdefs.ErrInvalidArgument)
 	}
-	anyQ, err := abi.QuoteToProto(raw)
+	anyQ, err := quoteToProto(raw)
 	if err != nil {
 		return nil, fmt.Errorf("tdx: malformed quote: %v: %w", err, errdefs.ErrInvalidArgument)
 	}
@@ -72,4 +72,17 @@ func ParseQuote(raw []byte) (*pb.QuoteV4, error) {
 		return nil, fmt.Errorf("tdx: malformed quote: %v: %w", err, errdefs.ErrInvalidArgument)
 	}
 	return q, nil
+}
+
+// quoteToProto calls abi.QuoteToProto, turning a panic into an error:
+// go-tdx-guest v0.3.1 slices out of range on some malformed QE
+// authentication data (found by FuzzParseQuote), and evidence comes from
+// the network.
+func quoteToProto(raw []byte) (q any, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			q, err = nil, fmt.Errorf("quote parser failed: %v", r)
+		}
+	}()
+	return abi.QuoteToProto(raw)
 }

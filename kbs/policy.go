@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"encoding/hex"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"path"
 	"slices"
@@ -47,19 +46,23 @@ type Rule struct {
 	InitDataDigests []string `json:"init_data_digests,omitempty"`
 	// AllowDebug admits TEEs whose memory a debugger can read.
 	AllowDebug bool `json:"allow_debug,omitempty"`
+	// AllowInsecure admits claims marked insecure from backends other than
+	// sim (e.g. PEF keys sealed for the simulated ultravisor). The sim
+	// backend needs "sim" in TEE instead.
+	AllowInsecure bool `json:"allow_insecure,omitempty"`
 }
 
 // Policy decision errors, distinct so a denied guest and its operator learn
 // why.
 var (
-	ErrNoRule              = fmt.Errorf("no policy rule covers the resource: %w", errdefs.ErrPermissionDenied)
-	ErrTEENotAllowed       = fmt.Errorf("TEE type not allowed by policy: %w", errdefs.ErrPermissionDenied)
-	ErrSimNotAllowed       = fmt.Errorf("simulated (insecure) TEE not allowed by policy: %w", errdefs.ErrPermissionDenied)
-	ErrMeasurementDenied   = fmt.Errorf("launch measurement not allowed by policy: %w", errdefs.ErrPermissionDenied)
-	ErrInitDataDenied      = fmt.Errorf("init-data digest not allowed by policy: %w", errdefs.ErrPermissionDenied)
-	ErrDebugNotAllowed     = fmt.Errorf("debuggable TEE not allowed by policy: %w", errdefs.ErrPermissionDenied)
-	ErrInvalidPolicy       = fmt.Errorf("invalid resource policy: %w", errdefs.ErrInvalidArgument)
-	errInsecureClaimsNoSim = errors.New("insecure claims")
+	ErrNoRule             = fmt.Errorf("no policy rule covers the resource: %w", errdefs.ErrPermissionDenied)
+	ErrTEENotAllowed      = fmt.Errorf("TEE type not allowed by policy: %w", errdefs.ErrPermissionDenied)
+	ErrSimNotAllowed      = fmt.Errorf("simulated (insecure) TEE not allowed by policy: %w", errdefs.ErrPermissionDenied)
+	ErrMeasurementDenied  = fmt.Errorf("launch measurement not allowed by policy: %w", errdefs.ErrPermissionDenied)
+	ErrInitDataDenied     = fmt.Errorf("init-data digest not allowed by policy: %w", errdefs.ErrPermissionDenied)
+	ErrDebugNotAllowed    = fmt.Errorf("debuggable TEE not allowed by policy: %w", errdefs.ErrPermissionDenied)
+	ErrInsecureNotAllowed = fmt.Errorf("insecure (simulated) TEE claims not allowed by policy: %w", errdefs.ErrPermissionDenied)
+	ErrInvalidPolicy      = fmt.Errorf("invalid resource policy: %w", errdefs.ErrInvalidArgument)
 )
 
 // ParsePolicy decodes and validates a JSON policy. Unknown fields are
@@ -145,9 +148,8 @@ func (r *Rule) check(c *tee.Claims) error {
 		}
 		return fmt.Errorf("%q: %w", c.TEE, ErrTEENotAllowed)
 	}
-	if c.Insecure && c.TEE != tee.Sim {
-		// Only the sim backend may produce insecure claims.
-		return fmt.Errorf("%w from %q", errInsecureClaimsNoSim, c.TEE)
+	if c.Insecure && c.TEE != tee.Sim && !r.AllowInsecure {
+		return fmt.Errorf("%q: %w", c.TEE, ErrInsecureNotAllowed)
 	}
 	if c.Debug && !r.AllowDebug {
 		return ErrDebugNotAllowed

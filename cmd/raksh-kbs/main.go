@@ -9,8 +9,6 @@ import (
 	"syscall"
 
 	"github.com/urfave/cli/v2"
-
-	"github.com/raksh-project/raksh/kbs"
 )
 
 func main() {
@@ -29,10 +27,10 @@ func main() {
 			&cli.StringFlag{Name: "sim-platform-keys", Usage: "trusted sim platform public keys (PEM bundle); enables the INSECURE sim verifier"},
 		},
 		Action: func(c *cli.Context) error {
-			cfg := kbs.DefaultConfig()
+			cfg := defaultConfig()
 			if p := c.String("config"); p != "" {
 				var err error
-				if cfg, err = kbs.LoadConfig(p); err != nil {
+				if cfg, err = loadConfig(p); err != nil {
 					return err
 				}
 			}

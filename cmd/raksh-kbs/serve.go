@@ -19,8 +19,11 @@ import (
 
 // serve runs the broker until ctx is done. ready, if set, receives the
 // bound address once listening.
-func serve(ctx context.Context, cfg kbs.Config, ready func(addr string)) error {
+func serve(ctx context.Context, cfg config, ready func(addr string)) error {
 	reg := tee.NewRegistry()
+	if err := cfg.registerHardware(reg); err != nil {
+		return err
+	}
 	if cfg.SimPlatformKeysFile != "" {
 		data, err := os.ReadFile(cfg.SimPlatformKeysFile)
 		if err != nil {

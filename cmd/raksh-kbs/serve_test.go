@@ -12,13 +12,14 @@ import (
 	"encoding/pem"
 	"math/big"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/raksh-project/raksh/kbs"
+	"github.com/raksh-project/raksh/kbs/api"
 	"github.com/raksh-project/raksh/kbs/client"
 	"github.com/raksh-project/raksh/tee/sim"
 )
@@ -70,10 +71,13 @@ admin_public_key_files = ["` + filepath.Join(dir, "admin.pub") + `"]
 sim_platform_keys_file = "` + filepath.Join(dir, "sim.pem") + `"
 session_ttl = "1m"
 token_ttl = "10m"
+
+[snp]
+measurements = []
 `
 	confPath := filepath.Join(dir, "kbs.toml")
 	os.WriteFile(confPath, []byte(conf), 0o600)
-	cfg, err := kbs.LoadConfig(confPath)
+	cfg, err := loadConfig(confPath)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -98,6 +102,17 @@ token_ttl = "10m"
 	if err := admin.SetResource(ctx, "default/workload/key1", []byte("the key")); err != nil {
 		t.Fatalf("SetResource: %v", err)
 	}
+	// The [snp] section registered the SNP verifier: an snp session opens.
+	resp, err := (&http.Client{Transport: &http.Transport{TLSClientConfig: tlsCfg}}).Post(url+api.AuthPath, "application/json", strings.NewReader(`{"version":"0.1.1","tee":"snp","extra-params":{}}`))
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("snp auth: %v %v", resp, err)
+	}
+	resp.Body.Close()
+	resp, _ = (&http.Client{Transport: &http.Transport{TLSClientConfig: tlsCfg}}).Post(url+api.AuthPath, "application/json", strings.NewReader(`{"version":"0.1.1","tee":"tdx","extra-params":{}}`))
+	if resp.StatusCode != 401 {
+		t.Fatalf("tdx auth without a [tdx] section: %d", resp.StatusCode)
+	}
+	resp.Body.Close()
 	a, _ := sim.NewAttester(platform)
 	c, _ := client.New(url, a, client.WithTLSConfig(tlsCfg))
 	got, err := c.Resource(ctx, "default/workload/key1")
@@ -118,11 +133,11 @@ token_ttl = "10m"
 func TestConfigRejectsUnknownKeys(t *testing.T) {
 	p := filepath.Join(t.TempDir(), "kbs.toml")
 	os.WriteFile(p, []byte("adress = \"127.0.0.1:1\"\n"), 0o600)
-	if _, err := kbs.LoadConfig(p); err == nil || !strings.Contains(err.Error(), "adress") {
+	if _, err := loadConfig(p); err == nil || !strings.Contains(err.Error(), "adress") {
 		t.Fatalf("LoadConfig = %v", err)
 	}
 	os.WriteFile(p, []byte("session_ttl = \"five\"\n"), 0o600)
-	if _, err := kbs.LoadConfig(p); err == nil {
+	if _, err := loadConfig(p); err == nil {
 		t.Fatal("bad duration accepted")
 	}
 }

@@ -214,6 +214,15 @@ func (n *nriNode) stopPlugin(t *testing.T) {
 
 func (n *nriNode) runPod(t *testing.T, name, handler string, ann map[string]string) (string, *cri.PodSandboxConfig) {
 	t.Helper()
+	id, cfg, err := n.runPodE(t, name, handler, ann, 5*time.Minute)
+	if err != nil {
+		t.Fatalf("RunPodSandbox %s on %q: %v", name, handler, err)
+	}
+	return id, cfg
+}
+
+func (n *nriNode) runPodE(t *testing.T, name, handler string, ann map[string]string, timeout time.Duration) (string, *cri.PodSandboxConfig, error) {
+	t.Helper()
 	cfg := &cri.PodSandboxConfig{
 		Metadata:     &cri.PodSandboxMetadata{Name: name, Uid: "uid-" + name, Namespace: nriNamespace},
 		LogDirectory: filepath.Join(n.dir, "logs", name),
@@ -224,11 +233,11 @@ func (n *nriNode) runPod(t *testing.T, name, handler string, ann map[string]stri
 		}},
 	}
 	nriMust(t, os.MkdirAll(cfg.LogDirectory, 0o755))
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	r, err := n.cri.RunPodSandbox(ctx, &cri.RunPodSandboxRequest{Config: cfg, RuntimeHandler: handler})
 	if err != nil {
-		t.Fatalf("RunPodSandbox %s on %q: %v", name, handler, err)
+		return "", nil, err
 	}
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
@@ -236,7 +245,7 @@ func (n *nriNode) runPod(t *testing.T, name, handler string, ann map[string]stri
 		n.cri.StopPodSandbox(ctx, &cri.StopPodSandboxRequest{PodSandboxId: r.PodSandboxId})
 		n.cri.RemovePodSandbox(ctx, &cri.RemovePodSandboxRequest{PodSandboxId: r.PodSandboxId})
 	})
-	return r.PodSandboxId, cfg
+	return r.PodSandboxId, cfg, nil
 }
 
 func (n *nriNode) containerConfig(name string) *cri.ContainerConfig {
@@ -466,7 +475,10 @@ func TestNRIReconnect(t *testing.T) {
 // start it.
 func TestNRIShimGuard(t *testing.T) {
 	n := startNRINode(t, nriNodeOpts{runtimeConfig: "require_envelope = true\n"})
-	podID, pod := n.runPod(t, "vm-0", "raksh", nil)
+	podID, pod, err := n.runPodE(t, "vm-0", "raksh", nil, 3*time.Minute)
+	if err != nil {
+		t.Fatalf("the raksh handler did not run a CRI pod sandbox (shim side, before any NRI call): %v", err)
+	}
 
 	id, err := n.create(podID, pod, n.containerConfig("app"))
 	if err != nil {
@@ -474,6 +486,7 @@ func TestNRIShimGuard(t *testing.T) {
 	}
 	s, raw := n.spec(t, id)
 	n.assertSealed(t, s, raw, envelope.Binding{Namespace: nriNamespace, Pod: "vm-0", Container: "app"})
+	n.waitPlugin(t, podID, pod)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	_, err = n.cri.StartContainer(ctx, &cri.StartContainerRequest{ContainerId: id})
@@ -519,4 +532,51 @@ func nriWrite(t testing.TB, p string, b []byte, mode os.FileMode) {
 	t.Helper()
 	nriMust(t, os.MkdirAll(filepath.Dir(p), 0o755))
 	nriMust(t, os.WriteFile(p, b, mode))
+}
+
+// TestNRIShimGuardCtr checks the shim's guard on containers created without
+// the CRI (ctr run: NRI never sees them), with require_envelope set: no
+// envelope → refused; an owner envelope sealing SECRET while the spec still
+// carries SECRET in clear → refused, naming SECRET and not its value; the
+// same envelope with placeholders → not refused by the guard.
+func TestNRIShimGuardCtr(t *testing.T) {
+	h := startWithBusybox(t, harness.Options{RuntimeConfig: "require_envelope = true\n"})
+	key, err := envelope.GenerateKey(envelope.KeyP256)
+	nriMust(t, err)
+	jwe, err := envelope.Seal(&envelope.Spec{Args: []string{"/bin/sh", "-c", "echo $SECRET"}, Env: []string{"SECRET=" + nriSecretEnv}},
+		envelope.Binding{Namespace: "default", Pod: "g3", Container: "g3"},
+		envelope.Recipient{KeyID: nriKeyID, Key: key.Public()})
+	nriMust(t, err)
+	ann := envelope.ContainerAnnotation + "=" + string(jwe)
+
+	run := func(id string, args ...string) error {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+		defer cancel()
+		all := append([]string{"run", "--rm", "--runtime", rakshRuntime}, args[:len(args)-1]...)
+		all = append(all, busyboxRef, id, args[len(args)-1])
+		out, err := h.CtrContext(ctx, all...)
+		if err != nil {
+			// The harness prefixes ctr's stderr with the command line,
+			// which holds the value the test passed: check the rest.
+			msg := strings.TrimPrefix(err.Error(), "ctr "+strings.Join(all, " "))
+			if strings.Contains(out+msg, nriSecretEnv) {
+				t.Errorf("%s: output or error leaks the sealed value", id)
+			}
+			return errors.New(msg)
+		}
+		return nil
+	}
+
+	if err := run("g1", "true"); err == nil || !strings.Contains(err.Error(), "no envelope annotation") {
+		t.Errorf("unsealed container: %v, want the guard's missing-envelope refusal", err)
+	}
+	if err := run("g2", "--annotation", ann, "--env", "SECRET="+nriSecretEnv, envelope.Placeholder); err == nil ||
+		!strings.Contains(err.Error(), `env "SECRET"`) || !strings.Contains(err.Error(), "sealed item present in clear") {
+		t.Errorf("cleartext env: %v, want the guard's cleartext refusal naming SECRET", err)
+	}
+	if err := run("g3", "--annotation", ann, "--env", "SECRET="+envelope.Placeholder, envelope.Placeholder); err != nil && nriGuardRefusal(err) {
+		t.Errorf("sealed container refused by the guard: %v", err)
+	} else {
+		t.Logf("sealed container (no KBS in this test): %v", err)
+	}
 }

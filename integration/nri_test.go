@@ -479,6 +479,7 @@ func TestNRIShimGuard(t *testing.T) {
 	if err != nil {
 		t.Fatalf("the raksh handler did not run a CRI pod sandbox (shim side, before any NRI call): %v", err)
 	}
+	n.waitPlugin(t, podID, pod)
 
 	id, err := n.create(podID, pod, n.containerConfig("app"))
 	if err != nil {
@@ -486,7 +487,6 @@ func TestNRIShimGuard(t *testing.T) {
 	}
 	s, raw := n.spec(t, id)
 	n.assertSealed(t, s, raw, envelope.Binding{Namespace: nriNamespace, Pod: "vm-0", Container: "app"})
-	n.waitPlugin(t, podID, pod)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	_, err = n.cri.StartContainer(ctx, &cri.StartContainerRequest{ContainerId: id})

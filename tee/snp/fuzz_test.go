@@ -1,7 +1,10 @@
 package snp
 
 import (
+	"bytes"
+	"context"
 	"testing"
+	"time"
 
 	"github.com/google/go-sev-guest/abi"
 )
@@ -36,6 +39,30 @@ func FuzzParseCertTable(f *testing.F) {
 	f.Fuzz(func(t *testing.T, b []byte) {
 		if tbl, err := parseCertTable(b); err == nil {
 			_ = tbl.Proto()
+		}
+	})
+}
+
+// FuzzVerify runs whole verifications (go-sev-guest verify and validate
+// behind ParseEvidence) on mutated evidence; only the seed may pass.
+func FuzzVerify(f *testing.F) {
+	f.Add(realEvidence(f, false))
+	f.Add(realEvidence(f, true))
+	v, err := NewVerifier(realConfig(), WithCertificates(readTestdata(f, "vcek.testcer")),
+		WithNow(func() time.Time { return realNow }))
+	if err != nil {
+		f.Fatal(err)
+	}
+	real := readTestdata(f, "attestation.bin")
+	f.Fuzz(func(t *testing.T, b []byte) {
+		c, err := v.Verify(context.Background(), b, realReportData)
+		if err != nil {
+			return
+		}
+		// Anything accepted must carry the real, signed report.
+		ev, perr := ParseEvidence(b)
+		if perr != nil || !bytes.Equal(ev.Report, real) || c.ReportData != realReportData {
+			t.Fatalf("accepted evidence that is not the signed report")
 		}
 	})
 }

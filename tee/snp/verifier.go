@@ -198,7 +198,14 @@ func (v *Verifier) Type() tee.Type { return tee.SNP }
 
 // Verify checks SNP evidence and returns its claims. Errors wrap the
 // package's Err* values.
-func (v *Verifier) Verify(ctx context.Context, evidence []byte, reportData [tee.ReportDataSize]byte) (*tee.Claims, error) {
+func (v *Verifier) Verify(ctx context.Context, evidence []byte, reportData [tee.ReportDataSize]byte) (c *tee.Claims, err error) {
+	// Evidence comes from the network; a parser panic in a vendor library
+	// must refuse the evidence, not take the key broker down.
+	defer func() {
+		if r := recover(); r != nil {
+			c, err = nil, fmt.Errorf("snp: evidence crashed the parser: %v: %w", r, errdefs.ErrInvalidArgument)
+		}
+	}()
 	ev, err := ParseEvidence(evidence)
 	if err != nil {
 		return nil, err
@@ -275,7 +282,7 @@ func (v *Verifier) Verify(ctx context.Context, evidence []byte, reportData [tee.
 		return nil, fmt.Errorf("%w: %v", ErrPolicy, err)
 	}
 
-	c := &tee.Claims{
+	c = &tee.Claims{
 		TEE:            tee.SNP,
 		Measurement:    bytes.Clone(rep.GetMeasurement()),
 		InitDataDigest: bytes.Clone(rep.GetHostData()),

@@ -191,7 +191,14 @@ func (v *Verifier) Type() tee.Type { return tee.TDX }
 
 // Verify checks TDX evidence and returns its claims. Errors wrap the
 // package's Err* values.
-func (v *Verifier) Verify(ctx context.Context, evidence []byte, reportData [tee.ReportDataSize]byte) (*tee.Claims, error) {
+func (v *Verifier) Verify(ctx context.Context, evidence []byte, reportData [tee.ReportDataSize]byte) (c *tee.Claims, err error) {
+	// Evidence comes from the network; a parser panic in a vendor library
+	// must refuse the evidence, not take the key broker down.
+	defer func() {
+		if r := recover(); r != nil {
+			c, err = nil, fmt.Errorf("tdx: evidence crashed the parser: %v: %w", r, errdefs.ErrInvalidArgument)
+		}
+	}()
 	_, q, err := ParseEvidence(evidence)
 	if err != nil {
 		return nil, err
@@ -232,7 +239,7 @@ func (v *Verifier) Verify(ctx context.Context, evidence []byte, reportData [tee.
 	for _, r := range body.GetRtmrs() {
 		rtmrs = append(rtmrs, hex.EncodeToString(r))
 	}
-	c := &tee.Claims{
+	c = &tee.Claims{
 		TEE:            tee.TDX,
 		Measurement:    bytes.Clone(body.GetMrTd()),
 		InitDataDigest: bytes.Clone(body.GetMrConfigId()),

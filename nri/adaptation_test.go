@@ -358,7 +358,7 @@ func TestReconnect(t *testing.T) {
 	}
 }
 
-func TestRunPreRegisteredExitsOnClose(t *testing.T) {
+func TestRunPreRegisteredDoesNotRetry(t *testing.T) {
 	// With NRI_PLUGIN_SOCKET set the runtime launched us and relaunches us;
 	// the plugin must not try to reconnect. An invalid fd makes the
 	// connection fail at once.
@@ -368,7 +368,7 @@ func TestRunPreRegisteredExitsOnClose(t *testing.T) {
 		t.Fatal(err)
 	}
 	err = Run(context.Background(), p, RunOpts{MinBackoff: time.Millisecond})
-	if err == nil || !strings.Contains(err.Error(), "pre-registered") {
+	if err == nil || !strings.Contains(err.Error(), "pre-registered plugin failed to start") || !strings.Contains(err.Error(), "not-a-fd") {
 		t.Fatalf("Run = %v, want a pre-registered exit", err)
 	}
 }

@@ -2,7 +2,7 @@
 // seals on the node what a container still carries in clear (args,
 // environment, secret volume files, image reference) into an envelope, or
 // checks an envelope its owner sealed with rakshctl, strips the cleartext
-// from the container (SetArgs to the placeholder, RemoveEnv, RemoveMount) and
+// from the container (SetArgs and env values to the placeholder, RemoveMount) and
 // attaches the envelope as the io.raksh.envelope container annotation.
 //
 // Node-side sealing protects everything downstream of containerd (the shim,
@@ -201,6 +201,9 @@ func Run(ctx context.Context, p *Plugin, o RunOpts) error {
 			return fmt.Errorf("failed to create NRI stub: %w", err)
 		}
 		err = s.Start(ctx)
+		if err != nil && preRegistered && p.ConfigError() == nil {
+			return fmt.Errorf("pre-registered plugin failed to start: %w", err)
+		}
 		if err == nil {
 			backoff = o.MinBackoff
 			if o.OnConnect != nil {

@@ -121,6 +121,20 @@ func (s *snapshotterProc) start() {
 	}
 }
 
+// useContainerd restarts the snapshotter with containerd_address set (a
+// top-level key, so it goes before any table).
+func (s *snapshotterProc) useContainerd(address string) {
+	b, err := os.ReadFile(s.cf)
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	if err := os.WriteFile(s.cf, append([]byte(fmt.Sprintf("containerd_address = %q\n", address)), b...), 0o644); err != nil {
+		s.t.Fatal(err)
+	}
+	s.stop(syscall.SIGTERM)
+	s.start()
+}
+
 func (s *snapshotterProc) stop(sig syscall.Signal) {
 	if s.cmd == nil {
 		return
@@ -310,10 +324,7 @@ func TestSnapshotterEncrypted(t *testing.T) {
 
 	s := startSnapshotter(t, "") // guest pull off: encrypted layers go through the ciphertext cache
 	h := withSnapshotter(t, s)
-	b, _ := os.ReadFile(s.cf)
-	os.WriteFile(s.cf, append(b, []byte(fmt.Sprintf("containerd_address = %q\n", h.Address))...), 0o644)
-	s.stop(syscall.SIGTERM)
-	s.start()
+	s.useContainerd(h.Address)
 
 	keyFile := filepath.Join(t.TempDir(), "key.pem")
 	os.WriteFile(keyFile, priv, 0o600)
@@ -560,4 +571,86 @@ func BenchmarkHostBytes(b *testing.B) {
 	b.ReportMetric(float64(overlayBytes)/float64(b.N), "overlayfs-host-bytes/image")
 	b.ReportMetric(float64(rakshBytes)/float64(b.N), "raksh-guest-pull-host-bytes/image")
 	b.ReportMetric(float64(rakshBytes)/float64(overlayBytes), "raksh/overlayfs")
+}
+
+// TestSnapshotterPlainAndMixed: a plain image on the raksh snapshotter is an
+// ordinary overlay rootfs (applied by the raksh differ on both pull paths); a
+// mixed image (plain base, encrypted top) gets a descriptor with a host dir
+// layer and a ciphertext blob layer.
+func TestSnapshotterPlainAndMixed(t *testing.T) {
+	harness.RequiresRoot(t)
+	host, stop := imagetest.Registry()
+	defer stop()
+	_, pub, err := imagetest.RSAKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := startSnapshotter(t, fmt.Sprintf("[guest_pull]\nenable = true\nimage_patterns = [%q]\n", regexp.QuoteMeta(host)+"/raksh/.*"))
+	h := withSnapshotter(t, s)
+	s.useContainerd(h.Address)
+
+	for i, args := range [][]string{
+		{"images", "pull", "--plain-http", "--snapshotter", "raksh"},
+		{"images", "pull", "--local", "--plain-http", "--snapshotter", "raksh"},
+	} {
+		base := imagetest.GzipLayer(imagetest.Tar(map[string]string{"etc/os-release": fmt.Sprintf("plain %d\n", i), "app/old": "x"}))
+		top := imagetest.GzipLayer(imagetest.Tar(map[string]string{"app/top": "visible", "app/old": "<whiteout>"}))
+		img, _ := imagetest.Image(base, top)
+		ref := fmt.Sprintf("%s/plain/app:%d", host, i)
+		if _, err := imagetest.Push(ref, img); err != nil {
+			t.Fatal(err)
+		}
+		if out, err := ctrAfterRestart(h, append(args, ref)...); err != nil {
+			t.Fatalf("pull %s: %v\n%s", ref, err, out)
+		}
+		chain := identity.ChainID([]digest.Digest{base.DiffID, top.DiffID})
+		key := fmt.Sprintf("plain-%d", i)
+		if _, err := h.Ctr("snapshots", "--snapshotter", "raksh", "prepare", key, chain.String()); err != nil {
+			t.Fatal(err)
+		}
+		out, err := h.Ctr("snapshots", "--snapshotter", "raksh", "mounts", "/mnt", key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		m := mountRE.FindStringSubmatch(out)
+		if m == nil || m[1] != "overlay" {
+			t.Fatalf("plain image must get an overlay rootfs, got %q", out)
+		}
+		target := t.TempDir()
+		if err := exec.Command("mount", "-t", "overlay", "overlay", target, "-o", m[3]).Run(); err != nil {
+			t.Fatalf("mount: %v", err)
+		}
+		top1, err1 := os.ReadFile(filepath.Join(target, "app", "top"))
+		_, errOld := os.Stat(filepath.Join(target, "app", "old"))
+		exec.Command("umount", target).Run()
+		if err1 != nil || string(top1) != "visible" || errOld == nil {
+			t.Fatalf("overlay rootfs content wrong: %q %v, whiteout %v", top1, err1, errOld)
+		}
+	}
+
+	// Mixed: plain base, encrypted top.
+	base := imagetest.GzipLayer(imagetest.Tar(map[string]string{"etc/os-release": "mixed\n"}))
+	top, err := imagetest.Encrypt(imagetest.GzipLayer(imagetest.Tar(map[string]string{"app/marker": snMarker + "-mixed"})), pub)
+	if err != nil {
+		t.Fatal(err)
+	}
+	img, _ := imagetest.Image(base, top)
+	ref := host + "/mixed/app:1"
+	if _, err := imagetest.Push(ref, img); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := h.Ctr("images", "pull", "--plain-http", "--snapshotter", "raksh", ref); err != nil {
+		t.Fatalf("pull: %v\n%s", err, out)
+	}
+	d, _ := rootfsOf(t, h, "mixed-pod", identity.ChainID([]digest.Digest{base.DiffID, top.DiffID}))
+	if d.Mode != rootfs.ModeLayers || len(d.Layers) != 2 || d.Layers[0].Source != rootfs.SourceDir || d.Layers[1].Source != rootfs.SourceBlob ||
+		d.Layers[0].Digest != base.Digest().String() || d.Layers[1].Digest != top.Digest().String() {
+		t.Fatalf("mixed descriptor %+v", d)
+	}
+	if b, err := os.ReadFile(filepath.Join(d.Layers[0].Path, "etc", "os-release")); err != nil || string(b) != "mixed\n" {
+		t.Fatalf("host dir layer: %q %v", b, err)
+	}
+	if hits := append(grepTree(s.root, snMarker+"-mixed"), grepTree(h.Dir, snMarker+"-mixed")...); len(hits) > 0 {
+		t.Fatalf("encrypted layer's marker found on the host: %v", hits)
+	}
 }

@@ -15,6 +15,7 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/rsa"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
@@ -164,6 +165,39 @@ func TestInteropResponse(t *testing.T) {
 	}
 	if plain, err := client.DecryptResponse(out, k); err != nil || string(plain) != "resource" {
 		t.Fatalf("decrypt %q %v", plain, err)
+	}
+	// The response alg follows the tee-pubkey's alg (protocol doc:
+	// "alg must be the same value as described in the Attestation's
+	// tee-pubkey field"); RSA1_5 is refused.
+	rk, _ := rsa.GenerateKey(rand.Reader, 2048)
+	for _, alg := range []string{"RSA-OAEP", "RSA-OAEP-256", ""} {
+		out, err := kbs.EncryptResponse([]byte("r"), &jose.JSONWebKey{Key: &rk.PublicKey, Algorithm: alg})
+		if err != nil {
+			t.Fatalf("%q: %v", alg, err)
+		}
+		var m map[string]string
+		_ = json.Unmarshal(out, &m)
+		hb, _ := base64.RawURLEncoding.DecodeString(m["protected"])
+		want := alg
+		if want == "" {
+			want = "RSA-OAEP-256"
+		}
+		if !strings.Contains(string(hb), `"alg":"`+want+`"`) {
+			t.Fatalf("tee-pubkey alg %q: header %s", alg, hb)
+		}
+		if plain, err := client.DecryptResponse(out, rk); err != nil || string(plain) != "r" {
+			t.Fatalf("%q: decrypt %v", alg, err)
+		}
+	}
+	for _, bad := range []*jose.JSONWebKey{
+		{Key: &rk.PublicKey, Algorithm: "RSA1_5"},
+		{Key: &k.PublicKey, Algorithm: "RSA-OAEP"},
+		{Key: &k.PublicKey, Algorithm: "ECDH-ES"},
+	} {
+		raw, _ := json.Marshal(bad)
+		if _, err := kbs.ParseTEEPubKey(raw); err == nil || !strings.Contains(err.Error(), "alg") {
+			t.Fatalf("tee-pubkey alg %q accepted: %v", bad.Algorithm, err)
+		}
 	}
 	// Trustee writes "aad" = the protected header (protocol doc: "AAD field
 	// should be calculated by ASCII(BASE64URL(UTF8(JWE Protected Header)))"):

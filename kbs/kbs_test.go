@@ -212,11 +212,47 @@ func TestRoundTrip(t *testing.T) {
 			if tok2, _ := c.Token(); tok2 != tok {
 				t.Fatal("token not cached")
 			}
-			// Moved to another container: refused before fetching the key.
-			if _, err := unseal.Open(ctx, data, envelope.Binding{Namespace: "default", Pod: "web-0", Container: "sidecar"}, unseal.NewKBSKeys(c)); !errors.Is(err, envelope.ErrWrongBinding) {
-				t.Fatalf("moved envelope: %v", err)
+			// Moved to another container, pod or namespace: refused before
+			// fetching the key.
+			for _, moved := range []envelope.Binding{
+				{Namespace: "default", Pod: "web-0", Container: "sidecar"},
+				{Namespace: "default", Pod: "web-1", Container: "app"},
+				{Namespace: "other", Pod: "web-0", Container: "app"},
+			} {
+				if _, err := unseal.Open(ctx, data, moved, unseal.NewKBSKeys(c)); !errors.Is(err, envelope.ErrWrongBinding) {
+					t.Fatalf("envelope moved to %v: %v", moved, err)
+				}
 			}
 		})
+	}
+}
+
+// TestConcurrentGuests runs several guests' handshakes and fetches at once.
+func TestConcurrentGuests(t *testing.T) {
+	e := newEnv(t, false, defaultPolicy())
+	var wg sync.WaitGroup
+	errs := make(chan error, 8)
+	for range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c, err := client.New(e.url, e.attester(), client.WithInitData("toml", initDataDoc))
+			if err != nil {
+				errs <- err
+				return
+			}
+			for range 3 {
+				if _, err := c.Resource(context.Background(), workloadKeyPath); err != nil {
+					errs <- err
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
 	}
 }
 

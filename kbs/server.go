@@ -484,7 +484,30 @@ func ParseTEEPubKey(raw json.RawMessage) (*jose.JSONWebKey, error) {
 	default:
 		return nil, fmt.Errorf("tee-pubkey type %T not supported", k.Key)
 	}
+	if _, err := responseAlgorithm(&k); err != nil {
+		return nil, err
+	}
 	return &k, nil
+}
+
+// responseAlgorithm is the JWE key management algorithm for a tee-pubkey:
+// the key's "alg" when it is one raksh-kbs uses for that key type (the
+// protocol says the response alg must be the tee-pubkey's), else the
+// default for the type. RSA1_5 is refused (padding oracles).
+func responseAlgorithm(k *jose.JSONWebKey) (jose.KeyAlgorithm, error) {
+	_, isRSA := k.Key.(*rsa.PublicKey)
+	switch alg := jose.KeyAlgorithm(k.Algorithm); {
+	case alg == "" && isRSA:
+		return jose.RSA_OAEP_256, nil
+	case alg == "":
+		return jose.ECDH_ES_A256KW, nil
+	case isRSA && (alg == jose.RSA_OAEP || alg == jose.RSA_OAEP_256):
+		return alg, nil
+	case !isRSA && alg == jose.ECDH_ES_A256KW:
+		return alg, nil
+	default:
+		return "", fmt.Errorf("tee-pubkey alg %q not supported for this key type (RSA: RSA-OAEP, RSA-OAEP-256; EC: ECDH-ES+A256KW)", k.Algorithm)
+	}
 }
 
 // tokenClaims is the payload of an attestation token.
@@ -580,12 +603,13 @@ func (s *Server) handleGetResource(w http.ResponseWriter, r *http.Request) {
 }
 
 // EncryptResponse encrypts a resource to the TEE key as a KBS Response (JWE
-// flattened JSON serialization): ECDH-ES+A256KW for EC keys, RSA-OAEP-256
-// for RSA keys, A256GCM.
+// flattened JSON serialization, A256GCM): with the key's "alg" when allowed
+// (RSA-OAEP, RSA-OAEP-256, ECDH-ES+A256KW), else ECDH-ES+A256KW for EC keys
+// and RSA-OAEP-256 for RSA keys.
 func EncryptResponse(data []byte, key *jose.JSONWebKey) ([]byte, error) {
-	alg := jose.ECDH_ES_A256KW
-	if _, ok := key.Key.(*rsa.PublicKey); ok {
-		alg = jose.RSA_OAEP_256
+	alg, err := responseAlgorithm(key)
+	if err != nil {
+		return nil, err
 	}
 	enc, err := jose.NewEncrypter(jose.A256GCM, jose.Recipient{Algorithm: alg, Key: key.Key}, nil)
 	if err != nil {

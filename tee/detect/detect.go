@@ -63,8 +63,10 @@ func WithFallback(f func() (tee.Attester, error)) Opt {
 	return func(c *config) { c.fallback = f }
 }
 
-// WithPEFKeyDir sets where the PEF attester reads the keys the ultravisor
-// released (default pef.DefaultKeyDir).
+// WithPEFKeyDir makes the PEF attester read released files from dir (the
+// simulated ultravisor's output) instead of asking the ultravisor
+// (UV_ESMB_GET_FILE, ppc64le only; other builds fall back to
+// pef.DefaultKeyDir).
 func WithPEFKeyDir(dir string) Opt { return func(c *config) { c.pefKeys = dir } }
 
 // Result is what detection found.
@@ -105,6 +107,13 @@ func NewAttester(ctx context.Context, opts ...Opt) (tee.Attester, error) {
 	case tee.TDX:
 		return tdx.NewAttester(c.tsm), nil
 	case tee.PEF:
+		// On a PEF secure VM (ppc64le) released files come from the
+		// ultravisor; elsewhere (tests, simulated PEF) from the key dir.
+		if c.pefKeys == "" {
+			if src, err := pef.NewUltravisorSource(); err == nil {
+				return pef.NewAttester(pef.WithKeySource(src)), nil
+			}
+		}
 		return pef.NewAttester(pef.WithKeyDir(c.pefKeys)), nil
 	}
 	return nil, fmt.Errorf("detect: no attester for %q: %w", res.Type, errdefs.ErrNotImplemented)

@@ -10,8 +10,11 @@ import (
 	"github.com/containerd/errdefs"
 )
 
-// DefaultKeyDir is where released keys are kept inside the guest (a tmpfs).
-const DefaultKeyDir = "/run/raksh/pef"
+// DefaultKeyDir is where the simulated ultravisor's released files appear
+// inside the guest (unpacked from the archive SimUltravisor.BootInitrd
+// appends to the initrd, into the initramfs root). On PEF hardware the
+// agent reads files with UltravisorSource instead.
+const DefaultKeyDir = "/raksh/pef"
 
 // KeySource gives the agent the files the ultravisor released.
 type KeySource interface {

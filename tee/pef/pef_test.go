@@ -384,3 +384,34 @@ func TestHostileSizes(t *testing.T) {
 		t.Fatalf("huge cpio name: %v", err)
 	}
 }
+
+func TestSimBootInitrd(t *testing.T) {
+	f := newFixture(t)
+	pk, other := platformKeys(t)
+	out, err := NewSimUltravisor(pk).BootInitrd(BootParams{Kernel: f.kernel, Initrd: f.sealed, Cmdline: f.cmdline})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.HasPrefix(out, f.sealed) {
+		t.Fatal("boot initrd does not start with the sealed initrd")
+	}
+	start := (len(f.sealed) + 3) &^ 3
+	recs, err := cpio.ReadAllRecords(cpio.Newc.Reader(bytes.NewReader(out[start:])))
+	if err != nil {
+		t.Fatal(err)
+	}
+	found := false
+	for _, r := range recs {
+		if r.Name == "raksh/pef/workload.key" {
+			b := make([]byte, r.FileSize)
+			r.ReadAt(b, 0)
+			found = bytes.Equal(b, f.workloadKey) && r.Mode&0o777 == 0o600
+		}
+	}
+	if !found {
+		t.Fatalf("released workload key not in the appended archive: %v", recs)
+	}
+	if _, err := NewSimUltravisor(other).BootInitrd(BootParams{Kernel: f.kernel, Initrd: f.sealed, Cmdline: f.cmdline}); !errors.Is(err, ErrNoKey) {
+		t.Fatalf("BootInitrd on another platform = %v", err)
+	}
+}

@@ -1,15 +1,19 @@
 package pef
 
 import (
+	"bytes"
 	"crypto/rand"
 	"crypto/rsa"
 	"crypto/sha256"
 	"crypto/sha512"
 	"crypto/subtle"
 	"fmt"
+	"path"
+	"sort"
 	"strings"
 
 	"github.com/containerd/errdefs"
+	"github.com/u-root/u-root/pkg/cpio"
 )
 
 // Errors of the ESM checks, mirroring the ultravisor's UV_ESM results.
@@ -156,4 +160,55 @@ func (u *SimUltravisor) EnterSecureMode(p BootParams) (map[string][]byte, error)
 		files[n.Name] = pt
 	}
 	return files, nil
+}
+
+// BootInitrd is the simulated boot: it runs EnterSecureMode and, on
+// success, returns p.Initrd followed by a cpio archive that unpacks the
+// released files into DefaultKeyDir (mode 0600) in the guest's initramfs,
+// for DirSource to read. The shim uses it in simulated PEF mode; the host
+// sees the released files, which is why this mode is insecure.
+func (u *SimUltravisor) BootInitrd(p BootParams) ([]byte, error) {
+	files, err := u.EnterSecureMode(p)
+	if err != nil {
+		return nil, err
+	}
+	arch, err := ReleasedArchive(files)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]byte, 0, len(p.Initrd)+4+len(arch))
+	out = append(out, p.Initrd...)
+	// cpio archives in an initramfs start on 4-byte boundaries; the kernel
+	// skips zero padding between them.
+	for len(out)%4 != 0 {
+		out = append(out, 0)
+	}
+	return append(out, arch...), nil
+}
+
+// ReleasedArchive returns a newc cpio archive placing files in
+// DefaultKeyDir.
+func ReleasedArchive(files map[string][]byte) ([]byte, error) {
+	dir := strings.TrimPrefix(DefaultKeyDir, "/")
+	recs := []cpio.Record{cpio.Directory(path.Dir(dir), 0o700), cpio.Directory(dir, 0o700)}
+	names := make([]string, 0, len(files))
+	for n := range files {
+		if err := checkName(n); err != nil {
+			return nil, err
+		}
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	for _, n := range names {
+		recs = append(recs, cpio.StaticRecord(files[n], cpio.Info{Name: path.Join(dir, n), Mode: cpio.S_IFREG | 0o600, NLink: 1}))
+	}
+	var buf bytes.Buffer
+	w := cpio.Newc.Writer(&buf)
+	if err := cpio.WriteRecords(w, recs); err != nil {
+		return nil, err
+	}
+	if err := cpio.WriteTrailer(w); err != nil {
+		return nil, err
+	}
+	return buf.Bytes(), nil
 }

@@ -23,6 +23,9 @@
 // TPM uses to unwrap the lockbox, the content of "algorithm") is chosen
 // here and documented in docs/tee.md: the format is structurally
 // compatible, not verified against an ultravisor.
+//
+// Sources: open-power/ultravisor (svm-esmb.c, svm-esm.c, uvcall.c,
+// svm-crypto.c) and skiboot's TPM wrapping-key setup.
 package pef
 
 import (
@@ -94,10 +97,16 @@ var PlatformRTAS = []byte{
 
 // BuildESMBlob returns an ESM blob sealing d and files for the platform
 // whose ultravisor holds the private half of wrapKey. The symmetric key is
-// wrapped with RSA-OAEP (SHA-256).
+// wrapped with RSA-OAEP (SHA-256, empty label), matching the TPM wrapping
+// key skiboot creates for the ultravisor (RSA-2048, TPM_ALG_OAEP with
+// SHA-256, persistent handle 0x81800001; export its public part on the host
+// with TPM2_ReadPublic).
 func BuildESMBlob(wrapKey *rsa.PublicKey, d Digests, files map[string][]byte) ([]byte, error) {
 	if wrapKey == nil {
 		return nil, fmt.Errorf("pef: no platform wrapping key: %w", errdefs.ErrInvalidArgument)
+	}
+	if wrapKey.N.BitLen() < 2048 {
+		return nil, fmt.Errorf("pef: platform wrapping key has %d bits, want at least 2048: %w", wrapKey.N.BitLen(), errdefs.ErrInvalidArgument)
 	}
 	for name, data := range files {
 		if name == "" || len(name) > MaxFileNameSize || bytes.ContainsAny([]byte(name), "/\x00") {

@@ -415,3 +415,13 @@ func TestSimBootInitrd(t *testing.T) {
 		t.Fatalf("BootInitrd on another platform = %v", err)
 	}
 }
+
+func TestBuildESMBlobRefusesWeakPlatformKey(t *testing.T) {
+	k, err := rsa.GenerateKey(rand.Reader, 1024)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := BuildESMBlob(&k.PublicKey, Digests{}, nil); !errdefs.IsInvalidArgument(err) {
+		t.Fatalf("1024-bit platform key: %v", err)
+	}
+}

@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"testing"
 
 	"github.com/containerd/errdefs"
@@ -174,5 +175,46 @@ func TestWriteFiles(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(outside, "pwned")); err == nil {
 		t.Fatal("file written outside the rootfs")
+	}
+}
+
+func TestApply(t *testing.T) {
+	ctx := context.Background()
+	data, key := sealed(t)
+	keys := StaticKeys{kid: key}
+	mk := func(env ...string) *specs.Spec {
+		return &specs.Spec{
+			Process: &specs.Process{Args: []string{envelope.Placeholder}, Env: env},
+			Annotations: map[string]string{
+				envelope.ContainerAnnotation: string(data),
+				SandboxNamespaceAnnotation:   "ns", SandboxNameAnnotation: "pod", ContainerNameAnnotation: "app",
+			},
+		}
+	}
+	spec := mk("PATH=/bin", "PASSWORD="+envelope.Placeholder)
+	s, err := Apply(ctx, spec, keys)
+	if err != nil || s == nil {
+		t.Fatalf("Apply: %v", err)
+	}
+	if spec.Process.Args[0] != "/srv" || !slices.Contains(spec.Process.Env, "PASSWORD=x") {
+		t.Fatalf("merged %+v", spec.Process)
+	}
+	// A placeholder the envelope does not fill.
+	if _, err := Apply(ctx, mk("OTHER="+envelope.Placeholder), keys); !errors.Is(err, ErrPlaceholder) {
+		t.Fatalf("stray placeholder: %v", err)
+	}
+	// Another pod's annotations.
+	moved := mk()
+	moved.Annotations[SandboxNameAnnotation] = "pod-2"
+	if _, err := Apply(ctx, moved, keys); !errors.Is(err, envelope.ErrWrongBinding) {
+		t.Fatalf("moved: %v", err)
+	}
+	noCRI := mk()
+	delete(noCRI.Annotations, ContainerNameAnnotation)
+	if _, err := Apply(ctx, noCRI, keys); !errdefs.IsInvalidArgument(err) {
+		t.Fatalf("no CRI annotations: %v", err)
+	}
+	if s, err := Apply(ctx, &specs.Spec{}, keys); s != nil || err != nil {
+		t.Fatalf("no envelope: %v %v", s, err)
 	}
 }

@@ -329,3 +329,77 @@ func TestDecryptLayers(t *testing.T) {
 		}
 	})
 }
+
+func TestBuildRootfs(t *testing.T) {
+	ctx := context.Background()
+	host, _ := newRegistry(t)
+	priv, pub, err := imagetest.RSAKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	base := imagetest.GzipLayer(imagetest.Tar(map[string]string{"etc/os-release": "mixed", "app/old": "x"}))
+	top, err := imagetest.Encrypt(imagetest.GzipLayer(imagetest.Tar(map[string]string{"app/secret": marker, "app/old": "<whiteout>"})), pub)
+	if err != nil {
+		t.Fatal(err)
+	}
+	img, _ := imagetest.Image(base, top)
+	ref := host + "/raksh/mixed:1"
+	mdgst, err := imagetest.Push(ref, img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var dialer countingDialer
+	check := func(t *testing.T, dest string) {
+		t.Helper()
+		if b, err := os.ReadFile(filepath.Join(dest, "app", "secret")); err != nil || string(b) != marker {
+			t.Fatalf("secret: %q %v", b, err)
+		}
+		if _, err := os.Stat(filepath.Join(dest, "app", "old")); err == nil {
+			t.Fatal("whiteout not applied")
+		}
+	}
+
+	t.Run("guest pull", func(t *testing.T) {
+		d := &rootfs.Descriptor{Version: 1, Mode: rootfs.ModeGuestPull, ImageRef: ref, ManifestDigest: mdgst.String(),
+			Layers: []rootfs.Layer{{Digest: base.Digest().String(), Source: rootfs.SourceGuestPull}, {Digest: top.Digest().String(), Source: rootfs.SourceGuestPull}}}
+		dest := filepath.Join(t.TempDir(), "rootfs")
+		if _, err := BuildRootfs(ctx, d, Sources{Dialer: dialer.dial, Keys: keyFiles(t, priv)}, dest); err != nil {
+			t.Fatal(err)
+		}
+		check(t, dest)
+	})
+
+	mixed := func(t *testing.T) *rootfs.Descriptor {
+		d := writeCache(t, top)
+		d.ImageRef, d.ManifestDigest = ref, mdgst.String()
+		d.Layers = append([]rootfs.Layer{{Digest: base.Digest().String(), DiffID: base.DiffID.String(), Source: rootfs.SourceDir, Path: "/host/unverifiable"}}, d.Layers...)
+		return d
+	}
+	t.Run("mixed: plain layer from the registry, encrypted from the cache", func(t *testing.T) {
+		before := dialer.n.Load()
+		dest := filepath.Join(t.TempDir(), "rootfs")
+		if _, err := BuildRootfs(ctx, mixed(t), Sources{Dialer: dialer.dial, Keys: keyFiles(t, priv)}, dest); err != nil {
+			t.Fatal(err)
+		}
+		check(t, dest)
+		if dialer.n.Load() == before {
+			t.Fatal("plain layer not fetched from the registry")
+		}
+	})
+	t.Run("mixed without registry access", func(t *testing.T) {
+		dest := filepath.Join(t.TempDir(), "rootfs")
+		if _, err := BuildRootfs(ctx, mixed(t), Sources{Keys: keyFiles(t, priv)}, dest); !errdefs.IsFailedPrecondition(err) {
+			t.Fatalf("want failed precondition, got %v", err)
+		}
+		noLeftovers(t, dest)
+	})
+	t.Run("guest pull with a wrong manifest digest", func(t *testing.T) {
+		d := &rootfs.Descriptor{Version: 1, Mode: rootfs.ModeGuestPull, ImageRef: ref, ManifestDigest: digest.FromString("x").String(),
+			Layers: []rootfs.Layer{{Digest: base.Digest().String(), Source: rootfs.SourceGuestPull}}}
+		dest := filepath.Join(t.TempDir(), "rootfs")
+		if _, err := BuildRootfs(ctx, d, Sources{Dialer: dialer.dial}, dest); !errors.Is(err, ErrDigestMismatch) {
+			t.Fatalf("want ErrDigestMismatch, got %v", err)
+		}
+		noLeftovers(t, dest)
+	})
+}

@@ -1,11 +1,13 @@
 // Package kube seals the containers of Kubernetes workload manifests (Pod,
-// Deployment, StatefulSet, DaemonSet, Job, CronJob): each container's and
+// Deployment, ReplicaSet, StatefulSet, DaemonSet, Job, CronJob): each container's and
 // init container's args, literal env values, working directory, chosen
 // secret files and (optionally) image move into an envelope carried in a pod
 // annotation (envelope.PodAnnotationPrefix + container name), the visible
 // fields become placeholders, and runtimeClassName is set. Multi-document
 // YAML in, same documents in the same order out; documents of other kinds
-// pass through byte for byte.
+// pass through byte for byte, unless they hold containers (a List, a
+// ReplicationController, a custom workload), which is an error rather than
+// a silently unsealed workload.
 package kube
 
 import (
@@ -175,7 +177,20 @@ func decode(doc []byte) (*workload, error) {
 		w.obj, om, w.meta, w.spec = &o, &o.ObjectMeta, &js.Template.ObjectMeta, &js.Template.Spec
 		// <cronjob>-<scheduled time>-<random>, plus the index of Indexed jobs.
 		w.podName = o.Name + "-*" + jobSuffix(js)
+	case "ReplicaSet":
+		var o appsv1.ReplicaSet
+		if err := yaml.UnmarshalStrict(doc, &o); err != nil {
+			return nil, decodeErr(tm.Kind, err)
+		}
+		w.obj, om, w.meta, w.spec = &o, &o.ObjectMeta, &o.Spec.Template.ObjectMeta, &o.Spec.Template.Spec
+		w.podName = o.Name + "-*"
 	default:
+		// Refuse what would pass through unsealed while carrying
+		// containers (List, ReplicationController, custom workloads).
+		var m any
+		if err := yaml.Unmarshal(doc, &m); err == nil && hasContainers(m) {
+			return nil, fmt.Errorf("kind %q holds containers but cannot be sealed (split Lists into documents; use a supported kind): %w", tm.Kind, ErrUnsupportedKind)
+		}
 		return nil, nil
 	}
 	w.name, w.namespace = om.Name, om.Namespace
@@ -183,6 +198,33 @@ func decode(doc []byte) (*workload, error) {
 		return nil, fmt.Errorf("%s has no name: %w", tm.Kind, errdefs.ErrInvalidArgument)
 	}
 	return w, nil
+}
+
+// ErrUnsupportedKind is returned for a document that carries containers
+// but is not a kind Seal knows.
+var ErrUnsupportedKind = fmt.Errorf("unsupported workload kind: %w", errdefs.ErrNotImplemented)
+
+// hasContainers reports whether a decoded document has a "containers" or
+// "initContainers" list anywhere.
+func hasContainers(v any) bool {
+	switch v := v.(type) {
+	case map[string]any:
+		for k, c := range v {
+			if _, isList := c.([]any); isList && (k == "containers" || k == "initContainers") {
+				return true
+			}
+			if hasContainers(c) {
+				return true
+			}
+		}
+	case []any:
+		for _, c := range v {
+			if hasContainers(c) {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 func jobSuffix(js *batchv1.JobSpec) string {

@@ -150,6 +150,9 @@ func TestSealRejects(t *testing.T) {
 		}, errdefs.ErrInvalidArgument},
 		"image without placeholder": {pod("  - {name: c, image: i}\n"), func(o *SealOptions) { o.SealImage = true }, errdefs.ErrInvalidArgument},
 		"too large":                 {bytes.Repeat([]byte("#"), MaxInput+1), nil, errdefs.ErrInvalidArgument},
+		"List of pods":              {[]byte("apiVersion: v1\nkind: List\nitems:\n- apiVersion: v1\n  kind: Pod\n  metadata: {name: p}\n  spec: {containers: [{name: c, image: i}]}\n"), nil, ErrUnsupportedKind},
+		"ReplicationController":     {[]byte("apiVersion: v1\nkind: ReplicationController\nmetadata: {name: rc}\nspec: {template: {spec: {containers: [{name: c, image: i}]}}}\n"), nil, ErrUnsupportedKind},
+		"custom workload":           {[]byte("apiVersion: argoproj.io/v1alpha1\nkind: Rollout\nmetadata: {name: r}\nspec: {template: {spec: {initContainers: [{name: c}]}}}\n"), nil, ErrUnsupportedKind},
 		"annotations over limit": {pod("  - {name: c, image: i}\n"), func(o *SealOptions) {
 			o.Files = map[string][]envelope.File{"c": {{Path: "/big", Content: make([]byte, 300<<10)}}}
 		}, envelope.ErrTooLarge},
@@ -163,6 +166,20 @@ func TestSealRejects(t *testing.T) {
 				t.Fatalf("Seal = %v, want %v", err, tc.want)
 			}
 		})
+	}
+}
+
+func TestReplicaSet(t *testing.T) {
+	o, key := opts(t)
+	o.Files = nil
+	in := []byte("apiVersion: apps/v1\nkind: ReplicaSet\nmetadata: {name: rs, namespace: n}\nspec: {selector: {}, template: {spec: {containers: [{name: c, image: i, env: [{name: K, value: rs-secret}]}]}}}\n")
+	out, err := Seal(in, o)
+	if err != nil || bytes.Contains(out, []byte("rs-secret")) {
+		t.Fatalf("Seal: %v\n%s", err, out)
+	}
+	views, err := Inspect(out, key)
+	if err != nil || len(views) != 1 || views[0].Sealed.Binding.Pod != "rs-*" || !*views[0].Sealed.Opened {
+		t.Fatalf("views %+v %v", views, err)
 	}
 }
 

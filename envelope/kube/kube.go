@@ -262,7 +262,7 @@ func prune(v any) {
 				continue
 			}
 			prune(c)
-			if k == "status" || k == "resources" {
+			if k == "status" || k == "resources" || k == "strategy" || k == "updateStrategy" {
 				if cm, ok := c.(map[string]any); ok && len(cm) == 0 {
 					delete(v, k)
 				}

@@ -146,7 +146,7 @@ func (s *snapshotterProc) stop(sig syscall.Signal) {
 
 // withSnapshotter starts containerd with contrib/containerd/snapshotter.toml
 // pointed at s.
-func withSnapshotter(t testing.TB, s *snapshotterProc) *harness.Containerd {
+func withSnapshotter(t testing.TB, s *snapshotterProc, extra ...byte) *harness.Containerd {
 	t.Helper()
 	b, err := os.ReadFile(filepath.Join(harness.Repo(), "contrib", "containerd", "snapshotter.toml"))
 	if err != nil {
@@ -154,6 +154,13 @@ func withSnapshotter(t testing.TB, s *snapshotterProc) *harness.Containerd {
 	}
 	b = bytes.ReplaceAll(b, []byte("/run/raksh-snapshotter/snapshotter.sock"), []byte(s.sock))
 	b = bytes.ReplaceAll(b, []byte(`"linux/amd64"`), []byte(fmt.Sprintf("%q", "linux/"+goarch())))
+	// Enable the optional diff-service block: the tests also unpack with
+	// ctr pull --local.
+	b = bytes.ReplaceAll(b, []byte("#[plugins.'io.containerd.service.v1.diff-service']\n#  default"), []byte("[plugins.'io.containerd.service.v1.diff-service']\n  default"))
+	if !bytes.Contains(b, []byte("\n[plugins.'io.containerd.service.v1.diff-service']")) {
+		t.Fatal("optional diff-service block not found in the drop-in")
+	}
+	b = append(b, extra...)
 	p := filepath.Join(s.dir, "containerd-snapshotter.toml")
 	if err := os.WriteFile(p, b, 0o644); err != nil {
 		t.Fatal(err)
@@ -443,21 +450,12 @@ func TestSnapshotterGuestPullCRI(t *testing.T) {
 	}
 
 	s := startSnapshotter(t, fmt.Sprintf("[guest_pull]\nenable = true\nimage_patterns = [%q]\n", regexp.QuoteMeta(host)+"/raksh/.*"))
-	// The drop-in, plus: CRI pulls into raksh, plain HTTP to the test registry.
 	hostsDir := filepath.Join(s.dir, "certs.d")
 	os.MkdirAll(filepath.Join(hostsDir, host), 0o755)
 	os.WriteFile(filepath.Join(hostsDir, host, "hosts.toml"), []byte(fmt.Sprintf("server = \"http://%s\"\n[host.\"http://%s\"]\n  capabilities = [\"pull\", \"resolve\"]\n", host, host)), 0o644)
-	b, err := os.ReadFile(filepath.Join(harness.Repo(), "contrib", "containerd", "snapshotter.toml"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	b = bytes.ReplaceAll(b, []byte("/run/raksh-snapshotter/snapshotter.sock"), []byte(s.sock))
-	b = bytes.ReplaceAll(b, []byte(`"linux/amd64"`), []byte(fmt.Sprintf("%q", "linux/"+goarch())))
-	b = bytes.ReplaceAll(b, []byte("disable_snapshot_annotations = false\n"),
-		[]byte(fmt.Sprintf("disable_snapshot_annotations = false\n  snapshotter = \"raksh\"\n  [plugins.'io.containerd.cri.v1.images'.registry]\n    config_path = %q\n", hostsDir)))
-	p := filepath.Join(s.dir, "containerd-snapshotter.toml")
-	os.WriteFile(p, b, 0o644)
-	h := harness.StartContainerd(t, harness.Options{Imports: []string{p}})
+	// CRI pulls into raksh through the transfer service (its default), plain
+	// HTTP to the test registry.
+	h := withSnapshotter(t, s, []byte(fmt.Sprintf("\n[plugins.'io.containerd.cri.v1.images']\n  snapshotter = \"raksh\"\n  [plugins.'io.containerd.cri.v1.images'.registry]\n    config_path = %q\n", hostsDir))...)
 
 	conn, err := grpc.NewClient("unix://"+h.Address, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
@@ -471,6 +469,9 @@ func TestSnapshotterGuestPullCRI(t *testing.T) {
 		t.Fatalf("CRI PullImage: %v", err)
 	}
 	t.Logf("CRI pulled %s", resp.ImageRef)
+	if lb, _ := os.ReadFile(h.Log); bytes.Contains(lb, []byte("Falling back to local image pull")) {
+		t.Fatal("CRI fell back to client-side pulls: the drop-in must leave disable_snapshot_annotations alone")
+	}
 
 	content, err := ctrNS(t, h, "k8s.io", "content", "ls", "-q")
 	if err != nil {

@@ -81,8 +81,9 @@ type Config struct {
 	// the evidence carries none. They are matched to a report by chip ID
 	// and reported TCB.
 	CertFiles []string `toml:"cert_files"`
-	// RootBundles are ASK+ARK bundles (KDS cert_chain PEM format) to trust
-	// instead of the AMD roots embedded in go-sev-guest.
+	// RootBundles are ASK+ARK or ASVK+ARK bundles (KDS cert_chain PEM
+	// format) to trust instead of the AMD roots embedded in go-sev-guest
+	// (all product lines, VCEK and VLEK chains).
 	RootBundles []string `toml:"root_bundles"`
 	// ProductLine is the product line of RootBundles ("Milan", "Genoa",
 	// "Turin"); required with RootBundles.
@@ -190,7 +191,36 @@ func NewVerifier(cfg Config, opts ...Opt) (*Verifier, error) {
 			return nil, err
 		}
 	}
+	if v.roots == nil {
+		if v.roots, err = defaultRoots(); err != nil {
+			return nil, err
+		}
+	}
 	return v, nil
+}
+
+// defaultRoots are AMD's ARK with both intermediates of every product
+// line, as embedded in go-sev-guest: the ASK (certifies VCEKs) and the ASVK
+// (certifies VLEKs). go-sev-guest's own fallback has only the ASK chains,
+// which would refuse every VLEK-signed report.
+func defaultRoots() (map[string][]*trust.AMDRootCerts, error) {
+	roots := map[string][]*trust.AMDRootCerts{}
+	for _, b := range []struct {
+		line   string
+		bundle []byte
+	}{
+		{"Milan", trust.AskArkMilanVcekBytes}, {"Milan", trust.AskArkMilanVlekBytes},
+		{"Genoa", trust.AskArkGenoaVcekBytes}, {"Genoa", trust.AskArkGenoaVlekBytes},
+		{"Turin", trust.AskArkTurinVcekBytes}, {"Turin", trust.AskArkTurinVlekBytes},
+	} {
+		r := trust.AMDRootCertsProduct(b.line)
+		// One embedded bundle (Turin VLEK) ends in stray whitespace.
+		if err := r.FromKDSCertBytes(append(bytes.TrimSpace(b.bundle), '\n')); err != nil {
+			return nil, fmt.Errorf("snp: embedded AMD roots for %s: %w", b.line, err)
+		}
+		roots[b.line] = append(roots[b.line], r)
+	}
+	return roots, nil
 }
 
 // Type returns tee.SNP.

@@ -258,6 +258,7 @@ func testOnlySigner(t testing.TB, tcb kds.TCBParts, chipID []byte, now time.Time
 }
 
 type synth struct {
+	vlek     bool
 	policy   uint64
 	hostData []byte
 	rd       [tee.ReportDataSize]byte
@@ -287,6 +288,7 @@ func signedReport(t testing.TB, s *sevtest.AmdSigner, tcb kds.TCBParts, chipID [
 		ReportId:        make([]byte, 32),
 		ReportIdMa:      make([]byte, 32),
 		ChipId:          chipID,
+		SignerInfo:      signerInfo(r.vlek),
 		CurrentTcb:      uint64(tv),
 		CommittedTcb:    uint64(tv),
 		LaunchTcb:       uint64(tv),
@@ -361,5 +363,84 @@ func TestVerifyTestOnlyChain(t *testing.T) {
 				t.Errorf("claims %+v", c)
 			}
 		})
+	}
+}
+
+func signerInfo(vlek bool) uint32 {
+	if vlek {
+		return abi.ComposeSignerInfo(abi.SignerInfo{SigningKey: abi.VlekReportSigner})
+	}
+	return abi.ComposeSignerInfo(abi.SignerInfo{SigningKey: abi.VcekReportSigner})
+}
+
+// TestVerifyVLEK covers reports signed by a VLEK (a cloud provider's
+// versioned loaded endorsement key), from the evidence or from the cache.
+func TestVerifyVLEK(t *testing.T) {
+	now := time.Now()
+	tcb := kds.TCBParts{BlSpl: 3, SnpSpl: 8, UcodeSpl: 115}
+	chipID := make([]byte, abi.ChipIDSize)
+	s := testOnlySigner(t, tcb, chipID, now)
+	full, err := s.CertTableBytes()
+	if err != nil {
+		t.Fatal(err)
+	}
+	withoutVlek := abi.CertsFromProto(&spb.CertificateChain{AskCert: s.Ask.Raw, ArkCert: s.Ark.Raw}).Marshal()
+	roots := append(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: s.Ask.Raw}),
+		pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: s.Ark.Raw})...)
+	vlekRoots := append(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: s.Asvk.Raw}),
+		pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: s.Ark.Raw})...)
+	rd := [tee.ReportDataSize]byte{0x11}
+	rep := signedReport(t, s, tcb, chipID, synth{vlek: true, policy: DefaultPolicy, rd: rd})
+	for _, tc := range []struct {
+		name  string
+		table  []byte
+		cache  bool
+		noASVK bool
+		want   error
+	}{
+		{name: "vlek in the evidence", table: full},
+		{name: "vlek without an ASVK root", table: full, noASVK: true, want: ErrSignature},
+		{name: "vlek from the cache", table: withoutVlek, cache: true},
+		{name: "no vlek", table: withoutVlek, want: ErrNoEndorsementKey},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			bundles := [][]byte{roots, vlekRoots}
+			if tc.noASVK {
+				bundles = bundles[:1]
+			}
+			opts := []Opt{WithTrustedRoots(kds.ProductLine(abi.DefaultSevProduct()), bundles...)}
+			if tc.cache {
+				opts = append(opts, WithCertificates(s.Vlek.Raw))
+			}
+			v, err := NewVerifier(Config{}, opts...)
+			if err != nil {
+				t.Fatal(err)
+			}
+			ev, _ := (&Evidence{Version: EvidenceVersion, Report: rep, CertTable: tc.table}).Marshal()
+			c, err := v.Verify(context.Background(), ev, rd)
+			if !errors.Is(err, tc.want) || (tc.want == nil && err != nil) {
+				t.Fatalf("Verify = %v; want %v", err, tc.want)
+			}
+			if tc.want == nil && c.Extra["signer"] != abi.VlekReportSigner.String() {
+				t.Errorf("signer %v", c.Extra["signer"])
+			}
+		})
+	}
+}
+
+func TestDefaultRootsCoverVLEK(t *testing.T) {
+	roots, err := defaultRoots()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range []string{"Milan", "Genoa", "Turin"} {
+		var ask, asvk bool
+		for _, r := range roots[line] {
+			ask = ask || r.ProductCerts.Ask != nil
+			asvk = asvk || r.ProductCerts.Asvk != nil
+		}
+		if !ask || !asvk {
+			t.Errorf("%s: ASK chain %v, ASVK chain %v", line, ask, asvk)
+		}
 	}
 }

@@ -392,7 +392,7 @@ func TestVerifyVLEK(t *testing.T) {
 	rd := [tee.ReportDataSize]byte{0x11}
 	rep := signedReport(t, s, tcb, chipID, synth{vlek: true, policy: DefaultPolicy, rd: rd})
 	for _, tc := range []struct {
-		name  string
+		name   string
 		table  []byte
 		cache  bool
 		noASVK bool

@@ -52,6 +52,7 @@ type Error struct {
 	Detail string
 }
 
+// Error renders the status, problem type and detail.
 func (e *Error) Error() string {
 	return fmt.Sprintf("kbs: %d %s: %s", e.Status, e.Type, e.Detail)
 }

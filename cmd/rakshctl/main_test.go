@@ -16,6 +16,7 @@ import (
 	"github.com/raksh-project/raksh/envelope/kube"
 	"github.com/raksh-project/raksh/kbs"
 	"github.com/raksh-project/raksh/tee"
+	"github.com/raksh-project/raksh/tee/sim"
 )
 
 func run(t *testing.T, stdin string, args ...string) (string, error) {
@@ -173,5 +174,30 @@ func TestKBSResourceSet(t *testing.T) {
 	run(t, "", "keys", "generate", "--alg", "ed25519", "--private", otherKey, "--public", filepath.Join(dir, "other.pub"))
 	if _, err := run(t, "", "kbs", "resource", "set", "--file", wkey, "--url", ts.URL, "--admin-key", otherKey, "default/workload/web"); err == nil || !strings.Contains(err.Error(), "AdminAuthFailed") {
 		t.Fatalf("other admin key: %v", err)
+	}
+}
+
+// TestSimPlatformKey: keys generate --alg ec-p384 makes a sim platform key
+// pair the guest attester and the broker accept.
+func TestSimPlatformKey(t *testing.T) {
+	dir := t.TempDir()
+	priv, pub := filepath.Join(dir, "p.key"), filepath.Join(dir, "p.pub")
+	if _, err := run(t, "", "keys", "generate", "--alg", "ec-p384", "--private", priv, "--public", pub); err != nil {
+		t.Fatal(err)
+	}
+	a, err := sim.NewAttesterFromFiles(priv, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	data, _ := os.ReadFile(pub)
+	keys, err := sim.ParsePlatformPublicKeys(data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	v, _ := sim.NewVerifier(keys...)
+	var rd [64]byte
+	ev, _ := a.Evidence(context.Background(), rd)
+	if _, err := v.Verify(context.Background(), ev, rd); err != nil {
+		t.Fatal(err)
 	}
 }

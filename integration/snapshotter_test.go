@@ -209,6 +209,16 @@ func rootfsOf(t *testing.T, h *harness.Containerd, key string, chain digest.Dige
 	if err != nil {
 		t.Fatalf("rootfs descriptor: %v", err)
 	}
+	// A host-side reader mounting it (user lookup, volume copy) gets the stub.
+	target := t.TempDir()
+	if out, err := exec.Command("mount", "-t", "bind", m[2], target, "-o", m[3]).CombinedOutput(); err != nil {
+		t.Fatalf("mount the rootfs as a host reader would: %v %s", err, out)
+	}
+	passwd, err := os.ReadFile(filepath.Join(target, "etc", "passwd"))
+	exec.Command("umount", target).Run()
+	if err != nil || !bytes.HasPrefix(passwd, []byte("root:x:0:0:")) {
+		t.Fatalf("stub /etc/passwd: %q %v", passwd, err)
+	}
 	return d, m[2]
 }
 
@@ -327,7 +337,6 @@ func TestSnapshotterEncrypted(t *testing.T) {
 		}
 		return l0, l1, identity.ChainID([]digest.Digest{l0.DiffID, l1.DiffID})
 	}
-	l0, _, _ := mk(100)
 
 	s := startSnapshotter(t, "") // guest pull off: encrypted layers go through the ciphertext cache
 	h := withSnapshotter(t, s)
@@ -389,40 +398,64 @@ func TestSnapshotterEncrypted(t *testing.T) {
 		})
 	}
 
-	t.Run("kill -9 mid-pull", func(t *testing.T) {
-		ref := host + "/enc/app:crash"
-		big := imagetest.GzipLayer(imagetest.Tar(map[string]string{"big": strings.Repeat("0123456789abcdef", 4<<20)}))
-		bigEnc, err := imagetest.Encrypt(big, pub)
-		if err != nil {
-			t.Fatal(err)
-		}
-		img2, _ := imagetest.Image(l0, bigEnc)
-		if _, err := imagetest.Push(ref, img2); err != nil {
-			t.Fatal(err)
-		}
-		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-		defer cancel()
-		errC := make(chan error, 1)
-		go func() {
-			_, err := h.CtrContext(ctx, "images", "pull", "--local", "--plain-http", "--snapshotter", "raksh", ref)
-			errC <- err
-		}()
-		time.Sleep(300 * time.Millisecond)
-		s.stop(syscall.SIGKILL)
-		<-errC // fails or, if it was quick, succeeds
-		s.start()
-		if entries, _ := os.ReadDir(filepath.Join(s.root, "cache", "ingest")); len(entries) != 0 {
-			t.Fatalf("partial cache writes survived a restart: %d", len(entries))
-		}
-		if out, err := ctrAfterRestart(h, "images", "pull", "--local", "--plain-http", "--snapshotter", "raksh", ref); err != nil {
-			t.Fatalf("pull after kill -9: %v\n%s", err, out)
-		}
-		d, _ := rootfsOf(t, h, "pod-crash", identity.ChainID([]digest.Digest{l0.DiffID, bigEnc.DiffID}))
-		got, err := os.ReadFile(d.Layers[1].Path)
-		if err != nil || !bytes.Equal(got, bigEnc.Blob) {
-			t.Fatalf("cached ciphertext after recovery: %v", err)
-		}
-	})
+	// kill -9 at several points of pulls (transfer and client paths, 4-layer
+	// encrypted images), restart, re-pull: metadata consistent, no partial
+	// cache write, every layer's ciphertext intact in the cache.
+	for n, delay := range []time.Duration{10 * time.Millisecond, 60 * time.Millisecond, 150 * time.Millisecond, 300 * time.Millisecond} {
+		t.Run(fmt.Sprintf("kill -9 mid-pull after %v", delay), func(t *testing.T) {
+			var layers []*imagetest.Layer
+			var diffIDs []digest.Digest
+			for j := 0; j < 4; j++ {
+				l, err := imagetest.Encrypt(imagetest.GzipLayer(imagetest.Tar(map[string]string{
+					fmt.Sprintf("f%d", j): strings.Repeat(fmt.Sprintf("crash %d %d ", n, j), 1<<18),
+				})), pub)
+				if err != nil {
+					t.Fatal(err)
+				}
+				layers = append(layers, l)
+				diffIDs = append(diffIDs, l.DiffID)
+			}
+			img, _ := imagetest.Image(layers...)
+			ref := fmt.Sprintf("%s/enc/crash:%d", host, n)
+			if _, err := imagetest.Push(ref, img); err != nil {
+				t.Fatal(err)
+			}
+			pull := []string{"images", "pull", "--plain-http", "--snapshotter", "raksh"}
+			if n%2 == 1 {
+				pull = []string{"images", "pull", "--local", "--plain-http", "--snapshotter", "raksh"}
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+			defer cancel()
+			errC := make(chan error, 1)
+			go func() {
+				_, err := h.CtrContext(ctx, append(pull, ref)...)
+				errC <- err
+			}()
+			time.Sleep(delay)
+			s.stop(syscall.SIGKILL)
+			<-errC // fails or, if it was quick, succeeds
+			s.start()
+			if entries, _ := os.ReadDir(filepath.Join(s.root, "cache", "ingest")); len(entries) != 0 {
+				t.Fatalf("partial cache writes survived a restart: %d", len(entries))
+			}
+			if out, err := ctrAfterRestart(h, append(pull, ref)...); err != nil {
+				t.Fatalf("pull after kill -9: %v\n%s", err, out)
+			}
+			d, _ := rootfsOf(t, h, fmt.Sprintf("pod-crash-%d", n), identity.ChainID(diffIDs))
+			if len(d.Layers) != len(layers) {
+				t.Fatalf("descriptor has %d layers", len(d.Layers))
+			}
+			for j, l := range layers {
+				got, err := os.ReadFile(d.Layers[j].Path)
+				if err != nil || !bytes.Equal(got, l.Blob) || d.Layers[j].DiffID != l.DiffID.String() {
+					t.Fatalf("layer %d after recovery: %v", j, err)
+				}
+			}
+			if out, err := h.Ctr("snapshots", "--snapshotter", "raksh", "rm", fmt.Sprintf("pod-crash-%d", n)); err != nil {
+				t.Fatalf("%v %s", err, out)
+			}
+		})
+	}
 }
 
 // ctrNS runs ctr against h in namespace ns.

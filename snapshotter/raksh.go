@@ -151,6 +151,10 @@ func (s *Snapshotter) matchImage(ref string) bool {
 	return false
 }
 
+// errTargetExists reports that the target of a guest-pulled layer is
+// already committed.
+var errTargetExists = fmt.Errorf("target snapshot: %w", errdefs.ErrAlreadyExists)
+
 // commitRemote atomically creates the extraction snapshot key and commits it
 // as target, holding only the layer record: one bbolt transaction, and the
 // snapshot directory is renamed into place inside it.
@@ -178,6 +182,11 @@ func (s *Snapshotter) commitRemote(ctx context.Context, key, parent, target stri
 			LabelLayerDigest: rec.Digest,
 		}))
 		if _, err := storage.CommitActive(ctx, key, target, snapshots.Usage{}, copts...); err != nil {
+			if errdefs.IsAlreadyExists(err) {
+				// Another namespace or an earlier pull committed it: the
+				// transaction rolls back and containerd finds that one.
+				return errTargetExists
+			}
 			return fmt.Errorf("failed to commit snapshot %s: %w", target, err)
 		}
 		if err := os.Rename(td, s.snapshotPath(sn.ID)); err != nil {

@@ -614,3 +614,22 @@ func TestCrashLeftovers(t *testing.T) {
 		t.Fatalf("active snapshot lost: %v", err)
 	}
 }
+
+// TestGuestPullKeyExists: an extraction key that already exists is reported
+// as such, not as "target present" (containerd would then look for a target
+// that is not there).
+func TestGuestPullKeyExists(t *testing.T) {
+	ctx := testCtx(t)
+	sn, _ := newTest(t, WithGuestPull())
+	if _, err := sn.Prepare(ctx, "extract-0", ""); err != nil {
+		t.Fatal(err)
+	}
+	labels := criLabels("127.0.0.1:5000/raksh/app:1", "chain0", "", digest.FromString("l"), digest.FromString("m"), digest.FromString("d"))
+	_, err := sn.Prepare(ctx, "extract-0", "", snapshots.WithLabels(labels))
+	if !errdefs.IsAlreadyExists(err) || errors.Is(err, errTargetExists) {
+		t.Fatalf("want a key conflict, got %v", err)
+	}
+	if _, err := sn.Stat(ctx, "chain0"); !errdefs.IsNotFound(err) {
+		t.Fatalf("target must not be committed: %v", err)
+	}
+}

@@ -224,7 +224,7 @@ func (s *Snapshotter) Prepare(ctx context.Context, key, parent string, opts ...s
 			switch rec.Source {
 			case rootfs.SourceGuestPull:
 				err := s.commitRemote(ctx, key, parent, target, rec, opts)
-				if err == nil || errdefs.IsAlreadyExists(err) {
+				if err == nil || errors.Is(err, errTargetExists) {
 					log.G(ctx).WithField("key", key).WithField("target", target).WithField("layer", rec.Digest).Debug("layer left to guest pull")
 					return nil, fmt.Errorf("target snapshot %q: %w", target, errdefs.ErrAlreadyExists)
 				}

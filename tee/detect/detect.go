@@ -9,7 +9,9 @@
 //     reports that clearly when it is missing).
 //  4. /sys/devices/system/cpu/svm reading "1" → PEF (a pseries secure VM
 //     the ultravisor started from an ESM blob).
-//  5. Otherwise the fallback (the simulated TEE), if the caller gave one.
+//  5. pef.DefaultKeyDir present → PEF booted by the simulated ultravisor
+//     (insecure; released files read from that directory).
+//  6. Otherwise the fallback (the simulated TEE), if the caller gave one.
 package detect
 
 import (
@@ -69,6 +71,11 @@ func WithFallback(f func() (tee.Attester, error)) Opt {
 // pef.DefaultKeyDir).
 func WithPEFKeyDir(dir string) Opt { return func(c *config) { c.pefKeys = dir } }
 
+// SourceSimUltravisor is the Result.Source of a guest booted by the
+// simulated PEF ultravisor (pef.SimUltravisor.BootInitrd unpacked the
+// released files into pef.DefaultKeyDir). It is insecure.
+const SourceSimUltravisor = "sim-ultravisor"
+
 // Result is what detection found.
 type Result struct {
 	// Type is the TEE found.
@@ -107,8 +114,11 @@ func NewAttester(ctx context.Context, opts ...Opt) (tee.Attester, error) {
 	case tee.TDX:
 		return tdx.NewAttester(c.tsm), nil
 	case tee.PEF:
+		if res.Source == SourceSimUltravisor {
+			return pef.NewAttester(pef.WithKeyDir(c.path(pef.DefaultKeyDir))), nil
+		}
 		// On a PEF secure VM (ppc64le) released files come from the
-		// ultravisor; elsewhere (tests, simulated PEF) from the key dir.
+		// ultravisor; elsewhere (tests) from the key dir.
 		if c.pefKeys == "" {
 			if src, err := pef.NewUltravisorSource(); err == nil {
 				return pef.NewAttester(pef.WithKeySource(src)), nil
@@ -160,6 +170,9 @@ func (c *config) detect(ctx context.Context) (Result, error) {
 	}
 	if b, err := os.ReadFile(c.path(PEFSVMPath)); err == nil && strings.TrimSpace(string(b)) == "1" {
 		return Result{Type: tee.PEF, Source: "sysfs:cpu/svm"}, nil
+	}
+	if st, err := os.Stat(c.path(pef.DefaultKeyDir)); err == nil && st.IsDir() {
+		return Result{Type: tee.PEF, Source: SourceSimUltravisor}, nil
 	}
 	return Result{}, fmt.Errorf("detect: no hardware TEE: %w", errdefs.ErrNotFound)
 }

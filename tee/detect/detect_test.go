@@ -66,6 +66,7 @@ func TestDetect(t *testing.T) {
 		{name: "sev-guest device", files: map[string]string{SevGuestPath: ""}, want: tee.SNP, wantSource: "device:sev-guest", attester: &snp.Attester{}},
 		{name: "unknown tsm provider falls through to devices", tsm: tsmWithProvider("fake"), files: map[string]string{TDXGuestPath: ""}, want: tee.TDX, wantSource: "device:tdx_guest", attester: &tdx.Attester{}},
 		{name: "pef secure vm", files: map[string]string{PEFSVMPath: "1\n"}, want: tee.PEF, wantSource: "sysfs:cpu/svm", attester: &pef.Attester{}},
+		{name: "pef simulated ultravisor", files: map[string]string{"raksh/pef/workload.key": "k"}, want: tee.PEF, wantSource: SourceSimUltravisor, attester: &pef.Attester{}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			opts := []Opt{WithRoot(fakeRoot(t, tc.files))}
@@ -119,5 +120,21 @@ func TestDetectNoTEE(t *testing.T) {
 	a, err = NewAttester(context.Background(), WithRoot(root), WithFallback(func() (tee.Attester, error) { return fakeSim{}, nil }))
 	if err != nil || a.Type() != tee.SNP {
 		t.Fatalf("NewAttester on SNP with fallback = %v, %v", a, err)
+	}
+}
+
+func TestDetectSimPEFReadsReleasedFiles(t *testing.T) {
+	root := fakeRoot(t, map[string]string{"raksh/pef/workload.key": "released"})
+	a, err := NewAttester(context.Background(), WithRoot(root))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pa, ok := a.(*pef.Attester)
+	if !ok {
+		t.Fatalf("attester %T", a)
+	}
+	b, err := pa.KeySource().ReadFile("workload.key")
+	if err != nil || string(b) != "released" {
+		t.Fatalf("ReadFile = %q, %v", b, err)
 	}
 }

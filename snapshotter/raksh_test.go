@@ -633,3 +633,37 @@ func TestGuestPullKeyExists(t *testing.T) {
 		t.Fatalf("target must not be committed: %v", err)
 	}
 }
+
+// TestConcurrentSharedLayer: several pulls of images sharing an encrypted
+// layer apply it at the same time; one cached copy, every snapshot recorded.
+func TestConcurrentSharedLayer(t *testing.T) {
+	ctx := testCtx(t)
+	ciphertext := bytes.Repeat([]byte("shared ciphertext "), 1<<14)
+	desc := ocispec.Descriptor{MediaType: encMediaType, Digest: digest.FromBytes(ciphertext), Size: int64(len(ciphertext))}
+	sn, root := newTest(t, WithContentProvider(memContent{desc.Digest: ciphertext}))
+	const n = 8
+	errs := make(chan error, n)
+	for i := 0; i < n; i++ {
+		go func(i int) {
+			_, err := extract(ctx, sn, fmt.Sprintf("extract-%d", i), fmt.Sprintf("chain-%d", i), "", desc, digest.FromString("d"), nil)
+			errs <- err
+		}(i)
+	}
+	for i := 0; i < n; i++ {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := countFiles(t, filepath.Join(root, "cache", "blobs")); n != 2 {
+		t.Fatalf("cache holds %d files, want one blob and its metadata", n)
+	}
+	for i := 0; i < n; i++ {
+		m, err := sn.Prepare(ctx, fmt.Sprintf("pod-%d", i), fmt.Sprintf("chain-%d", i))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if d, ok, err := rootfs.ParseMounts(m); !ok || err != nil || d.Layers[0].Path != sn.Cache().Path(desc.Digest) {
+			t.Fatalf("pod %d: %v %v", i, ok, err)
+		}
+	}
+}

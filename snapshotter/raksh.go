@@ -286,7 +286,7 @@ func (s *Snapshotter) rootfsDescriptor(ctx context.Context, parentIDs []string) 
 // usedBlobs returns the digests of cached blobs referenced by any snapshot.
 func (s *Snapshotter) usedBlobs(ctx context.Context) (map[string]struct{}, error) {
 	ids, err := storage.IDMap(ctx)
-	if err != nil {
+	if err != nil && !errdefs.IsNotFound(err) { // not found: no snapshots yet
 		return nil, err
 	}
 	used := map[string]struct{}{}

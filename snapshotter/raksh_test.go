@@ -593,6 +593,12 @@ func TestCrashLeftovers(t *testing.T) {
 	orphanMeta := filepath.Join(orphan, digest.FromString("x").Encoded()+".json")
 	os.WriteFile(orphanMeta, []byte(`{}`), 0o444)
 
+	// The directory of an ID whose transaction never committed: the next
+	// snapshot gets that ID again.
+	uncommitted := filepath.Join(root, "snapshots", "2")
+	os.MkdirAll(filepath.Join(uncommitted, "fs"), 0o755)
+	os.WriteFile(filepath.Join(uncommitted, layerRecordName), []byte(`{"source":"guest-pull"}`), 0o644)
+
 	sn2, err := New(root)
 	if err != nil {
 		t.Fatal(err)
@@ -601,11 +607,16 @@ func TestCrashLeftovers(t *testing.T) {
 	if entries, _ := os.ReadDir(filepath.Join(root, "cache", "ingest")); len(entries) != 0 {
 		t.Fatal("partial cache write survived restart")
 	}
+	for _, d := range []string{stray, uncommitted} {
+		if _, err := os.Stat(d); !errors.Is(err, os.ErrNotExist) {
+			t.Fatalf("stale snapshot dir %s survived restart", d)
+		}
+	}
+	if _, err := sn2.Prepare(ctx, "next", ""); err != nil {
+		t.Fatalf("prepare after an interrupted transaction: %v", err)
+	}
 	if err := sn2.Cleanup(ctx); err != nil {
 		t.Fatal(err)
-	}
-	if _, err := os.Stat(stray); !errors.Is(err, os.ErrNotExist) {
-		t.Fatal("stray snapshot dir not cleaned up")
 	}
 	if _, err := os.Stat(orphanMeta); !errors.Is(err, os.ErrNotExist) {
 		t.Fatal("orphan blob metadata not pruned")
@@ -665,5 +676,12 @@ func TestConcurrentSharedLayer(t *testing.T) {
 		if d, ok, err := rootfs.ParseMounts(m); !ok || err != nil || d.Layers[0].Path != sn.Cache().Path(desc.Digest) {
 			t.Fatalf("pod %d: %v %v", i, ok, err)
 		}
+	}
+}
+
+func TestCleanupEmpty(t *testing.T) {
+	sn, _ := newTest(t)
+	if err := sn.Cleanup(testCtx(t)); err != nil {
+		t.Fatalf("Cleanup on a new snapshotter: %v", err)
 	}
 }

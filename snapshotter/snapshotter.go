@@ -139,7 +139,26 @@ func New(root string, opts ...Opt) (*Snapshotter, error) {
 			mopts = append(mopts, "index=off")
 		}
 	}
-	return &Snapshotter{root: root, ms: ms, opts: o, cache: cache, overlay: mopts}, nil
+	sn := &Snapshotter{root: root, ms: ms, opts: o, cache: cache, overlay: mopts}
+	// A kill -9 inside a create transaction can leave a snapshot directory
+	// whose ID was never committed; the ID is then handed out again and the
+	// rename into place would fail. Remove such directories now.
+	var stale []string
+	if err := ms.WithTransaction(context.Background(), false, func(ctx context.Context) (err error) {
+		stale, err = sn.getCleanupDirectories(ctx)
+		return err
+	}); err != nil {
+		ms.Close()
+		return nil, err
+	}
+	for _, dir := range stale {
+		log.L.WithField("path", dir).Info("removing snapshot directory left by an interrupted transaction")
+		if err := os.RemoveAll(dir); err != nil {
+			ms.Close()
+			return nil, err
+		}
+	}
+	return sn, nil
 }
 
 func hasOption(options []string, key string) bool {
@@ -340,7 +359,9 @@ func (s *Snapshotter) Cleanup(ctx context.Context) error {
 
 func (s *Snapshotter) getCleanupDirectories(ctx context.Context) ([]string, error) {
 	ids, err := storage.IDMap(ctx)
-	if err != nil {
+	if errdefs.IsNotFound(err) {
+		ids = nil // a database without snapshots yet: every directory is stale
+	} else if err != nil {
 		return nil, err
 	}
 	snapshotDir := filepath.Join(s.root, "snapshots")

@@ -395,6 +395,41 @@ func TestSnapshotterEncrypted(t *testing.T) {
 			if _, err := os.Stat(filepath.Join(dest, "app", "old")); err == nil {
 				t.Fatal("whiteout not applied")
 			}
+			if i != 0 {
+				return
+			}
+			// Another namespace pulls the same image with labels: every layer
+			// is a cache hit, staged by Prepare, so containerd commits without
+			// fetching anything and the cache keeps one copy.
+			if out, err := ctrNS(t, h, "tenant2", append(pull.args, ref)...); err != nil {
+				t.Fatalf("pull in tenant2: %v\n%s", err, out)
+			}
+			content, err := ctrNS(t, h, "tenant2", "content", "ls", "-q")
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, l := range []*imagetest.Layer{l0, l1} {
+				if strings.Contains(content, l.Digest().String()) {
+					t.Fatalf("cached layer %s fetched again by the second namespace", l.Digest())
+				}
+			}
+			if n, _ := filepath.Glob(filepath.Join(s.root, "cache", "blobs", "sha256", "*[0-9a-f]")); len(n) != 2 {
+				t.Fatalf("cache holds %d blobs after the second namespace, want 2", len(n))
+			}
+			if out, err := ctrNS(t, h, "tenant2", "snapshots", "--snapshotter", "raksh", "prepare", "pod-t2", chain.String()); err != nil {
+				t.Fatalf("%v %s", err, out)
+			}
+			out, err := ctrNS(t, h, "tenant2", "snapshots", "--snapshotter", "raksh", "mounts", "/mnt", "pod-t2")
+			if err != nil {
+				t.Fatal(err)
+			}
+			m := mountRE.FindStringSubmatch(out)
+			if m == nil {
+				t.Fatalf("mounts: %q", out)
+			}
+			if dt, err := rootfs.Read(m[2]); err != nil || dt.Layers[1].Path != da.Layers[1].Path || dt.Layers[1].DiffID != l1.DiffID.String() {
+				t.Fatalf("tenant2 descriptor %+v: %v", dt, err)
+			}
 		})
 	}
 
@@ -459,7 +494,7 @@ func TestSnapshotterEncrypted(t *testing.T) {
 }
 
 // ctrNS runs ctr against h in namespace ns.
-func ctrNS(t *testing.T, h *harness.Containerd, ns string, args ...string) (string, error) {
+func ctrNS(t testing.TB, h *harness.Containerd, ns string, args ...string) (string, error) {
 	t.Helper()
 	cmd := exec.Command(harness.Bin(t, "ctr"), append([]string{"--address", h.Address, "--namespace", ns}, args...)...)
 	out, err := cmd.CombinedOutput()

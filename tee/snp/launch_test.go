@@ -2,14 +2,23 @@ package snp
 
 import (
 	"bytes"
+	"context"
 	"crypto/sha256"
+	"encoding/base64"
+	"encoding/hex"
 	"encoding/json"
+	"encoding/pem"
+	"errors"
 	"flag"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
+	"time"
 
 	"github.com/containerd/errdefs"
+	"github.com/google/go-sev-guest/abi"
+	"github.com/google/go-sev-guest/kds"
 
 	"github.com/raksh-project/raksh/tee"
 )
@@ -94,5 +103,57 @@ func TestLaunchArgsRefused(t *testing.T) {
 				t.Fatalf("NewLauncher = %v, want invalid argument", err)
 			}
 		})
+	}
+}
+
+// TestLaunchToVerifyInitData follows the init-data digest from the
+// launcher's host-data option, through the firmware (which copies it into
+// every report's HOST_DATA; here a test-only signer stands in), to the
+// verifier.
+func TestLaunchToVerifyInitData(t *testing.T) {
+	l, err := NewLauncher(LaunchConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	args, err := l.LaunchArgs(tee.LaunchParams{InitDataDigest: initData[:], Firmware: "/ovmf.fd"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var hostData []byte
+	for _, kv := range strings.Split(args.Objects[0], ",") {
+		if v, ok := strings.CutPrefix(kv, "host-data="); ok {
+			if hostData, err = base64.StdEncoding.DecodeString(v); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	tcb := kds.TCBParts{BlSpl: 3, SnpSpl: 8, UcodeSpl: 115}
+	chipID := make([]byte, abi.ChipIDSize)
+	s := testOnlySigner(t, tcb, chipID, time.Now())
+	table, err := s.CertTableBytes()
+	if err != nil {
+		t.Fatal(err)
+	}
+	roots := append(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: s.Ask.Raw}),
+		pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: s.Ark.Raw})...)
+	rd := [tee.ReportDataSize]byte{4}
+	rep := signedReport(t, s, tcb, chipID, synth{policy: DefaultPolicy, hostData: hostData, rd: rd})
+	ev, _ := (&Evidence{Version: EvidenceVersion, Report: rep, CertTable: table}).Marshal()
+	for _, tc := range []struct {
+		digest []byte
+		want   error
+	}{{initData[:], nil}, {make([]byte, 32), ErrInitData}} {
+		v, err := NewVerifier(Config{InitDataDigests: []string{hex.EncodeToString(tc.digest)}},
+			WithTrustedRoots(kds.ProductLine(abi.DefaultSevProduct()), roots))
+		if err != nil {
+			t.Fatal(err)
+		}
+		c, err := v.Verify(context.Background(), ev, rd)
+		if !errors.Is(err, tc.want) || (tc.want == nil && err != nil) {
+			t.Fatalf("Verify = %v, want %v", err, tc.want)
+		}
+		if tc.want == nil && !bytes.Equal(c.InitDataDigest, initData[:]) {
+			t.Fatalf("claims init data %x", c.InitDataDigest)
+		}
 	}
 }

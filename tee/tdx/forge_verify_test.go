@@ -1,9 +1,13 @@
 package tdx
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
+	"encoding/base64"
+	"encoding/hex"
 	"errors"
+	"strings"
 	"testing"
 	"time"
 
@@ -99,5 +103,54 @@ func TestAttesterEndToEndTestOnlyPlatform(t *testing.T) {
 	other[63] ^= 1
 	if _, err := v.Verify(context.Background(), ev, other); !errors.Is(err, ErrReportData) {
 		t.Fatalf("Verify(other nonce) = %v, want ErrReportData", err)
+	}
+}
+
+// TestLaunchToVerifyInitData follows the init-data digest from the
+// launcher's mrconfigid option, through the TD (the TDX module copies it
+// into MRCONFIGID), to the verifier, for SHA-256 and SHA-384 digests.
+func TestLaunchToVerifyInitData(t *testing.T) {
+	p := newTestPlatform(t)
+	l, err := NewLauncher(LaunchConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	nonce := [tee.ReportDataSize]byte{3}
+	for name, digest := range map[string][]byte{
+		"sha256": bytes.Repeat([]byte{0xab}, 32),
+		"sha384": bytes.Repeat([]byte{0xcd}, 48),
+	} {
+		t.Run(name, func(t *testing.T) {
+			args, err := l.LaunchArgs(tee.LaunchParams{InitDataDigest: digest, Firmware: "/tdvf.fd"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, b64, ok := strings.Cut(args.Objects[0], "mrconfigid=")
+			if !ok {
+				t.Fatalf("no mrconfigid in %q", args.Objects[0])
+			}
+			mrconfigid, err := base64.StdEncoding.DecodeString(b64)
+			if err != nil {
+				t.Fatal(err)
+			}
+			quote := p.quote(t, func(b *pb.TDQuoteBody) {
+				withReportData(nonce)(b)
+				b.MrConfigId = mrconfigid
+			})
+			cfg := sampleConfig()
+			cfg.InitDataDigests = []string{hex.EncodeToString(digest)}
+			v, err := NewVerifier(cfg, WithRoots(p.roots()), WithNow(func() time.Time { return quoteNow }))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := v.Verify(context.Background(), evidenceOf(t, quote), nonce); err != nil {
+				t.Fatalf("Verify = %v", err)
+			}
+			cfg.InitDataDigests = []string{hex.EncodeToString(bytes.Repeat([]byte{0xee}, len(digest)))}
+			v, _ = NewVerifier(cfg, WithRoots(p.roots()), WithNow(func() time.Time { return quoteNow }))
+			if _, err := v.Verify(context.Background(), evidenceOf(t, quote), nonce); !errors.Is(err, ErrInitData) {
+				t.Fatalf("Verify with another init data = %v, want ErrInitData", err)
+			}
+		})
 	}
 }

@@ -5,9 +5,11 @@ import (
 	"crypto/sha256"
 	"crypto/sha512"
 	"encoding/json"
+	"errors"
 	"flag"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/containerd/errdefs"
@@ -67,5 +69,36 @@ func TestLaunchArgsRefused(t *testing.T) {
 	}
 	if _, err := NewLauncher(LaunchConfig{ObjectID: "x,y"}); !errdefs.IsInvalidArgument(err) {
 		t.Fatalf("bad id: %v", err)
+	}
+}
+
+// TestLaunchToReleaseInitData follows the init-data digest from the
+// launcher's kernel parameters into the sealed command line: the
+// (simulated) ultravisor releases the keys only to a VM booted with the
+// init data they were sealed for.
+func TestLaunchToReleaseInitData(t *testing.T) {
+	fx := newFixture(t)
+	pk, _ := platformKeys(t)
+	l, _ := NewLauncher(LaunchConfig{})
+	cmdline := func(digest []byte) string {
+		args, err := l.LaunchArgs(tee.LaunchParams{InitDataDigest: digest})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return strings.Join(append([]string{"console=hvc0"}, args.KernelParams...), " ")
+	}
+	mine, other := sha256.Sum256([]byte("mine")), sha256.Sum256([]byte("other"))
+	sealed, err := SealInitrd(&pk.PublicKey, fx.initramfs, SealInitrdOptions{
+		Kernel: fx.kernel, Cmdline: cmdline(mine[:]), Files: map[string][]byte{"workload.key": fx.workloadKey},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	uv := NewSimUltravisor(pk)
+	if _, err := uv.EnterSecureMode(BootParams{Kernel: fx.kernel, Initrd: sealed, Cmdline: cmdline(mine[:])}); err != nil {
+		t.Fatalf("boot with the sealed init data: %v", err)
+	}
+	if _, err := uv.EnterSecureMode(BootParams{Kernel: fx.kernel, Initrd: sealed, Cmdline: cmdline(other[:])}); !errors.Is(err, ErrIntegrity) {
+		t.Fatalf("boot with other init data: %v, want ErrIntegrity", err)
 	}
 }

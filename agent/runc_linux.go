@@ -53,7 +53,11 @@ func (fileIO) Close() error          { return nil }
 func (fileIO) Stdin() io.WriteCloser { return nil }
 func (fileIO) Stdout() io.ReadCloser { return nil }
 func (fileIO) Stderr() io.ReadCloser { return nil }
+// Set gives runc (and so the container) the process's stdio. Missing
+// streams are /dev/null: go-runc would otherwise capture runc's output with a
+// pipe that the container inherits, and wait forever for it to close.
 func (f fileIO) Set(cmd *exec.Cmd) {
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = devNull, devNull, devNull
 	if f.Stdio.Stdin != nil {
 		cmd.Stdin = f.Stdio.Stdin
 	}
@@ -64,6 +68,8 @@ func (f fileIO) Set(cmd *exec.Cmd) {
 		cmd.Stderr = f.Stdio.Stderr
 	}
 }
+
+var devNull, _ = os.OpenFile(os.DevNull, os.O_RDWR, 0)
 
 func consoleOpt(path string) (runc.ConsoleSocket, error) {
 	if path == "" {

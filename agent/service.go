@@ -164,6 +164,7 @@ func (s *Service) reap() {
 		}
 		s.mu.Unlock()
 		if ok {
+			log.L.WithField("id", p.id).WithField("exec", p.execID).WithField("pid", e.Pid).WithField("status", e.Status).Debug("process exited")
 			p.setExited(e.Status)
 		}
 	}
@@ -531,7 +532,8 @@ func (s *Service) startProcess(ctx context.Context, p *process, stdin, stdout, s
 		p.ioDone.Add(1)
 		go func() {
 			defer p.ioDone.Done()
-			io.Copy(c, r)
+			n, err := io.Copy(c, r)
+			log.G(ctx).WithField("id", p.id).WithField("exec", p.execID).WithField("bytes", n).WithError(err).Debug("output copied")
 			r.Close()
 			closeWrite(c)
 		}()
@@ -586,6 +588,7 @@ func (s *Service) Start(ctx context.Context, r *taskAPI.StartRequest) (*taskAPI.
 		}
 		p.started = true
 		s.track(p, pid)
+		log.G(ctx).WithField("id", c.id).WithField("exec", r.ExecID).WithField("pid", pid).Debug("exec started")
 		return &taskAPI.StartResponse{Pid: uint32(pid)}, nil
 	}
 	if p.started {
@@ -633,6 +636,7 @@ func (s *Service) Wait(ctx context.Context, r *taskAPI.WaitRequest) (*taskAPI.Wa
 	case <-ctx.Done():
 		return nil, errgrpc.ToGRPC(ctx.Err())
 	}
+	log.G(ctx).WithField("id", r.ID).WithField("exec", r.ExecID).Debug("wait: exited, draining output")
 	p.ioDone.Wait()
 	p.closeIO()
 	return &taskAPI.WaitResponse{ExitStatus: uint32(p.status), ExitedAt: protobuf.ToTimestamp(p.exitedAt)}, nil

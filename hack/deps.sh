@@ -22,7 +22,7 @@ log() { echo "deps: $*" >&2; }
 
 packages() {
 	local need=()
-	for p in qemu-system-x86 qemu-utils cpio libseccomp-dev pkg-config gcc make e2fsprogs; do
+	for p in qemu-system-x86 cpio libseccomp-dev pkg-config gcc make busybox-static; do
 		dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
 	done
 	if [ "${#need[@]}" -gt 0 ]; then

@@ -95,3 +95,126 @@ func TestExitCode(t *testing.T) {
 		t.Errorf("ctr error %v, want exit status 7", err)
 	}
 }
+
+func waitStatus(t *testing.T, h *harness.Containerd, id, want string, timeout time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		out, _ := h.Ctr("task", "ls")
+		for _, l := range strings.Split(out, "\n") {
+			f := strings.Fields(l)
+			if len(f) >= 3 && f[0] == id && f[2] == want {
+				return
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("task %s did not reach %s:\n%s", id, want, out)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// TestExecKillLifecycle runs a detached container, execs into it, and
+// stops it with SIGTERM through ctr task kill.
+func TestExecKillLifecycle(t *testing.T) {
+	h := startWithBusybox(t, harness.Options{})
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	if out, err := h.CtrContext(ctx, "run", "-d", "--runtime", rakshRuntime, busyboxRef, "life", "sh", "-c", "trap 'exit 143' TERM; while true; do sleep 0.2; done"); err != nil {
+		t.Fatalf("run -d: %v\n%s", err, out)
+	}
+	waitStatus(t, h, "life", "RUNNING", 2*time.Minute)
+
+	out, err := h.CtrContext(ctx, "task", "exec", "--exec-id", "e1", "life", "sh", "-c", "echo exec-ok; cat /etc/raksh-marker")
+	if err != nil {
+		t.Fatalf("exec: %v\n%s", err, out)
+	}
+	if !strings.Contains(out, "exec-ok") || !strings.Contains(out, "from-the-image") {
+		t.Fatalf("exec output %q", out)
+	}
+	_, err = h.CtrContext(ctx, "task", "exec", "--exec-id", "e2", "life", "sh", "-c", "exit 3")
+	if err == nil || !strings.Contains(err.Error(), "exit status 3") {
+		t.Fatalf("exec exit 3: %v", err)
+	}
+	// Stdin reaches an exec'd process; output comes back.
+	cmd := h.CtrCmd(ctx, "task", "exec", "--exec-id", "e3", "life", "sh", "-c", "read x; echo got-$x")
+	cmd.Stdin = strings.NewReader("line\n")
+	b, err := cmd.Output()
+	if err != nil || !strings.Contains(string(b), "got-line") {
+		t.Fatalf("exec with stdin: %v %q", err, b)
+	}
+
+	pids, err := h.CtrContext(ctx, "task", "ps", "life")
+	if err != nil || len(strings.Fields(pids)) < 2 {
+		t.Fatalf("task ps: %v %q", err, pids)
+	}
+	if out, err := h.CtrContext(ctx, "task", "kill", "-s", "SIGTERM", "life"); err != nil {
+		t.Fatalf("kill: %v %s", err, out)
+	}
+	waitStatus(t, h, "life", "STOPPED", time.Minute)
+	if out, err := h.CtrContext(ctx, "task", "rm", "life"); err != nil {
+		t.Fatalf("task rm: %v %s", err, out)
+	}
+	if out, err := h.CtrContext(ctx, "container", "rm", "life"); err != nil {
+		t.Fatalf("container rm: %v %s", err, out)
+	}
+	waitNoQEMU(t, h)
+}
+
+func waitNoQEMU(t *testing.T, h *harness.Containerd) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for len(h.QEMUProcesses()) > 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("QEMU processes left behind: %v", h.QEMUProcesses())
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// TestTerminal runs ctr run -t under a pseudo-terminal.
+func TestTerminal(t *testing.T) {
+	h := startWithBusybox(t, harness.Options{})
+	out, err := h.RunInPty(t, "run", "--rm", "-t", "--runtime", rakshRuntime, busyboxRef, "tty1", "sh", "-c", "tty; stty size; echo tty-ok")
+	if err != nil {
+		t.Fatalf("run -t: %v\n%s", err, out)
+	}
+	if !strings.Contains(out, "/dev/pts/") || !strings.Contains(out, "tty-ok") {
+		t.Fatalf("terminal output %q", out)
+	}
+}
+
+// TestRepeatedRunsLeaveNothing runs 20 containers in a row and checks that
+// no QEMU, mount, socket or state directory is left.
+func TestRepeatedRunsLeaveNothing(t *testing.T) {
+	n := 20
+	if testing.Short() {
+		n = 3
+	}
+	h := startWithBusybox(t, harness.Options{})
+	mountsBefore := countMounts(t)
+	for i := 0; i < n; i++ {
+		id := fmt.Sprintf("rep%d", i)
+		out, err := ctrRun(t, h, id, "echo", id)
+		if err != nil || strings.TrimSpace(out) != id {
+			t.Fatalf("run %d: %v %q", i, err, out)
+		}
+	}
+	waitNoQEMU(t, h)
+	if m := countMounts(t); m != mountsBefore {
+		t.Errorf("mounts: %d before, %d after", mountsBefore, m)
+	}
+	left, _ := filepath.Glob(filepath.Join(h.StateDir, "default", "*"))
+	if len(left) > 0 {
+		t.Errorf("VM state left behind: %v", left)
+	}
+	socks, _ := filepath.Glob(filepath.Join(h.StateDir, "default", "*", "*.sock"))
+	if len(socks) > 0 {
+		t.Errorf("sockets left behind: %v", socks)
+	}
+}
+
+func countMounts(t *testing.T) int {
+	b := readFile(t, "/proc/self/mountinfo")
+	return strings.Count(b, "\n")
+}

@@ -90,6 +90,11 @@ func newHostIO(ctx context.Context, v vm.Instance, id, execID, stdin, stdout, st
 			if _, err := io.Copy(w, c); err != nil {
 				log.G(ctx).WithError(err).WithField("stream", fd).Debug("output copy ended")
 			}
+			// Like the runc shim, close the output once drained: clients
+			// (ctr task exec) wait for EOF on their fifo before Delete.
+			if wc, ok := w.(io.Closer); ok {
+				wc.Close()
+			}
 		}()
 	}
 	return h, nil

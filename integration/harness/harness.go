@@ -13,6 +13,7 @@ package harness
 
 import (
 	"bytes"
+	"io"
 	"context"
 	"fmt"
 	"os"
@@ -24,6 +25,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/containerd/console"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 
 	"github.com/raksh-project/raksh/integration/testimage"
@@ -264,6 +266,43 @@ func ctrErrors(s string) string {
 		}
 	}
 	return strings.Join(keep, "\n")
+}
+
+// CtrCmd returns an unstarted ctr command against this containerd.
+func (c *Containerd) CtrCmd(ctx context.Context, args ...string) *exec.Cmd {
+	all := append([]string{"--address", c.Address, "--namespace", "default"}, args...)
+	return exec.CommandContext(ctx, Bin(c.t, "ctr"), all...)
+}
+
+// RunInPty runs ctr with a pseudo-terminal as its stdio and returns what it
+// wrote to the terminal.
+func (c *Containerd) RunInPty(t testing.TB, args ...string) (string, error) {
+	t.Helper()
+	master, slavePath, err := console.NewPty()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer master.Close()
+	master.Resize(console.WinSize{Height: 40, Width: 120})
+	slave, err := os.OpenFile(slavePath, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	cmd := c.CtrCmd(ctx, args...)
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = slave, slave, slave
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Setctty: true}
+	var out bytes.Buffer
+	done := make(chan struct{})
+	go func() { io.Copy(&out, master); close(done) }()
+	err = cmd.Run()
+	slave.Close()
+	select {
+	case <-done:
+	case <-time.After(2 * time.Second):
+	}
+	return out.String(), err
 }
 
 // ImportImage imports img under ref into namespace ns ("" = default).

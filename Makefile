@@ -1,0 +1,55 @@
+# Raksh: confidential containers for containerd. `make help` lists targets.
+SHELL := /bin/bash
+OUTPUT_DIR ?= $(CURDIR)/_output
+export OUTPUT_DIR
+BIN := $(OUTPUT_DIR)/bin
+GO ?= go
+# Integration tests boot VMs one after another; CI has 2 cores.
+INTEGRATION_TIMEOUT ?= 60m
+FUZZTIME ?= 5s
+COMMANDS := containerd-shim-raksh-v2 rakshctl raksh-kbs raksh-nri raksh-snapshotter raksh-registry
+
+.PHONY: help deps build initrd test test-unit test-integration fuzz bench demo check clean
+
+help: ## list targets with their one-line description
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
+
+deps: ## install Debian packages; build containerd v2.4.2, static runc; fetch the guest kernel (cached in _output)
+	hack/deps.sh all
+
+build: ## build all binaries into _output/bin and the guest initrd
+	@mkdir -p $(BIN)
+	@for c in $(COMMANDS); do [ -d cmd/$$c ] && $(GO) build -o $(BIN)/$$c ./cmd/$$c || true; done
+	hack/build-guest.sh
+
+initrd: ## rebuild the guest agent and initrd
+	hack/build-guest.sh
+
+test: deps build test-unit test-integration fuzz ## everything CI runs: unit, root/VM integration and brief fuzzing
+	@echo "make test: all passed"
+
+test-unit: ## unit tests (no root, no VM): go test ./...
+	$(GO) test -count=1 ./...
+
+test-integration: ## root tests against real containerd, runc, QEMU and the guest kernel
+	@if [ "$$(id -u)" != 0 ]; then echo "test-integration needs root" >&2; exit 1; fi
+	RAKSH_KERNEL=$(OUTPUT_DIR)/deps/kernel/vmlinuz RAKSH_INITRD=$(OUTPUT_DIR)/initrd.img \
+		$(GO) test -count=1 -p 1 -tags integration -timeout $(INTEGRATION_TIMEOUT) \
+		$$(hack/integration-packages.sh)
+
+fuzz: ## run every fuzz target briefly (FUZZTIME, default 5s)
+	hack/fuzz.sh $(FUZZTIME)
+
+bench: deps build ## benchmarks: raksh vs runc, boot time, RSS, component benchmarks (see docs/benchmarks.md)
+	hack/bench.sh
+
+demo: deps build ## run a container in a VM through a private containerd and show it ran in the guest
+	hack/demo.sh
+
+check: ## gofmt, go vet (with integration tag)
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+	$(GO) vet -tags integration ./...
+
+clean: ## remove built binaries (keeps the cached deps)
+	rm -rf $(BIN) $(OUTPUT_DIR)/initrd.img

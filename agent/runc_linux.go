@@ -53,6 +53,7 @@ func (fileIO) Close() error          { return nil }
 func (fileIO) Stdin() io.WriteCloser { return nil }
 func (fileIO) Stdout() io.ReadCloser { return nil }
 func (fileIO) Stderr() io.ReadCloser { return nil }
+
 // Set gives runc (and so the container) the process's stdio. Missing
 // streams are /dev/null: go-runc would otherwise capture runc's output with a
 // pipe that the container inherits, and wait forever for it to close.

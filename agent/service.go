@@ -15,9 +15,7 @@ import (
 	"time"
 
 	taskAPI "github.com/containerd/containerd/api/runtime/task/v3"
-	"github.com/containerd/containerd/api/types"
 	"github.com/containerd/containerd/api/types/task"
-	"github.com/containerd/containerd/v2/pkg/archive"
 	"github.com/containerd/containerd/v2/pkg/protobuf"
 	ptypes "github.com/containerd/containerd/v2/pkg/protobuf/types"
 	"github.com/containerd/errdefs"
@@ -285,7 +283,10 @@ func (s *Service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 	if err := os.MkdirAll(rootfs, 0o700); err != nil {
 		return nil, errgrpc.ToGRPC(err)
 	}
-	if err := s.receiveRootfs(ctx, r.ID, r.Rootfs, rootfs); err != nil {
+	if err := s.prepareRootfs(ctx, r.ID, r.Rootfs, rootfs); err != nil {
+		return nil, errgrpc.ToGRPC(err)
+	}
+	if err := s.unseal(ctx, c, rootfs); err != nil {
 		return nil, errgrpc.ToGRPC(err)
 	}
 	s.adaptSpec(c, rootfs)
@@ -325,27 +326,6 @@ func decodeSpec(a *ptypes.Any) (*specs.Spec, error) {
 		return nil, fmt.Errorf("OCI spec has no process: %w", errdefs.ErrInvalidArgument)
 	}
 	return &spec, nil
-}
-
-func (s *Service) receiveRootfs(ctx context.Context, id string, mounts []*types.Mount, dest string) error {
-	if len(mounts) != 1 || mounts[0].Type != wire.RootfsTar {
-		return fmt.Errorf("rootfs must be one %s mount, got %d mounts: %w", wire.RootfsTar, len(mounts), errdefs.ErrInvalidArgument)
-	}
-	if mounts[0].Source != wire.RootfsStream(id) {
-		return fmt.Errorf("rootfs stream %q does not belong to container %q: %w", mounts[0].Source, id, errdefs.ErrInvalidArgument)
-	}
-	st, err := s.streams.claim(ctx, mounts[0].Source, streamTimeout)
-	if err != nil {
-		return err
-	}
-	defer st.Close()
-	start := time.Now()
-	n, err := archive.Apply(ctx, dest, st)
-	if err != nil {
-		return fmt.Errorf("unpack rootfs of %q: %w", id, err)
-	}
-	log.G(ctx).WithField("id", id).WithField("bytes", n).WithField("elapsed", time.Since(start)).Debug("rootfs received")
-	return nil
 }
 
 // adaptSpec turns the host's spec into one that runs in the guest: the

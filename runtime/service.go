@@ -19,9 +19,7 @@ import (
 	"github.com/containerd/containerd/api/types"
 	"github.com/containerd/containerd/api/types/runtimeoptions/v1"
 	"github.com/containerd/containerd/api/types/task"
-	"github.com/containerd/containerd/v2/core/mount"
 	"github.com/containerd/containerd/v2/core/runtime"
-	"github.com/containerd/containerd/v2/pkg/archive"
 	"github.com/containerd/containerd/v2/pkg/namespaces"
 	"github.com/containerd/containerd/v2/pkg/protobuf"
 	ptypes "github.com/containerd/containerd/v2/pkg/protobuf/types"
@@ -357,56 +355,6 @@ func (s *Service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 		Pid: p.pid,
 	})
 	return &taskAPI.CreateTaskResponse{Pid: p.pid}, nil
-}
-
-// sendRootfs mounts the container's rootfs on the host and streams it into
-// the VM as a tar archive.
-func (s *Service) sendRootfs(ctx context.Context, v vm.Instance, c *hostContainer, mounts []*types.Mount) (<-chan error, error) {
-	root := filepath.Join(c.bundle, "rootfs")
-	if err := os.MkdirAll(root, 0o711); err != nil {
-		return nil, err
-	}
-	if len(mounts) > 0 {
-		var ms []mount.Mount
-		for _, m := range mounts {
-			ms = append(ms, mount.Mount{Type: m.Type, Source: m.Source, Target: m.Target, Options: m.Options})
-		}
-		if err := mount.All(ms, root); err != nil {
-			return nil, fmt.Errorf("mount rootfs: %w", err)
-		}
-		c.rootfs = root
-	}
-	st, err := v.StartStream(ctx, wire.RootfsStream(c.id))
-	if err != nil {
-		return nil, err
-	}
-	empty, err := os.MkdirTemp("", "raksh-empty-")
-	if err != nil {
-		st.Close()
-		return nil, err
-	}
-	done := make(chan error, 1)
-	go func() {
-		defer os.RemoveAll(empty)
-		err := archive.WriteDiff(ctx, st, empty, root)
-		st.Close()
-		if err != nil {
-			err = fmt.Errorf("send rootfs: %w", err)
-		}
-		done <- err
-	}()
-	return done, nil
-}
-
-func (s *Service) unmountRootfs(ctx context.Context, c *hostContainer) {
-	if c.rootfs == "" {
-		return
-	}
-	if err := mount.UnmountAll(c.rootfs, 0); err != nil {
-		log.G(ctx).WithError(err).WithField("id", c.id).Warn("failed to unmount rootfs")
-		return
-	}
-	c.rootfs = ""
 }
 
 // Start starts a container or exec and watches for its exit.

@@ -45,8 +45,16 @@ type Service struct {
 	stats func(id string) (any, error)
 	// shutdown is called after Shutdown has answered.
 	shutdown func()
+	// dialProxy reaches an allow-listed host-side service; nil if none.
+	dialProxy func(ctx context.Context, target string) (net.Conn, error)
 	// created is called after a container was created.
 	created func(ctx context.Context, id string)
+}
+
+// WithProxyDialer sets how the agent reaches host-side services (key broker,
+// registry) through the shim: dial opens a stream to the named target.
+func WithProxyDialer(dial func(ctx context.Context, target string) (net.Conn, error)) Opt {
+	return func(s *Service) { s.dialProxy = dial }
 }
 
 // WithCreated sets a function called after each container is created (the

@@ -61,6 +61,10 @@ type Config struct {
 	RequireEnvelope bool `toml:"require_envelope"`
 	// Debug keeps the guest console log and raises the agent's log level.
 	Debug bool `toml:"debug"`
+	// Proxy allow-lists the host-side services the guest may reach, by name
+	// ("kbs", "registry") → TCP address. The guest has no network of its
+	// own; everything else is refused.
+	Proxy map[string]string `toml:"proxy"`
 }
 
 // DefaultConfig returns the configuration used for unset fields.

@@ -155,6 +155,7 @@ func (s *Service) ensureVM(ctx context.Context, opts *ptypes.Any) (vm.Instance, 
 		go s.agentEvents(ctx, ev)
 	}
 	go s.watchVM(ctx, v)
+	go serveProxy(context.WithoutCancel(ctx), v, cfg.Proxy)
 	return v, s.agent, nil
 }
 

@@ -88,6 +88,7 @@ func (f *fakeVM) Client() *ttrpc.Client { return f.client }
 func (f *fakeVM) StartStream(ctx context.Context, name string) (net.Conn, error) {
 	return f.sess.Open(ctx, name)
 }
+func (f *fakeVM) AcceptStream() (string, net.Conn, error) { return f.sess.Accept() }
 func (f *fakeVM) Shutdown(ctx context.Context) error {
 	if f.sess != nil {
 		f.sess.Close()
@@ -329,3 +330,49 @@ func TestBadInput(t *testing.T) {
 }
 
 var _ = eventstypes.TaskExit{}
+
+func TestProxyAllowList(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			go func() { io.Copy(c, c); c.Close() }()
+		}
+	}()
+	fv := &fakeVM{t: t, dir: t.TempDir(), done: make(chan struct{})}
+	ctx := context.Background()
+	if err := fv.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	go serveProxy(ctx, fv, map[string]string{"echo": l.Addr().String()})
+	for fv.guest == nil {
+		time.Sleep(5 * time.Millisecond)
+	}
+	// Allowed: bytes round-trip through the host service.
+	c, err := fv.guest.Open(ctx, "proxy/echo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Write([]byte("ping"))
+	c.Close()
+	b, _ := io.ReadAll(c)
+	if string(b) != "ping" {
+		t.Fatalf("echo through proxy: %q", b)
+	}
+	// Not allow-listed: the stream is closed without data.
+	c, err = fv.guest.Open(ctx, "proxy/elsewhere")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ = io.ReadAll(c)
+	if len(b) != 0 {
+		t.Fatalf("refused target answered %q", b)
+	}
+}

@@ -11,15 +11,14 @@ import (
 	"strings"
 	"time"
 
-	taskAPI "github.com/containerd/containerd/api/runtime/task/v3"
 	"github.com/containerd/containerd/v2/pkg/sys/reaper"
 	"github.com/containerd/log"
-	"github.com/containerd/ttrpc"
 	"github.com/mdlayher/vsock"
 	"golang.org/x/sys/unix"
 
 	"github.com/raksh-project/raksh/agent"
 	"github.com/raksh-project/raksh/internal/transport"
+	"github.com/raksh-project/raksh/internal/wire"
 )
 
 const (
@@ -64,6 +63,11 @@ func run(ctx context.Context) error {
 	args := cmdline()
 	if _, ok := args["debug"]; ok {
 		log.L.Logger.SetLevel(log.DebugLevel)
+	}
+	// Exec'd processes start in a container's pid namespace; without this
+	// flag their exits would go to the container's init instead of us.
+	if err := unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); err != nil {
+		return fmt.Errorf("set child subreaper: %w", err)
 	}
 	sigc := make(chan os.Signal, 32)
 	signal.Notify(sigc, unix.SIGCHLD)
@@ -117,6 +121,9 @@ func run(ctx context.Context) error {
 	var svc *agent.Service
 	svc = agent.NewService(stateRoot, rt,
 		agent.WithStats(agent.CgroupStats),
+		agent.WithProxyDialer(func(ctx context.Context, target string) (net.Conn, error) {
+			return sess.Open(ctx, wire.ProxyPrefix+target)
+		}),
 		agent.WithCreated(func(ctx context.Context, id string) { svc.WatchOOM(ctx, id) }),
 		agent.WithShutdown(func() {
 			log.G(ctx).Info("shutdown requested")
@@ -127,57 +134,6 @@ func run(ctx context.Context) error {
 			os.Exit(0)
 		}))
 
-	server, err := ttrpc.NewServer()
-	if err != nil {
-		return err
-	}
-	taskAPI.RegisterTTRPCTaskService(server, svc)
-	l := newChanListener()
-	go func() {
-		for {
-			name, c, err := sess.Accept()
-			if err != nil {
-				l.Close()
-				return
-			}
-			if name == transport.ControlStream {
-				l.conns <- c
-				continue
-			}
-			svc.HandleStream(ctx, name, c)
-		}
-	}()
-	err = server.Serve(ctx, l)
-	<-sess.Done()
+	err = agent.Serve(ctx, sess, svc)
 	return fmt.Errorf("shim connection ended: %v", err)
 }
-
-// chanListener is a net.Listener fed with control streams.
-type chanListener struct {
-	conns  chan net.Conn
-	closed chan struct{}
-}
-
-func newChanListener() *chanListener {
-	return &chanListener{conns: make(chan net.Conn), closed: make(chan struct{})}
-}
-
-func (l *chanListener) Accept() (net.Conn, error) {
-	select {
-	case c := <-l.conns:
-		return c, nil
-	case <-l.closed:
-		return nil, net.ErrClosed
-	}
-}
-
-func (l *chanListener) Close() error {
-	select {
-	case <-l.closed:
-	default:
-		close(l.closed)
-	}
-	return nil
-}
-
-func (l *chanListener) Addr() net.Addr { return &net.UnixAddr{Name: "raksh", Net: "raksh"} }

@@ -45,6 +45,11 @@ func StdioStream(containerID, execID, fd string) string {
 // RootfsStream returns the name of the stream carrying a container's rootfs.
 func RootfsStream(containerID string) string { return "rootfs/" + containerID }
 
+// ProxyPrefix starts the name of a stream the agent opens to reach a
+// host-side service (key broker, registry) through the shim. The rest of
+// the name is a target the runtime config allow-lists.
+const ProxyPrefix = "proxy/"
+
 // ValidID reports whether id is safe as a path element and stream name part.
 func ValidID(id string) error {
 	if id == "" || len(id) > 128 || id == "." || id == ".." || strings.ContainsAny(id, "/\x00") {

@@ -211,6 +211,16 @@ func (v *qemuVM) StartStream(ctx context.Context, name string) (net.Conn, error)
 	return sess.Open(ctx, name)
 }
 
+func (v *qemuVM) AcceptStream() (string, net.Conn, error) {
+	v.mu.Lock()
+	sess := v.sess
+	v.mu.Unlock()
+	if sess == nil {
+		return "", nil, errors.New("vm is not running")
+	}
+	return sess.Accept()
+}
+
 func (v *qemuVM) stopProcess(ctx context.Context) {
 	v.mu.Lock()
 	proc, sess, client := v.proc, v.sess, v.client

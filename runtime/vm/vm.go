@@ -18,6 +18,9 @@ type Instance interface {
 	Client() *ttrpc.Client
 	// StartStream opens a named stream to the agent (stdio, rootfs, events).
 	StartStream(ctx context.Context, name string) (net.Conn, error)
+	// AcceptStream waits for a stream the agent opened (proxied outbound
+	// connections) and returns it with its name.
+	AcceptStream() (string, net.Conn, error)
 	// Shutdown stops the VM; it is safe to call more than once.
 	Shutdown(ctx context.Context) error
 	// Done is closed when the VM or its connection to the agent has ended.

@@ -363,6 +363,15 @@ func (s *Service) adaptSpec(c *container, rootfs string) {
 	spec.Linux.CgroupsPath = "/raksh/" + c.id
 	spec.Linux.MountLabel = ""
 	sandboxPid := s.sandboxPid(spec)
+	// Host namespaces of a pod are the VM's; a hostname needs a UTS
+	// namespace of its own (or the pod sandbox's).
+	if spec.Hostname != "" && !hasNamespace(spec, specs.UTSNamespace) {
+		ns := specs.LinuxNamespace{Type: specs.UTSNamespace}
+		if sandboxPid > 0 {
+			ns.Path = "/proc/placeholder" // rewritten below
+		}
+		spec.Linux.Namespaces = append(spec.Linux.Namespaces, ns)
+	}
 	for i, ns := range spec.Linux.Namespaces {
 		if ns.Path == "" {
 			continue
@@ -374,6 +383,15 @@ func (s *Service) adaptSpec(c *container, rootfs string) {
 			}
 		}
 	}
+}
+
+func hasNamespace(spec *specs.Spec, t specs.LinuxNamespaceType) bool {
+	for _, ns := range spec.Linux.Namespaces {
+		if ns.Type == t {
+			return true
+		}
+	}
+	return false
 }
 
 var nsFile = map[specs.LinuxNamespaceType]string{

@@ -1,0 +1,108 @@
+//go:build integration
+
+package integration
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	cri "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	"github.com/raksh-project/raksh/integration/harness"
+	"github.com/raksh-project/raksh/integration/testimage"
+)
+
+const criBusybox = "docker.io/raksh/busybox:cri"
+
+// TestCRIPodOneVM runs a pod with two containers on the raksh handler: one
+// VM (one QEMU) for the pod, ExecSync works, and removing the pod stops it.
+func TestCRIPodOneVM(t *testing.T) {
+	h := harness.StartContainerd(t, harness.Options{})
+	pause, err := testimage.Pause()
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.ImportImage(t, pause, testimage.PauseRef, "k8s.io")
+	bb, err := testimage.Busybox(nil, "/bin/sh")
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.ImportImage(t, bb, criBusybox, "k8s.io")
+	conn, err := grpc.NewClient("unix://"+h.Address, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	rs := cri.NewRuntimeServiceClient(conn)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+
+	pod := &cri.PodSandboxConfig{
+		Metadata: &cri.PodSandboxMetadata{Name: "pod1", Uid: "uid-pod1", Namespace: "raksh-test"},
+		Hostname: "pod1",
+		Linux: &cri.LinuxPodSandboxConfig{SecurityContext: &cri.LinuxSandboxSecurityContext{
+			NamespaceOptions: &cri.NamespaceOption{Network: cri.NamespaceMode_NODE},
+		}},
+	}
+	sb, err := rs.RunPodSandbox(ctx, &cri.RunPodSandboxRequest{Config: pod, RuntimeHandler: "raksh"})
+	if err != nil {
+		t.Fatalf("RunPodSandbox: %v", err)
+	}
+	var ids []string
+	for _, name := range []string{"first", "second"} {
+		c, err := rs.CreateContainer(ctx, &cri.CreateContainerRequest{
+			PodSandboxId: sb.PodSandboxId, SandboxConfig: pod,
+			Config: &cri.ContainerConfig{
+				Metadata: &cri.ContainerMetadata{Name: name},
+				Image:    &cri.ImageSpec{Image: criBusybox},
+				Command:  []string{"/bin/sh", "-c", "echo " + name + " > /tmp/name; exec sleep 600"},
+				Linux:    &cri.LinuxContainerConfig{},
+			},
+		})
+		if err != nil {
+			t.Fatalf("CreateContainer %s: %v", name, err)
+		}
+		if _, err := rs.StartContainer(ctx, &cri.StartContainerRequest{ContainerId: c.ContainerId}); err != nil {
+			t.Fatalf("StartContainer %s: %v", name, err)
+		}
+		ids = append(ids, c.ContainerId)
+	}
+	if n := len(h.QEMUProcesses()); n != 1 {
+		t.Fatalf("%d QEMU processes for one pod, want 1", n)
+	}
+	hostKernel := strings.TrimSpace(readFile(t, "/proc/sys/kernel/osrelease"))
+	for i, id := range ids {
+		r, err := rs.ExecSync(ctx, &cri.ExecSyncRequest{ContainerId: id, Cmd: []string{"/bin/sh", "-c", "cat /tmp/name; uname -r; exit 5"}, Timeout: 120})
+		if err != nil {
+			t.Fatalf("ExecSync: %v", err)
+		}
+		lines := strings.Fields(string(r.Stdout))
+		if r.ExitCode != 5 || len(lines) != 2 || lines[0] != []string{"first", "second"}[i] || lines[1] == hostKernel {
+			t.Fatalf("ExecSync in %s: exit %d stdout %q stderr %q", id, r.ExitCode, r.Stdout, r.Stderr)
+		}
+	}
+	// Both containers share the pod's VM: the first sees the second's files? No:
+	// each has its own rootfs, but they share one kernel (same boot id).
+	var boots []string
+	for _, id := range ids {
+		r, err := rs.ExecSync(ctx, &cri.ExecSyncRequest{ContainerId: id, Cmd: []string{"cat", "/proc/sys/kernel/random/boot_id"}, Timeout: 60})
+		if err != nil {
+			t.Fatal(err)
+		}
+		boots = append(boots, strings.TrimSpace(string(r.Stdout)))
+	}
+	if boots[0] != boots[1] {
+		t.Errorf("containers of one pod run in different kernels: %v", boots)
+	}
+	if _, err := rs.StopPodSandbox(ctx, &cri.StopPodSandboxRequest{PodSandboxId: sb.PodSandboxId}); err != nil {
+		t.Fatalf("StopPodSandbox: %v", err)
+	}
+	if _, err := rs.RemovePodSandbox(ctx, &cri.RemovePodSandboxRequest{PodSandboxId: sb.PodSandboxId}); err != nil {
+		t.Fatalf("RemovePodSandbox: %v", err)
+	}
+	waitNoQEMU(t, h)
+}

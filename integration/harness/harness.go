@@ -79,7 +79,8 @@ type Options struct {
 	Config string
 	// Imports are extra config files to import (drop-ins).
 	Imports []string
-	// RuntimeConfig is appended to the generated raksh runtime.toml.
+	// RuntimeConfig is added to the generated raksh runtime.toml; its
+	// top-level keys replace the harness defaults.
 	RuntimeConfig string
 	// Env is added to containerd's (and so the shims') environment.
 	Env []string
@@ -109,7 +110,7 @@ func StartContainerd(t testing.TB, o Options) *Containerd {
 		RuntimeConfigPath: filepath.Join(dir, "runtime.toml"), Log: filepath.Join(dir, "containerd.log"),
 		StateDir: filepath.Join(dir, "raksh"), opts: o, t: t,
 	}
-	rt := fmt.Sprintf(`qemu_path = "qemu-system-x86_64"
+	rt := mergeTOML(fmt.Sprintf(`qemu_path = "qemu-system-x86_64"
 kernel = %q
 initrd = %q
 accel = "auto"
@@ -118,7 +119,7 @@ vcpus = 1
 boot_timeout = "3m"
 state_dir = %q
 debug = true
-`, Kernel(), Initrd(), c.StateDir) + o.RuntimeConfig
+`, Kernel(), Initrd(), c.StateDir), o.RuntimeConfig)
 	if err := os.WriteFile(c.RuntimeConfigPath, []byte(rt), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -172,6 +173,29 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
 		os.RemoveAll(dir)
 	})
 	return c
+}
+
+// mergeTOML returns base with the top-level keys that extra sets removed,
+// followed by extra.
+func mergeTOML(base, extra string) string {
+	set := map[string]bool{}
+	for _, l := range strings.Split(extra, "\n") {
+		l = strings.TrimSpace(l)
+		if strings.HasPrefix(l, "[") {
+			break
+		}
+		if k, _, ok := strings.Cut(l, "="); ok {
+			set[strings.TrimSpace(k)] = true
+		}
+	}
+	var out []string
+	for _, l := range strings.Split(base, "\n") {
+		if k, _, ok := strings.Cut(l, "="); ok && set[strings.TrimSpace(k)] {
+			continue
+		}
+		out = append(out, l)
+	}
+	return strings.Join(out, "\n") + "\n" + extra
 }
 
 func (c *Containerd) dumpConsoles() {

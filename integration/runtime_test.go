@@ -20,7 +20,7 @@ const (
 	busyboxRef   = "docker.io/raksh/busybox:test"
 )
 
-func startWithBusybox(t *testing.T, o harness.Options) *harness.Containerd {
+func startWithBusybox(t testing.TB, o harness.Options) *harness.Containerd {
 	t.Helper()
 	h := harness.StartContainerd(t, o)
 	img, err := testimage.Busybox(map[string]testimage.File{

@@ -70,3 +70,39 @@ func TestMissingKernel(t *testing.T) {
 	}
 	t.Logf("error: %v", err)
 }
+
+// BenchmarkBootToAgent measures VM start (QEMU launch, kernel boot, agent
+// handshake) until the agent answers a ttrpc call, per accelerator that
+// works here.
+func BenchmarkBootToAgent(b *testing.B) {
+	kernel, initrd := os.Getenv("RAKSH_KERNEL"), os.Getenv("RAKSH_INITRD")
+	if kernel == "" || initrd == "" {
+		b.Skip("RAKSH_KERNEL and RAKSH_INITRD are not set (run through make bench)")
+	}
+	for _, accel := range []string{qemu.AccelTCG, qemu.AccelKVM} {
+		b.Run(accel, func(b *testing.B) {
+			if accel == qemu.AccelKVM && ProbeAccel(filepath.Join(os.TempDir(), "raksh-accel-bench")) == qemu.AccelTCG {
+				b.Skip("KVM does not boot this kernel here (probe)")
+			}
+			for i := 0; i < b.N; i++ {
+				cfg := qemu.Config{Path: "qemu-system-x86_64", Name: "raksh-bench", Accel: accel, MemoryMiB: 256, VCPUs: 1,
+					Kernel: kernel, Initrd: initrd, KernelParams: []string{"console=ttyS0", "quiet", "panic=-1"}}
+				v := NewQEMU(QEMUOptions{Config: cfg, Dir: b.TempDir(), BootTimeout: 20 * time.Second})
+				ctx := context.Background()
+				if err := v.Start(ctx); err != nil {
+					if accel == qemu.AccelKVM {
+						os.WriteFile(filepath.Join(os.TempDir(), "raksh-accel-bench"), []byte("tcg\n"), 0o644)
+						b.Skipf("KVM boot failed: %v", err)
+					}
+					b.Fatal(err)
+				}
+				if _, err := taskAPI.NewTTRPCTaskClient(v.Client()).Connect(ctx, &taskAPI.ConnectRequest{}); err != nil {
+					b.Fatal(err)
+				}
+				b.StopTimer()
+				v.Shutdown(ctx)
+				b.StartTimer()
+			}
+		})
+	}
+}

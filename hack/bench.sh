@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# bench.sh runs Raksh's benchmarks in one go and writes the results to
+# _output/bench.txt (figures are kept in docs/benchmarks.md).
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+OUT="${OUTPUT_DIR:-$ROOT/_output}"
+cd "$ROOT"
+export RAKSH_KERNEL="$OUT/deps/kernel/vmlinuz" RAKSH_INITRD="$OUT/initrd.img"
+res="$OUT/bench.txt"
+: >"$res"
+run() { echo "== $*" | tee -a "$res"; "$@" 2>&1 | grep -E '^(Benchmark|ok|FAIL|---|\s+\S+_test.go)' | tee -a "$res"; }
+# VM runtime (root): ctr run vs runc, boot to agent (TCG, KVM if it works), host RSS.
+run go test -tags integration -run '^$' -bench 'RunVsRunc|HostRSS' -benchtime 5x -timeout 30m ./integration/
+run go test -tags integration -run '^$' -bench 'BootToAgent' -benchtime 5x -timeout 30m ./runtime/vm/
+# Components.
+run go test -run '^$' -bench . -benchtime 200x ./envelope/ ./tee/sim/ ./kbs/...
+run go test -run '^$' -bench . -benchtime 1x ./nri/
+run go test -run '^$' -bench . -benchtime 3x ./snapshotter/ ./agent/image/
+echo "results in $res"

@@ -61,6 +61,10 @@ type Config struct {
 	RequireEnvelope bool `toml:"require_envelope"`
 	// Debug keeps the guest console log and raises the agent's log level.
 	Debug bool `toml:"debug"`
+	// TEE is the trusted execution environment each VM is launched in:
+	// "none" (or empty, the default) or "sim", the simulated and INSECURE
+	// software TEE (see runtime/tee.go and docs/trust.md).
+	TEE string `toml:"tee"`
 	// Proxy allow-lists the host-side services the guest may reach, by name
 	// ("kbs", "registry") → TCP address. The guest has no network of its
 	// own; everything else is refused.
@@ -115,6 +119,9 @@ func LoadConfig(path string) (Config, error) {
 	case "auto", "vsock", "serial":
 	default:
 		return cfg, fmt.Errorf("runtime config %s: transport %q is not auto, vsock or serial", path, cfg.Transport)
+	}
+	if err := validTEE(cfg.TEE); err != nil {
+		return cfg, fmt.Errorf("runtime config %s: %w", path, err)
 	}
 	return cfg, nil
 }

@@ -2,6 +2,8 @@ package runtime
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/binary"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -165,6 +167,14 @@ func (m manager) Info(ctx context.Context, optionsR io.Reader) (*types.RuntimeIn
 	}, nil
 }
 
+// vsockCID picks a guest CID for a new VM: random above the reserved
+// range, so VMs of different shims do not collide in practice.
+func vsockCID() uint32 {
+	var b [4]byte
+	rand.Read(b[:])
+	return 3 + binary.LittleEndian.Uint32(b[:])%(1<<30)
+}
+
 func vmDir(cfg Config, ns, id string) string {
 	return filepath.Join(cfg.StateDir, ns, id)
 }
@@ -177,14 +187,31 @@ func NewQEMUVM(ctx context.Context, cfg Config, id string) (vm.Instance, error) 
 			return nil, fmt.Errorf("guest %s: %v (set %s in the runtime config): %w", what, err, what, errdefs.ErrFailedPrecondition)
 		}
 	}
-	params := append([]string{"console=ttyS0", "quiet", "panic=-1"}, cfg.KernelParams...)
-	if cfg.Debug {
-		params = append(params, "raksh.debug")
+	params := KernelParams(cfg)
+	teeArgs, err := teeLaunchArgs(cfg)
+	if err != nil {
+		return nil, err
+	}
+	var cid uint32
+	switch cfg.Transport {
+	case "vsock":
+		if !vm.HasVhostVsock() {
+			return nil, fmt.Errorf("transport vsock: /dev/vhost-vsock is missing: %w", errdefs.ErrFailedPrecondition)
+		}
+		cid = vsockCID()
+	case "auto":
+		if vm.HasVhostVsock() {
+			cid = vsockCID()
+		}
+	}
+	if cid != 0 {
+		params = append(params, "raksh.transport=vsock")
 	}
 	qc := qemu.Config{
-		Path: cfg.QEMUPath, Name: "raksh-" + id, Machine: cfg.Machine, Accel: cfg.Accel,
+		VsockCID: cid,
+		Path:     cfg.QEMUPath, Name: "raksh-" + id, Machine: cfg.Machine, Accel: cfg.Accel,
 		MemoryMiB: cfg.MemoryMiB, VCPUs: cfg.VCPUs,
-		Kernel: cfg.Kernel, Initrd: cfg.Initrd, KernelParams: params,
+		Kernel: cfg.Kernel, Initrd: cfg.Initrd, KernelParams: params, TEE: teeArgs,
 	}
 	return vm.NewQEMU(vm.QEMUOptions{
 		Config:          qc,

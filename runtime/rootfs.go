@@ -2,44 +2,67 @@ package runtime
 
 import (
 	"context"
+	"encoding/json"
+	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 
 	"github.com/containerd/containerd/api/types"
 	"github.com/containerd/containerd/v2/core/mount"
 	"github.com/containerd/containerd/v2/pkg/archive"
+	"github.com/containerd/errdefs"
 	"github.com/containerd/log"
 
 	"github.com/raksh-project/raksh/internal/wire"
 	"github.com/raksh-project/raksh/runtime/vm"
+	"github.com/raksh-project/raksh/snapshotter/rootfs"
 )
 
-// sendRootfs mounts the container's rootfs on the host and streams it into
-// the VM as a tar archive.
-func (s *Service) sendRootfs(ctx context.Context, v vm.Instance, c *hostContainer, mounts []*types.Mount) (<-chan error, error) {
+// sendRootfs hands the container's rootfs to the VM and returns the rootfs
+// mounts to pass to the agent and a channel reporting the end of the
+// transfer.
+//
+// A raksh rootfs (raksh-snapshotter's descriptor of a guest-pulled or
+// encrypted image) is never mounted or read on the host: the descriptor
+// goes to the agent as a wire.RootfsImage mount and the cached ciphertext of
+// its "blob" layers is streamed read-only, one wire.BlobStream per layer;
+// the guest pulls, verifies, decrypts and unpacks. A raksh rootfs whose
+// descriptor is unreadable or unsupported is refused, never run on the
+// host-side stub. Any other rootfs is mounted on the host and streamed as a
+// tar archive.
+func (s *Service) sendRootfs(ctx context.Context, v vm.Instance, c *hostContainer, mounts []*types.Mount) ([]*types.Mount, <-chan error, error) {
+	var ms []mount.Mount
+	for _, m := range mounts {
+		ms = append(ms, mount.Mount{Type: m.Type, Source: m.Source, Target: m.Target, Options: m.Options})
+	}
+	d, ok, err := rootfs.ParseMounts(ms)
+	switch {
+	case err != nil:
+		return nil, nil, fmt.Errorf("refusing container %q: its raksh rootfs descriptor is unusable: %w: %w", c.id, err, errdefs.ErrInvalidArgument)
+	case ok:
+		return s.sendImageRootfs(ctx, v, c, d)
+	}
+
 	root := filepath.Join(c.bundle, "rootfs")
 	if err := os.MkdirAll(root, 0o711); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	if len(mounts) > 0 {
-		var ms []mount.Mount
-		for _, m := range mounts {
-			ms = append(ms, mount.Mount{Type: m.Type, Source: m.Source, Target: m.Target, Options: m.Options})
-		}
+	if len(ms) > 0 {
 		if err := mount.All(ms, root); err != nil {
-			return nil, fmt.Errorf("mount rootfs: %w", err)
+			return nil, nil, fmt.Errorf("mount rootfs: %w", err)
 		}
 		c.rootfs = root
 	}
 	st, err := v.StartStream(ctx, wire.RootfsStream(c.id))
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	empty, err := os.MkdirTemp("", "raksh-empty-")
 	if err != nil {
 		st.Close()
-		return nil, err
+		return nil, nil, err
 	}
 	done := make(chan error, 1)
 	go func() {
@@ -51,7 +74,78 @@ func (s *Service) sendRootfs(ctx context.Context, v vm.Instance, c *hostContaine
 		}
 		done <- err
 	}()
-	return done, nil
+	return []*types.Mount{{Type: wire.RootfsTar, Source: wire.RootfsStream(c.id)}}, done, nil
+}
+
+// blobStreams lists, in layer order, the blob streams of d's "blob" layers
+// with the host path each carries.
+func blobStreams(containerID string, d *rootfs.Descriptor) (names, paths []string) {
+	seen := map[string]int{}
+	for _, l := range d.Layers {
+		if l.Source != rootfs.SourceBlob {
+			continue
+		}
+		names = append(names, wire.BlobStream(containerID, l.Digest, seen[l.Digest]))
+		paths = append(paths, l.Path)
+		seen[l.Digest]++
+	}
+	return names, paths
+}
+
+// sendImageRootfs passes descriptor d to the agent and streams the cached
+// ciphertext blobs of its "blob" layers, in layer order, each on its own
+// stream. The blobs are opened read-only up front, so a missing cache file
+// fails the container before anything reaches the VM.
+func (s *Service) sendImageRootfs(ctx context.Context, v vm.Instance, c *hostContainer, d *rootfs.Descriptor) ([]*types.Mount, <-chan error, error) {
+	b, err := json.Marshal(d)
+	if err != nil {
+		return nil, nil, err
+	}
+	names, paths := blobStreams(c.id, d)
+	files := make([]*os.File, 0, len(paths))
+	closeAll := func() {
+		for _, f := range files {
+			f.Close()
+		}
+	}
+	for _, p := range paths {
+		f, err := os.Open(p)
+		if err != nil {
+			closeAll()
+			return nil, nil, fmt.Errorf("refusing container %q: cached layer blob: %w: %w", c.id, err, errdefs.ErrFailedPrecondition)
+		}
+		files = append(files, f)
+	}
+	log.G(ctx).WithField("id", c.id).WithField("mode", d.Mode).WithField("image", d.ImageRef).WithField("blobs", len(files)).
+		Info("rootfs is built in the guest")
+	done := make(chan error, 1)
+	go func() {
+		defer closeAll()
+		var errs []error
+		for i, f := range files {
+			if err := sendBlob(ctx, v, names[i], f); err != nil {
+				errs = append(errs, err)
+				// The agent drains every stream it expects, so later
+				// streams cannot block; still try them.
+			}
+		}
+		done <- errors.Join(errs...)
+	}()
+	m := &types.Mount{Type: wire.RootfsImage, Source: wire.RootfsStream(c.id), Options: []string{wire.DescriptorOption + string(b)}}
+	return []*types.Mount{m}, done, nil
+}
+
+// sendBlob copies f to a new stream called name and closes it.
+func sendBlob(ctx context.Context, v vm.Instance, name string, f *os.File) error {
+	st, err := v.StartStream(ctx, name)
+	if err != nil {
+		return fmt.Errorf("send layer blob: %w", err)
+	}
+	defer st.Close()
+	if _, err := io.Copy(st, f); err != nil {
+		return fmt.Errorf("send layer blob %s: %w", filepath.Base(f.Name()), err)
+	}
+	return nil
 }
 
 func (s *Service) unmountRootfs(ctx context.Context, c *hostContainer) {

@@ -16,7 +16,6 @@ import (
 
 	eventstypes "github.com/containerd/containerd/api/events"
 	taskAPI "github.com/containerd/containerd/api/runtime/task/v3"
-	"github.com/containerd/containerd/api/types"
 	"github.com/containerd/containerd/api/types/runtimeoptions/v1"
 	"github.com/containerd/containerd/api/types/task"
 	"github.com/containerd/containerd/v2/core/runtime"
@@ -320,7 +319,7 @@ func (s *Service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 		}
 	}()
 
-	rootfsDone, err := s.sendRootfs(ctx, v, c, r.Rootfs)
+	agentRootfs, rootfsDone, err := s.sendRootfs(ctx, v, c, r.Rootfs)
 	if err != nil {
 		return nil, errgrpc.ToGRPC(err)
 	}
@@ -334,7 +333,7 @@ func (s *Service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 	resp, err := agent.Create(ctx, &taskAPI.CreateTaskRequest{
 		ID:       r.ID,
 		Bundle:   r.Bundle,
-		Rootfs:   []*types.Mount{{Type: wire.RootfsTar, Source: wire.RootfsStream(r.ID)}},
+		Rootfs:   agentRootfs,
 		Terminal: r.Terminal,
 		Stdin:    in, Stdout: out, Stderr: errS,
 		Options: &ptypes.Any{TypeUrl: wire.SpecTypeURL, Value: specBytes},

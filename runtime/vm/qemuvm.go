@@ -13,6 +13,7 @@ import (
 
 	"github.com/containerd/log"
 	"github.com/containerd/ttrpc"
+	"github.com/mdlayher/vsock"
 
 	"github.com/raksh-project/raksh/internal/transport"
 	"github.com/raksh-project/raksh/runtime/vm/qemu"
@@ -84,7 +85,9 @@ func (v *qemuVM) Start(ctx context.Context) error {
 	if err := os.MkdirAll(v.opts.Dir, 0o700); err != nil {
 		return err
 	}
-	cfg.AgentSocket = filepath.Join(v.opts.Dir, "agent.sock")
+	if cfg.VsockCID == 0 {
+		cfg.AgentSocket = filepath.Join(v.opts.Dir, "agent.sock")
+	}
 	cfg.QMPSocket = filepath.Join(v.opts.Dir, "qmp.sock")
 	cfg.PidFile = filepath.Join(v.opts.Dir, "qemu.pid")
 	if cfg.ConsoleLog == "" {
@@ -143,7 +146,7 @@ func (v *qemuVM) boot(ctx context.Context, cfg qemu.Config, timeout time.Duratio
 	defer cancel()
 	var conn net.Conn
 	for conn == nil {
-		c, err := net.Dial("unix", cfg.AgentSocket)
+		c, err := dialAgent(cfg)
 		if err == nil {
 			conn = c
 			break
@@ -193,6 +196,24 @@ func (v *qemuVM) boot(ctx context.Context, cfg qemu.Config, timeout time.Duratio
 		v.once.Do(func() { close(v.done) })
 	}()
 	return nil
+}
+
+// VsockPort is the AF_VSOCK port the agent listens on.
+const VsockPort = 1024
+
+// dialAgent connects to the agent's transport: the virtio-serial port's
+// host socket, or the guest's vsock port.
+func dialAgent(cfg qemu.Config) (net.Conn, error) {
+	if cfg.VsockCID != 0 {
+		return vsock.Dial(cfg.VsockCID, VsockPort, nil)
+	}
+	return net.Dial("unix", cfg.AgentSocket)
+}
+
+// HasVhostVsock reports whether the host can give VMs AF_VSOCK.
+func HasVhostVsock() bool {
+	_, err := os.Stat("/dev/vhost-vsock")
+	return err == nil
 }
 
 func (v *qemuVM) Client() *ttrpc.Client {

@@ -1,0 +1,343 @@
+package runtime
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	taskAPI "github.com/containerd/containerd/api/runtime/task/v3"
+	"github.com/containerd/containerd/api/types"
+	"github.com/containerd/containerd/v2/pkg/namespaces"
+	"github.com/containerd/containerd/v2/pkg/shutdown"
+	"github.com/containerd/errdefs"
+	"github.com/containerd/errdefs/pkg/errgrpc"
+	"github.com/containerd/ttrpc"
+
+	"github.com/raksh-project/raksh/agent"
+	"github.com/raksh-project/raksh/agent/agenttest"
+	"github.com/raksh-project/raksh/agent/image"
+	"github.com/raksh-project/raksh/agent/image/imagetest"
+	"github.com/raksh-project/raksh/internal/transport"
+	"github.com/raksh-project/raksh/internal/wire"
+	"github.com/raksh-project/raksh/runtime/vm"
+	"github.com/raksh-project/raksh/snapshotter/rootfs"
+)
+
+const imageMarker = "RAKSH-GUEST-BUILT-ROOTFS-7d1f"
+
+// imageVM is fakeVM with agent options (proxy dialer, image keys).
+type imageVM struct {
+	*fakeVM
+	opts func(guest func() transport.Session) []agent.Opt
+}
+
+func (f *imageVM) Start(ctx context.Context) error {
+	sock := filepath.Join(f.dir, "agent.sock")
+	l, err := net.Listen("unix", sock)
+	if err != nil {
+		return err
+	}
+	defer l.Close()
+	go func() {
+		c, err := l.Accept()
+		if err != nil {
+			return
+		}
+		s, err := transport.Server(ctx, c, 5*time.Millisecond)
+		if err != nil {
+			return
+		}
+		f.guest = s
+		svc := agent.NewService(filepath.Join(f.dir, "guest"), agenttest.NewHostRuntime(), f.opts(func() transport.Session { return s })...)
+		agent.Serve(context.Background(), s, svc)
+	}()
+	c, err := net.Dial("unix", sock)
+	if err != nil {
+		return err
+	}
+	f.sess, err = transport.Client(ctx, c)
+	if err != nil {
+		return err
+	}
+	ctrl, err := f.sess.Open(ctx, transport.ControlStream)
+	if err != nil {
+		return err
+	}
+	f.client = ttrpc.NewClient(ctrl)
+	go func() {
+		<-f.sess.Done()
+		f.once.Do(func() { close(f.done) })
+	}()
+	return nil
+}
+
+// newImageEnv is newEnv with a runtime config (e.g. [proxy]) and an agent
+// holding keys (nil: the agent's default key directory).
+func newImageEnv(t *testing.T, runtimeConfig string, keys image.KeyProvider) *env {
+	dir := t.TempDir()
+	ctx := namespaces.WithNamespace(context.Background(), "test")
+	ctx, sd := shutdown.WithShutdown(ctx)
+	t.Cleanup(sd.Shutdown)
+	rec := &recorder{}
+	fv := &imageVM{fakeVM: &fakeVM{t: t, dir: dir, done: make(chan struct{})}}
+	fv.opts = func(guest func() transport.Session) []agent.Opt {
+		opts := []agent.Opt{agent.WithProxyDialer(func(ctx context.Context, target string) (net.Conn, error) {
+			return guest().Open(ctx, wire.ProxyPrefix+target)
+		})}
+		if keys != nil {
+			opts = append(opts, agent.WithImageKeys(keys))
+		}
+		return opts
+	}
+	cfgPath := filepath.Join(dir, "runtime.toml")
+	os.WriteFile(cfgPath, []byte("accel = \"tcg\"\n"+runtimeConfig), 0o644)
+	t.Setenv(ConfigEnv, cfgPath)
+	svc := NewService(ctx, "pod", rec, sd, func(context.Context, Config, string) (vm.Instance, error) { return fv, nil })
+	return &env{svc: svc, vm: fv.fakeVM, rec: rec, dir: dir, ctx: ctx}
+}
+
+// descriptorMount writes d as raksh-snapshotter does and returns the
+// container's rootfs mount as containerd passes it.
+func descriptorMount(t *testing.T, d *rootfs.Descriptor) []*types.Mount {
+	t.Helper()
+	dir := filepath.Join(t.TempDir(), "rootfs")
+	if err := rootfs.Write(dir, d); err != nil {
+		t.Fatal(err)
+	}
+	return []*types.Mount{{Type: "bind", Source: dir, Options: []string{"ro", "rbind"}}}
+}
+
+// runImage creates and runs id (printing the marker file of its rootfs)
+// and returns its stdout, or the Create error.
+func (e *env) runImage(t *testing.T, id string, mounts []*types.Mount) (string, error) {
+	t.Helper()
+	b := filepath.Join(e.dir, "bundles", id)
+	e.bundle(t, id, nil, "/bin/cat", "app/marker")
+	os.RemoveAll(filepath.Join(b, "rootfs")) // a raksh rootfs has no host copy
+	_, stdout := mkfifo(t, filepath.Join(e.dir, id+"-stdout"))
+	ctx, cancel := context.WithTimeout(e.ctx, 60*time.Second)
+	defer cancel()
+	_, err := e.svc.Create(ctx, &taskAPI.CreateTaskRequest{ID: id, Bundle: b, Rootfs: mounts, Stdout: filepath.Join(e.dir, id+"-stdout")})
+	if err != nil {
+		return "", errgrpc.ToNative(err)
+	}
+	if _, err := e.svc.Start(ctx, &taskAPI.StartRequest{ID: id}); err != nil {
+		t.Fatal(err)
+	}
+	w, err := e.svc.Wait(ctx, &taskAPI.WaitRequest{ID: id})
+	if err != nil || w.ExitStatus != 0 {
+		t.Fatalf("wait: %v, status %d", err, w.GetExitStatus())
+	}
+	if _, err := e.svc.Delete(ctx, &taskAPI.DeleteRequest{ID: id}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(b, "rootfs")); err == nil {
+		t.Error("the shim created a host rootfs for a raksh image")
+	}
+	return <-stdout, nil
+}
+
+// guestLeftovers lists what a failed build left in the guest's bundle root.
+func guestLeftovers(e *env) []string {
+	entries, _ := os.ReadDir(filepath.Join(e.dir, "guest"))
+	var names []string
+	for _, en := range entries {
+		names = append(names, en.Name())
+	}
+	return names
+}
+
+func TestImageRootfsGuestPull(t *testing.T) {
+	host, stop := imagetest.Registry()
+	defer stop()
+	base := imagetest.GzipLayer(imagetest.Tar(map[string]string{"etc/os-release": "raksh\n", "app/old": "x"}))
+	top := imagetest.GzipLayer(imagetest.Tar(map[string]string{"app/marker": imageMarker, "app/old": "<whiteout>"}))
+	img, err := imagetest.Image(base, top)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ref := host + "/raksh/app:1"
+	md, err := imagetest.Push(ref, img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	desc := func(manifest string) *rootfs.Descriptor {
+		return &rootfs.Descriptor{Version: rootfs.Version, Mode: rootfs.ModeGuestPull, ImageRef: ref, ManifestDigest: manifest, Layers: []rootfs.Layer{
+			{Digest: base.Digest().String(), Source: rootfs.SourceGuestPull}, {Digest: top.Digest().String(), Source: rootfs.SourceGuestPull}}}
+	}
+
+	e := newImageEnv(t, fmt.Sprintf("[proxy]\nregistry = %q\n", host), nil)
+	out, err := e.runImage(t, "gp", descriptorMount(t, desc(md.String())))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if out != imageMarker {
+		t.Fatalf("container printed %q, want the image's marker", out)
+	}
+
+	// The node lies about the manifest: refused, nothing left in the guest.
+	other, _ := imagetest.Image(top)
+	od, _ := other.Digest()
+	_, err = e.runImage(t, "gp-pinned", descriptorMount(t, desc(od.String())))
+	if err == nil || !strings.Contains(err.Error(), image.ErrDigestMismatch.Error()) {
+		t.Fatalf("manifest mismatch: %v", err)
+	}
+	if left := guestLeftovers(e); len(left) != 0 {
+		t.Fatalf("failed build left %v in the guest", left)
+	}
+}
+
+func TestImageRootfsGuestPullNotAllowListed(t *testing.T) {
+	host, stop := imagetest.Registry()
+	defer stop()
+	l := imagetest.GzipLayer(imagetest.Tar(map[string]string{"app/marker": imageMarker}))
+	img, _ := imagetest.Image(l)
+	ref := host + "/raksh/app:1"
+	md, err := imagetest.Push(ref, img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := newImageEnv(t, "", nil) // no [proxy] registry
+	_, err = e.runImage(t, "gp", descriptorMount(t, &rootfs.Descriptor{Version: rootfs.Version, Mode: rootfs.ModeGuestPull, ImageRef: ref,
+		ManifestDigest: md.String(), Layers: []rootfs.Layer{{Digest: l.Digest().String(), Source: rootfs.SourceGuestPull}}}))
+	if err == nil || !strings.Contains(err.Error(), "failed to resolve") {
+		t.Fatalf("guest pull without an allow-listed registry: %v", err)
+	}
+}
+
+// encryptedCache returns a descriptor of mode layers over two encrypted
+// layers whose ciphertext sits in a host cache directory, and the layers.
+func encryptedCache(t *testing.T, pub []byte) (*rootfs.Descriptor, []*imagetest.Layer) {
+	t.Helper()
+	cache := t.TempDir()
+	var d = &rootfs.Descriptor{Version: rootfs.Version, Mode: rootfs.ModeLayers, ImageRef: "127.0.0.1:1/enc/app:1"}
+	var layers []*imagetest.Layer
+	big := make([]byte, 3<<20)
+	rand.Read(big)
+	for _, files := range []map[string]string{
+		{"etc/os-release": "raksh\n", "app/old": "x"},
+		// Larger than the transport's stream window: a blob stream the
+		// guest never reads would block the shim unless drained.
+		{"app/marker": imageMarker, "app/old": "<whiteout>", "app/big": string(big)},
+	} {
+		l, err := imagetest.Encrypt(imagetest.GzipLayer(imagetest.Tar(files)), pub)
+		if err != nil {
+			t.Fatal(err)
+		}
+		p := filepath.Join(cache, l.Digest().Encoded())
+		if err := os.WriteFile(p, l.Blob, 0o444); err != nil {
+			t.Fatal(err)
+		}
+		layers = append(layers, l)
+		d.Layers = append(d.Layers, rootfs.Layer{Digest: l.Digest().String(), DiffID: l.DiffID.String(), MediaType: l.MediaType,
+			Annotations: l.Annotations, Size: int64(len(l.Blob)), Source: rootfs.SourceBlob, Path: p})
+	}
+	return d, layers
+}
+
+func TestImageRootfsEncrypted(t *testing.T) {
+	priv, pub, err := imagetest.RSAKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyFile := filepath.Join(t.TempDir(), "key.pem")
+	os.WriteFile(keyFile, priv, 0o600)
+	d, _ := encryptedCache(t, pub)
+
+	e := newImageEnv(t, "", image.KeyFiles{keyFile})
+	// The same blob twice (as empty layers often are) travels twice.
+	dup := *d
+	dup.Layers = append(append([]rootfs.Layer(nil), d.Layers...), d.Layers[1])
+	for id, desc := range map[string]*rootfs.Descriptor{"enc": d, "enc-dup": &dup} {
+		out, err := e.runImage(t, id, descriptorMount(t, desc))
+		if err != nil {
+			t.Fatalf("%s: %v", id, err)
+		}
+		if out != imageMarker {
+			t.Fatalf("%s: container printed %q, want the image's marker", id, out)
+		}
+	}
+}
+
+func TestImageRootfsErrors(t *testing.T) {
+	_, pub, err := imagetest.RSAKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	wrongPriv, _, err := imagetest.RSAKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	wrongKey := filepath.Join(t.TempDir(), "wrong.pem")
+	os.WriteFile(wrongKey, wrongPriv, 0o600)
+
+	for _, tc := range []struct {
+		name   string
+		keys   image.KeyProvider
+		mutate func(t *testing.T, d *rootfs.Descriptor) []*types.Mount
+		want   error
+		msg    string
+	}{
+		{name: "wrong key", keys: image.KeyFiles{wrongKey}, want: image.ErrDecrypt},
+		{name: "no key", keys: agent.KeyDir(t.TempDir()), want: image.ErrDecrypt, msg: "no image decryption keys"},
+		{name: "corrupt ciphertext in the host cache", keys: image.KeyFiles{wrongKey}, want: image.ErrDigestMismatch,
+			mutate: func(t *testing.T, d *rootfs.Descriptor) []*types.Mount {
+				b, _ := os.ReadFile(d.Layers[0].Path)
+				b[len(b)/2] ^= 1
+				os.Chmod(d.Layers[0].Path, 0o644)
+				os.WriteFile(d.Layers[0].Path, b, 0o444)
+				return nil
+			}},
+		{name: "cached blob missing", want: errdefs.ErrFailedPrecondition, msg: "cached layer blob",
+			mutate: func(t *testing.T, d *rootfs.Descriptor) []*types.Mount {
+				os.Remove(d.Layers[1].Path)
+				return nil
+			}},
+		{name: "unsupported descriptor version", want: errdefs.ErrInvalidArgument, msg: "unsupported raksh rootfs descriptor version",
+			mutate: func(t *testing.T, d *rootfs.Descriptor) []*types.Mount {
+				m := descriptorMount(t, d)
+				b, _ := os.ReadFile(filepath.Join(m[0].Source, rootfs.FileName))
+				p := filepath.Join(m[0].Source, rootfs.FileName)
+				os.Chmod(p, 0o644)
+				os.WriteFile(p, []byte(strings.Replace(string(b), `"version": 1`, `"version": 2`, 1)), 0o444)
+				return m
+			}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			d, _ := encryptedCache(t, pub)
+			var mounts []*types.Mount
+			if tc.mutate != nil {
+				mounts = tc.mutate(t, d)
+			}
+			if mounts == nil {
+				mounts = descriptorMount(t, d)
+			}
+			e := newImageEnv(t, "", tc.keys)
+			start := time.Now()
+			_, err := e.runImage(t, "bad", mounts)
+			if err == nil || !errors.Is(err, tc.want) && !strings.Contains(err.Error(), tc.want.Error()) {
+				t.Fatalf("got %v, want %v", err, tc.want)
+			}
+			if tc.msg != "" && !strings.Contains(err.Error(), tc.msg) {
+				t.Fatalf("error %q does not say %q", err, tc.msg)
+			}
+			t.Logf("error: %v", err)
+			if time.Since(start) > 20*time.Second {
+				t.Errorf("failing Create took %v: unread blob streams not drained?", time.Since(start))
+			}
+			if left := guestLeftovers(e); len(left) != 0 {
+				t.Fatalf("failed build left %v in the guest", left)
+			}
+			if _, err := e.svc.container("bad"); !errdefs.IsNotFound(err) {
+				t.Fatalf("shim kept the failed container: %v", err)
+			}
+		})
+	}
+}

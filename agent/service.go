@@ -24,6 +24,7 @@ import (
 	"github.com/containerd/typeurl/v2"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
+	"github.com/raksh-project/raksh/agent/image"
 	"github.com/raksh-project/raksh/internal/wire"
 )
 
@@ -49,6 +50,10 @@ type Service struct {
 	dialProxy func(ctx context.Context, target string) (net.Conn, error)
 	// created is called after a container was created.
 	created func(ctx context.Context, id string)
+	// imageKeys decrypts encrypted image layers (rootfs.go).
+	imageKeys image.KeyProvider
+	// pullOpts are extra options of guest pulls (rootfs.go).
+	pullOpts []image.PullOpt
 }
 
 // WithProxyDialer sets how the agent reaches host-side services (key broker,

@@ -21,6 +21,28 @@ const SpecTypeURL = "raksh.io/oci+json"
 // tar archive of the container's root filesystem.
 const RootfsTar = "raksh.tar"
 
+// RootfsImage is the rootfs mount type of a container whose root filesystem
+// the guest builds itself from a raksh rootfs descriptor (package
+// snapshotter/rootfs, version 1): by pulling the image through the
+// host-forwarded registry stream, or by decrypting ciphertext layers the
+// host cached. The mount's Source is RootfsStream of the container (unused:
+// nothing is streamed on it) and its Options hold exactly one
+// DescriptorOption. The cached blob of each "blob" layer arrives on its own
+// BlobStream. The host never unpacks such a rootfs.
+const RootfsImage = "raksh.image"
+
+// DescriptorOption prefixes the option of a RootfsImage mount that carries
+// the descriptor as JSON.
+const DescriptorOption = "raksh.descriptor="
+
+// BlobStream returns the name of the stream carrying the n-th (from 0)
+// occurrence, bottom to top, of the cached layer blob digest among the
+// "blob" layers of a container's rootfs descriptor. The shim opens them in
+// layer order, one after the other; the guest checks every blob's digest.
+func BlobStream(containerID, digest string, n int) string {
+	return fmt.Sprintf("blob/%s/%s/%d", containerID, digest, n)
+}
+
 // EventsStream is the stream on which the agent publishes asynchronous
 // events (OOM) as JSON lines.
 const EventsStream = "events"

@@ -13,9 +13,9 @@ package harness
 
 import (
 	"bytes"
-	"io"
 	"context"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"

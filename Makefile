@@ -7,7 +7,8 @@ GO ?= go
 # Integration tests boot VMs one after another; CI has 2 cores.
 INTEGRATION_TIMEOUT ?= 60m
 FUZZTIME ?= 5s
-COMMANDS := containerd-shim-raksh-v2 rakshctl raksh-kbs raksh-nri raksh-snapshotter raksh-registry
+# Host binaries: every command but the guest agent (built static by hack/build-guest.sh).
+COMMANDS := $(filter-out raksh-agent,$(notdir $(wildcard cmd/*)))
 
 .PHONY: help deps build initrd test test-unit test-integration fuzz bench demo check clean
 
@@ -19,7 +20,7 @@ deps: ## install Debian packages; build containerd v2.4.2, static runc; fetch th
 
 build: ## build all binaries into _output/bin and the guest initrd
 	@mkdir -p $(BIN)
-	@for c in $(COMMANDS); do [ -d cmd/$$c ] && $(GO) build -o $(BIN)/$$c ./cmd/$$c || true; done
+	$(GO) build -o $(BIN)/ $(addprefix ./cmd/,$(COMMANDS))
 	hack/build-guest.sh
 
 initrd: ## rebuild the guest agent and initrd

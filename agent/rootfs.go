@@ -162,11 +162,25 @@ func (s *Service) buildImageRootfs(ctx context.Context, id string, m *types.Moun
 	start := time.Now()
 	layers, err := image.BuildRootfs(ctx, d, src, dest)
 	if err != nil {
-		return fmt.Errorf("build rootfs of %q from image %s (%s): %w", id, d.ImageRef, d.Mode, err)
+		via := ""
+		if needsRegistry(d) {
+			via = fmt.Sprintf(", registry reached through the host's [proxy] %q target", RegistryProxyTarget)
+		}
+		return fmt.Errorf("build rootfs of %q from image %s (%s%s): %w", id, d.ImageRef, d.Mode, via, err)
 	}
 	log.G(ctx).WithField("id", id).WithField("mode", d.Mode).WithField("image", d.ImageRef).WithField("layers", len(layers)).
 		WithField("elapsed", time.Since(start)).Info("rootfs built in the guest")
 	return nil
+}
+
+// needsRegistry reports whether building d fetches from the registry.
+func needsRegistry(d *rootfs.Descriptor) bool {
+	for _, l := range d.Layers {
+		if l.Source != rootfs.SourceBlob {
+			return true
+		}
+	}
+	return false
 }
 
 // blobStreams hands the shim's blob streams of one container to

@@ -148,6 +148,13 @@ func (s *snapshotterProc) stop(sig syscall.Signal) {
 // pointed at s.
 func withSnapshotter(t testing.TB, s *snapshotterProc, extra ...byte) *harness.Containerd {
 	t.Helper()
+	return withSnapshotterOpts(t, s, harness.Options{}, extra...)
+}
+
+// withSnapshotterOpts is withSnapshotter with more containerd options (the
+// drop-in is added to o.Imports).
+func withSnapshotterOpts(t testing.TB, s *snapshotterProc, o harness.Options, extra ...byte) *harness.Containerd {
+	t.Helper()
 	b, err := os.ReadFile(filepath.Join(harness.Repo(), "contrib", "containerd", "snapshotter.toml"))
 	if err != nil {
 		t.Fatal(err)
@@ -165,7 +172,8 @@ func withSnapshotter(t testing.TB, s *snapshotterProc, extra ...byte) *harness.C
 	if err := os.WriteFile(p, b, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	return harness.StartContainerd(t, harness.Options{Imports: []string{p}})
+	o.Imports = append(o.Imports, p)
+	return harness.StartContainerd(t, o)
 }
 
 func goarch() string {

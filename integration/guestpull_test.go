@@ -1,0 +1,298 @@
+//go:build integration
+
+package integration
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"path"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/raksh-project/raksh/agent"
+	"github.com/raksh-project/raksh/agent/image/imagetest"
+	"github.com/raksh-project/raksh/integration/harness"
+	"github.com/raksh-project/raksh/integration/testimage"
+	"github.com/raksh-project/raksh/runtime/initrd"
+)
+
+// Guest-built rootfs end to end: containerd v2.4.2 with raksh-snapshotter
+// pulls a raksh image without unpacking it on the host, `ctr run` hands the
+// descriptor to the shim, and the agent builds the rootfs in guest memory
+// (guest pull through the shim's registry proxy, or decryption of the
+// host-cached ciphertext with a key baked into the initrd).
+
+const (
+	gpMarker  = "RAKSH-GUEST-PULLED-MARKER-5e0b"
+	encMarker = "RAKSH-GUEST-DECRYPTED-MARKER-93ac"
+)
+
+// busyboxLayer returns the busybox test image's layer as a gzip layer.
+func busyboxLayer(t *testing.T) *imagetest.Layer {
+	t.Helper()
+	img, err := testimage.Busybox(nil, "/bin/sh")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ls, err := img.Layers()
+	if err != nil || len(ls) != 1 {
+		t.Fatalf("busybox layers: %v", err)
+	}
+	rc, err := ls[0].Uncompressed()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rc.Close()
+	tarBytes, err := io.ReadAll(rc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return imagetest.GzipLayer(tarBytes)
+}
+
+// keyInitrd builds a guest initrd (the agent under test) holding the
+// private key priv in the agent's default image key directory, as
+// `rakshctl initrd build --file /etc/raksh/image-keys/test.pem=KEY` does.
+func keyInitrd(t *testing.T, priv []byte) string {
+	t.Helper()
+	dir := t.TempDir()
+	keyFile := filepath.Join(dir, "image-key.pem")
+	if err := os.WriteFile(keyFile, priv, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	files := map[string]string{path.Join(agent.DefaultImageKeyDir, "test.pem"): keyFile}
+	// The simulated TEE's platform key, as hack/build-guest.sh bakes it in.
+	if sim := filepath.Join(harness.Output(), "keys", "sim-platform.key"); fileExists(sim) {
+		files["/etc/raksh/sim-platform-key.pem"] = sim
+	}
+	out := filepath.Join(dir, "initrd.img")
+	if err := initrd.Build(initrd.Options{
+		Agent: harness.Bin(t, "raksh-agent"), Runc: harness.Bin(t, "runc"),
+		ModulesDir: filepath.Join(harness.Output(), "deps", "kernel", "modules"), Modules: initrd.DefaultModules,
+		Files: files, Output: out,
+	}); err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+func fileExists(p string) bool {
+	_, err := os.Stat(p)
+	return err == nil
+}
+
+// runRaksh runs `ctr run --rm` of ref on the raksh snapshotter in the VM.
+func runRaksh(t *testing.T, h *harness.Containerd, ref, id string, args ...string) (string, error) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	return h.CtrContext(ctx, append([]string{"run", "--rm", "--snapshotter", "raksh", "--runtime", rakshRuntime, ref, id}, args...)...)
+}
+
+// noLeftovers checks a failed run left nothing behind on the host: no
+// container, snapshot, mount, bundle or VM.
+func noLeftovers(t *testing.T, h *harness.Containerd, id string) {
+	t.Helper()
+	if out, _ := h.Ctr("containers", "ls", "-q"); strings.Contains(out, id) {
+		t.Errorf("container %s left behind", id)
+	}
+	if out, _ := h.Ctr("snapshots", "--snapshotter", "raksh", "ls"); strings.Contains(out, id) {
+		t.Errorf("snapshot %s left behind:\n%s", id, out)
+	}
+	if b, _ := os.ReadFile("/proc/self/mountinfo"); strings.Contains(string(b), "/"+id+"/") {
+		t.Errorf("a mount of %s left behind", id)
+	}
+	if m, _ := filepath.Glob(filepath.Join(h.Dir, "state", "io.containerd.runtime.v2.task", "*", id)); len(m) > 0 {
+		t.Errorf("bundle left behind: %v", m)
+	}
+	deadline := time.Now().Add(15 * time.Second)
+	for len(h.QEMUProcesses()) > 0 {
+		if time.Now().After(deadline) {
+			t.Errorf("VM still running after the failed run: %v", h.QEMUProcesses())
+			return
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// TestGuestPullRunInVM: the guest pulls the image itself through the
+// shim's allow-listed registry proxy; the container prints a file of the
+// image; containerd's content store and the snapshotter hold no layer.
+func TestGuestPullRunInVM(t *testing.T) {
+	harness.RequiresRoot(t)
+	host, stop := imagetest.Registry()
+	defer stop()
+	bb := busyboxLayer(t)
+	top := imagetest.GzipLayer(imagetest.Tar(map[string]string{"app/marker": gpMarker}))
+	img, err := imagetest.Image(bb, top)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ref := host + "/raksh/run:1"
+	if _, err := imagetest.Push(ref, img); err != nil {
+		t.Fatal(err)
+	}
+	s := startSnapshotter(t, fmt.Sprintf("[guest_pull]\nenable = true\nimage_patterns = [%q]\n", regexp.QuoteMeta(host)+"/raksh/.*"))
+	h := withSnapshotterOpts(t, s, harness.Options{RuntimeConfig: fmt.Sprintf("[proxy]\nregistry = %q\n", host)})
+
+	if out, err := h.Ctr("images", "pull", "--plain-http", "--snapshotter", "raksh", ref); err != nil {
+		t.Fatalf("pull: %v\n%s", err, out)
+	}
+	out, err := runRaksh(t, h, ref, "gp-run", "/bin/sh", "-c", "cat /app/marker; echo; uname -r")
+	if err != nil {
+		t.Fatalf("ctr run: %v\n%s", err, out)
+	}
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	if len(lines) != 2 || lines[0] != gpMarker {
+		t.Fatalf("container printed %q, want the image's marker", out)
+	}
+	if hostKernel, _ := os.ReadFile("/proc/sys/kernel/osrelease"); strings.TrimSpace(string(hostKernel)) == lines[1] {
+		t.Fatalf("ran on the host kernel %s", lines[1])
+	}
+	content := contentDigests(t, h)
+	for _, l := range []*imagetest.Layer{bb, top} {
+		if strings.Contains(content, l.Digest().String()) {
+			t.Fatalf("layer %s is in containerd's content store", l.Digest())
+		}
+	}
+	if hits := append(grepTree(s.root, gpMarker), grepTree(h.Dir, gpMarker)...); len(hits) > 0 {
+		t.Fatalf("marker found on the host: %v", hits)
+	}
+	if len(grepTree(s.root, "busybox")) > 0 {
+		t.Fatal("busybox layer content under the snapshotter root")
+	}
+
+	// Without the registry allow-listed, the guest cannot pull: a clear
+	// error, nothing left behind.
+	cfg := readFile(t, h.RuntimeConfigPath)
+	i := strings.Index(cfg, "[proxy]")
+	if i < 0 {
+		t.Fatalf("no [proxy] table in the runtime config:\n%s", cfg)
+	}
+	if err := os.WriteFile(h.RuntimeConfigPath, []byte(cfg[:i]), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out, err = runRaksh(t, h, ref, "gp-noproxy", "/bin/cat", "/app/marker")
+	if err == nil || !strings.Contains(err.Error(), "build rootfs") {
+		t.Fatalf("guest pull without an allow-listed registry: %v\n%s", err, out)
+	}
+	t.Logf("without [proxy] registry: %v", err)
+	noLeftovers(t, h, "gp-noproxy")
+}
+
+// TestEncryptedImageRunInVM: an ocicrypt (JWE) image is pulled with its
+// ciphertext cached on the host; the shim streams the ciphertext into the
+// VM, the agent decrypts it with the key baked into its initrd, and the
+// container prints a file of the image, which is nowhere on the host. A
+// wrong key and a corrupted cached blob fail with clear errors and leave
+// nothing behind.
+func TestEncryptedImageRunInVM(t *testing.T) {
+	harness.RequiresRoot(t)
+	host, stop := imagetest.Registry()
+	defer stop()
+	priv, pub, err := imagetest.RSAKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	wrongPriv, _, err := imagetest.RSAKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	bb, err := imagetest.Encrypt(busyboxLayer(t), pub)
+	if err != nil {
+		t.Fatal(err)
+	}
+	top, err := imagetest.Encrypt(imagetest.GzipLayer(imagetest.Tar(map[string]string{"app/marker": encMarker})), pub)
+	if err != nil {
+		t.Fatal(err)
+	}
+	img, err := imagetest.Image(bb, top)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ref := host + "/enc/run:1"
+	if _, err := imagetest.Push(ref, img); err != nil {
+		t.Fatal(err)
+	}
+	rightInitrd, wrongInitrd := keyInitrd(t, priv), keyInitrd(t, wrongPriv)
+
+	s := startSnapshotter(t, "") // no guest pull: the host caches the ciphertext
+	h := withSnapshotterOpts(t, s, harness.Options{RuntimeConfig: fmt.Sprintf("initrd = %q\n", rightInitrd)})
+	s.useContainerd(h.Address)
+	if out, err := h.Ctr("images", "pull", "--plain-http", "--snapshotter", "raksh", ref); err != nil {
+		t.Fatalf("pull: %v\n%s", err, out)
+	}
+	cached := filepath.Join(s.root, "cache", "blobs", "sha256", top.Digest().Encoded())
+	if !fileExists(cached) {
+		t.Fatalf("ciphertext of the marker layer not cached at %s", cached)
+	}
+
+	out, err := runRaksh(t, h, ref, "enc-run", "/bin/cat", "/app/marker")
+	if err != nil {
+		t.Fatalf("ctr run: %v\n%s", err, out)
+	}
+	if strings.TrimSpace(out) != encMarker {
+		t.Fatalf("container printed %q, want the image's marker", out)
+	}
+	if hits := append(grepTree(s.root, encMarker), grepTree(h.Dir, encMarker)...); len(hits) > 0 {
+		t.Fatalf("plaintext marker found on the host: %v", hits)
+	}
+	if len(grepTree(s.root, "busybox")) > 0 || len(grepTree(filepath.Join(h.Dir, "root"), "busybox")) > 0 {
+		t.Fatal("plaintext busybox layer on the host")
+	}
+
+	setInitrd := func(p string) {
+		cfg := regexp.MustCompile(`(?m)^initrd = .*$`).ReplaceAllString(readFile(t, h.RuntimeConfigPath), fmt.Sprintf("initrd = %q", p))
+		if err := os.WriteFile(h.RuntimeConfigPath, []byte(cfg), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Run("wrong key", func(t *testing.T) {
+		setInitrd(wrongInitrd)
+		defer setInitrd(rightInitrd)
+		out, err := runRaksh(t, h, ref, "enc-wrongkey", "/bin/cat", "/app/marker")
+		if err == nil || !strings.Contains(err.Error(), "layer decryption failed") {
+			t.Fatalf("wrong key: %v\n%s", err, out)
+		}
+		t.Logf("wrong key: %v", err)
+		noLeftovers(t, h, "enc-wrongkey")
+	})
+	t.Run("corrupt cached ciphertext", func(t *testing.T) {
+		b, err := os.ReadFile(cached)
+		if err != nil {
+			t.Fatal(err)
+		}
+		bad := append([]byte(nil), b...)
+		bad[len(bad)/2] ^= 0x01
+		mode := mustMode(t, cached)
+		os.Chmod(cached, 0o644)
+		if err := os.WriteFile(cached, bad, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		defer func() { os.WriteFile(cached, b, 0o644); os.Chmod(cached, mode) }()
+		out, err := runRaksh(t, h, ref, "enc-corrupt", "/bin/cat", "/app/marker")
+		if err == nil || !strings.Contains(err.Error(), "digest mismatch") {
+			t.Fatalf("corrupt ciphertext: %v\n%s", err, out)
+		}
+		t.Logf("corrupt ciphertext: %v", err)
+		noLeftovers(t, h, "enc-corrupt")
+	})
+	// Still runs afterwards (nothing half-written spoiled the cache).
+	if out, err := runRaksh(t, h, ref, "enc-again", "/bin/cat", "/app/marker"); err != nil || strings.TrimSpace(out) != encMarker {
+		t.Fatalf("run after the failures: %v %q", err, out)
+	}
+}
+
+func mustMode(t *testing.T, p string) os.FileMode {
+	t.Helper()
+	st, err := os.Stat(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return st.Mode().Perm()
+}

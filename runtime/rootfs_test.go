@@ -116,10 +116,13 @@ func descriptorMount(t *testing.T, d *rootfs.Descriptor) []*types.Mount {
 
 // runImage creates and runs id (printing the marker file of its rootfs)
 // and returns its stdout, or the Create error.
-func (e *env) runImage(t *testing.T, id string, mounts []*types.Mount) (string, error) {
+func (e *env) runImage(t *testing.T, id string, mounts []*types.Mount, args ...string) (string, error) {
 	t.Helper()
 	b := filepath.Join(e.dir, "bundles", id)
-	e.bundle(t, id, nil, "/bin/cat", "app/marker")
+	if len(args) == 0 {
+		args = []string{"/bin/cat", "app/marker"}
+	}
+	e.bundle(t, id, nil, args...)
 	os.RemoveAll(filepath.Join(b, "rootfs")) // a raksh rootfs has no host copy
 	_, stdout := mkfifo(t, filepath.Join(e.dir, id+"-stdout"))
 	ctx, cancel := context.WithTimeout(e.ctx, 60*time.Second)
@@ -339,5 +342,50 @@ func TestImageRootfsErrors(t *testing.T) {
 				t.Fatalf("shim kept the failed container: %v", err)
 			}
 		})
+	}
+}
+
+// TestImageRootfsMixed: a mixed image (plain base, encrypted top) has a
+// host-unpacked "dir" layer in its descriptor; the guest fetches that layer
+// from the registry by digest (pinned by the manifest) instead of trusting
+// the host's directory, and decrypts the cached top layer.
+func TestImageRootfsMixed(t *testing.T) {
+	host, stop := imagetest.Registry()
+	defer stop()
+	priv, pub, err := imagetest.RSAKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyFile := filepath.Join(t.TempDir(), "key.pem")
+	os.WriteFile(keyFile, priv, 0o600)
+	base := imagetest.GzipLayer(imagetest.Tar(map[string]string{"app/base": "from-the-registry"}))
+	top, err := imagetest.Encrypt(imagetest.GzipLayer(imagetest.Tar(map[string]string{"app/marker": imageMarker})), pub)
+	if err != nil {
+		t.Fatal(err)
+	}
+	img, _ := imagetest.Image(base, top)
+	ref := host + "/mixed/app:1"
+	md, err := imagetest.Push(ref, img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cache := t.TempDir()
+	blob := filepath.Join(cache, top.Digest().Encoded())
+	os.WriteFile(blob, top.Blob, 0o444)
+	// The host's unpacked directory holds something else: it must not be used.
+	hostDir := t.TempDir()
+	os.MkdirAll(filepath.Join(hostDir, "app"), 0o755)
+	os.WriteFile(filepath.Join(hostDir, "app", "base"), []byte("from-the-host"), 0o644)
+	d := &rootfs.Descriptor{Version: rootfs.Version, Mode: rootfs.ModeLayers, ImageRef: ref, ManifestDigest: md.String(), Layers: []rootfs.Layer{
+		{Digest: base.Digest().String(), DiffID: base.DiffID.String(), MediaType: base.MediaType, Size: int64(len(base.Blob)), Source: rootfs.SourceDir, Path: hostDir},
+		{Digest: top.Digest().String(), DiffID: top.DiffID.String(), MediaType: top.MediaType, Annotations: top.Annotations, Size: int64(len(top.Blob)), Source: rootfs.SourceBlob, Path: blob},
+	}}
+	e := newImageEnv(t, fmt.Sprintf("[proxy]\nregistry = %q\n", host), image.KeyFiles{keyFile})
+	out, err := e.runImage(t, "mixed", descriptorMount(t, d), "/bin/cat", "app/base", "app/marker")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if out != "from-the-registry"+imageMarker {
+		t.Fatalf("container printed %q", out)
 	}
 }

@@ -11,6 +11,10 @@ import (
 	"testing"
 	"time"
 
+	containerd "github.com/containerd/containerd/v2/client"
+	"github.com/containerd/containerd/v2/pkg/namespaces"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+
 	"github.com/raksh-project/raksh/integration/harness"
 	"github.com/raksh-project/raksh/integration/testimage"
 )
@@ -144,6 +148,16 @@ func TestExecKillLifecycle(t *testing.T) {
 		t.Fatalf("exec with stdin: %v %q", err, b)
 	}
 
+	// Stats: cgroup v2 metrics from the guest.
+	if out, err := h.CtrContext(ctx, "task", "metrics", "life"); err != nil || !strings.Contains(out, "memory") {
+		t.Fatalf("task metrics: %v %q", err, out)
+	}
+	// Update: a memory limit set through containerd lands in the guest cgroup.
+	updateMemory(t, h, "life", 268435456)
+	out, err = h.CtrContext(ctx, "task", "metrics", "--format", "json", "life")
+	if err != nil || !strings.Contains(out, "268435456") {
+		t.Fatalf("memory limit not in the guest's cgroup metrics: %v %q", err, out)
+	}
 	pids, err := h.CtrContext(ctx, "task", "ps", "life")
 	if err != nil || len(strings.Fields(pids)) < 2 {
 		t.Fatalf("task ps: %v %q", err, pids)
@@ -217,4 +231,42 @@ func TestRepeatedRunsLeaveNothing(t *testing.T) {
 func countMounts(t *testing.T) int {
 	b := readFile(t, "/proc/self/mountinfo")
 	return strings.Count(b, "\n")
+}
+
+// TestLogURI sends the container's output to a file:// log URI.
+func TestLogURI(t *testing.T) {
+	h := startWithBusybox(t, harness.Options{})
+	logPath := filepath.Join(t.TempDir(), "out.log")
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	if out, err := h.CtrContext(ctx, "run", "--rm", "--log-uri", "file://"+logPath, "--runtime", rakshRuntime, busyboxRef, "logged", "sh", "-c", "echo to-the-log; echo err-too >&2"); err != nil {
+		t.Fatalf("run: %v %s", err, out)
+	}
+	got := readFile(t, logPath)
+	if !strings.Contains(got, "to-the-log") || !strings.Contains(got, "err-too") {
+		t.Fatalf("log file %q", got)
+	}
+}
+
+// updateMemory sets a task's memory limit through containerd's client
+// (ctr has no task update).
+func updateMemory(t *testing.T, h *harness.Containerd, id string, limit int64) {
+	t.Helper()
+	c, err := containerd.New(h.Address, containerd.WithDefaultNamespace("default"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	ctx := namespaces.WithNamespace(context.Background(), "default")
+	ctr, err := c.LoadContainer(ctx, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	task, err := ctr.Task(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := task.Update(ctx, containerd.WithResources(&specs.LinuxResources{Memory: &specs.LinuxMemory{Limit: &limit}})); err != nil {
+		t.Fatalf("task update: %v", err)
+	}
 }

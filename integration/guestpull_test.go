@@ -14,6 +14,10 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	criapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+
 	"github.com/raksh-project/raksh/agent"
 	"github.com/raksh-project/raksh/agent/image/imagetest"
 	"github.com/raksh-project/raksh/integration/harness"
@@ -33,9 +37,13 @@ const (
 )
 
 // busyboxLayer returns the busybox test image's layer as a gzip layer.
-func busyboxLayer(t *testing.T) *imagetest.Layer {
+func busyboxLayer(t *testing.T, extra ...string) *imagetest.Layer {
 	t.Helper()
-	img, err := testimage.Busybox(nil, "/bin/sh")
+	files := map[string]testimage.File{}
+	for _, f := range extra {
+		files[f] = testimage.File{Mode: 0o644, Content: []byte(f)}
+	}
+	img, err := testimage.Busybox(files, "/bin/sh")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -295,4 +303,135 @@ func mustMode(t *testing.T, p string) os.FileMode {
 		t.Fatal(err)
 	}
 	return st.Mode().Perm()
+}
+
+// TestGuestPullCRIRunInVM: the same through the CRI, as a kubelet drives
+// it: PullImage leaves the layers to the guest, and a container of a raksh
+// pod prints the image's marker file from a rootfs the guest pulled.
+func TestGuestPullCRIRunInVM(t *testing.T) {
+	harness.RequiresRoot(t)
+	host, stop := imagetest.Registry()
+	defer stop()
+	top := imagetest.GzipLayer(imagetest.Tar(map[string]string{"app/marker": gpMarker + "-cri"}))
+	// Its own base layer: sharing the pause image's (unpacked by the plain
+	// import) would make a chain of a plain base under a guest-pulled top,
+	// which raksh-snapshotter refuses today ("plain layer 1 under a raksh
+	// image has no digest labels").
+	img, err := imagetest.Image(busyboxLayer(t, "etc/raksh-cri"), top)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ref := host + "/raksh/cri-run:1"
+	if _, err := imagetest.Push(ref, img); err != nil {
+		t.Fatal(err)
+	}
+	s := startSnapshotter(t, fmt.Sprintf("[guest_pull]\nenable = true\nimage_patterns = [%q]\n", regexp.QuoteMeta(host)+"/raksh/.*"))
+	hostsDir := filepath.Join(s.dir, "certs.d")
+	os.MkdirAll(filepath.Join(hostsDir, host), 0o755)
+	os.WriteFile(filepath.Join(hostsDir, host, "hosts.toml"), []byte(fmt.Sprintf("server = \"http://%s\"\n[host.\"http://%s\"]\n  capabilities = [\"pull\", \"resolve\"]\n", host, host)), 0o644)
+	h := withSnapshotterOpts(t, s, harness.Options{RuntimeConfig: fmt.Sprintf("[proxy]\nregistry = %q\n", host)},
+		[]byte(fmt.Sprintf("\n[plugins.'io.containerd.cri.v1.images']\n  snapshotter = \"raksh\"\n  [plugins.'io.containerd.cri.v1.images'.registry]\n    config_path = %q\n", hostsDir))...)
+	s.useContainerd(h.Address) // the raksh differ unpacks the pause image's plain layer
+	// The pinned sandbox image, unpacked into raksh (an ordinary image: its
+	// rootfs is an overlay and travels as a tar).
+	pause, err := testimage.Pause()
+	if err != nil {
+		t.Fatal(err)
+	}
+	archive := filepath.Join(s.dir, "pause.tar")
+	if err := testimage.WriteArchive(pause, testimage.PauseRef, archive); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := ctrAfterRestartNS(t, h, "k8s.io", "images", "import", "--local", "--snapshotter", "raksh", archive); err != nil {
+		t.Fatalf("import pause: %v\n%s", err, out)
+	}
+
+	conn, err := grpc.NewClient("unix://"+h.Address, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	rs, is := criapi.NewRuntimeServiceClient(conn), criapi.NewImageServiceClient(conn)
+	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
+	defer cancel()
+	if _, err := is.PullImage(ctx, &criapi.PullImageRequest{Image: &criapi.ImageSpec{Image: ref}}); err != nil {
+		t.Fatalf("CRI PullImage: %v", err)
+	}
+	logDir := filepath.Join(s.dir, "logs")
+	os.MkdirAll(logDir, 0o755)
+	pod := &criapi.PodSandboxConfig{
+		Metadata:     &criapi.PodSandboxMetadata{Name: "gp", Uid: "uid-gp", Namespace: "default"},
+		LogDirectory: logDir,
+		Linux: &criapi.LinuxPodSandboxConfig{SecurityContext: &criapi.LinuxSandboxSecurityContext{
+			NamespaceOptions: &criapi.NamespaceOption{Network: criapi.NamespaceMode_NODE},
+		}},
+	}
+	sb, err := rs.RunPodSandbox(ctx, &criapi.RunPodSandboxRequest{Config: pod, RuntimeHandler: "raksh"})
+	if err != nil {
+		t.Fatalf("RunPodSandbox: %v", err)
+	}
+	defer func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+		defer cancel()
+		rs.StopPodSandbox(ctx, &criapi.StopPodSandboxRequest{PodSandboxId: sb.PodSandboxId})
+		rs.RemovePodSandbox(ctx, &criapi.RemovePodSandboxRequest{PodSandboxId: sb.PodSandboxId})
+	}()
+	c, err := rs.CreateContainer(ctx, &criapi.CreateContainerRequest{PodSandboxId: sb.PodSandboxId, SandboxConfig: pod, Config: &criapi.ContainerConfig{
+		Metadata: &criapi.ContainerMetadata{Name: "app"},
+		Image:    &criapi.ImageSpec{Image: ref},
+		Command:  []string{"/bin/cat", "/app/marker"},
+		LogPath:  "app.log",
+		Linux:    &criapi.LinuxContainerConfig{},
+	}})
+	if err != nil {
+		t.Fatalf("CreateContainer: %v", err)
+	}
+	if _, err := rs.StartContainer(ctx, &criapi.StartContainerRequest{ContainerId: c.ContainerId}); err != nil {
+		t.Fatalf("StartContainer: %v", err)
+	}
+	deadline := time.Now().Add(2 * time.Minute)
+	for {
+		st, err := rs.ContainerStatus(ctx, &criapi.ContainerStatusRequest{ContainerId: c.ContainerId})
+		if err == nil && st.Status.State == criapi.ContainerState_CONTAINER_EXITED {
+			if st.Status.ExitCode != 0 {
+				t.Fatalf("container exited %d: %s", st.Status.ExitCode, st.Status.Message)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("container did not exit: %v %v", st, err)
+		}
+		time.Sleep(300 * time.Millisecond)
+	}
+	logs, err := os.ReadFile(filepath.Join(logDir, "app.log"))
+	if err != nil || !strings.Contains(string(logs), gpMarker+"-cri") {
+		t.Fatalf("container log %q: %v", logs, err)
+	}
+	content, err := ctrNS(t, h, "k8s.io", "content", "ls", "-q")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(content, top.Digest().String()) {
+		t.Fatal("the marker layer was fetched by containerd")
+	}
+	// The kubelet's container log holds the marker (the container printed
+	// it); nothing else on the host does.
+	hits := append(grepTree(s.root, gpMarker+"-cri"), grepTree(h.Dir, gpMarker+"-cri")...)
+	for _, hit := range hits {
+		if !strings.HasPrefix(hit, logDir) {
+			t.Fatalf("marker found on the host: %v", hits)
+		}
+	}
+}
+
+// ctrAfterRestartNS is ctrAfterRestart in namespace ns.
+func ctrAfterRestartNS(t testing.TB, h *harness.Containerd, ns string, args ...string) (string, error) {
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		out, err := ctrNS(t, h, ns, args...)
+		if err == nil || time.Now().After(deadline) || !strings.Contains(out, "connection") {
+			return out, err
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
 }

@@ -22,6 +22,7 @@ var initrdCommand = &cli.Command{
 			&cli.StringSliceFlag{Name: "module", Usage: "kernel module to include (repeatable; default: virtio, vsock, overlay)"},
 			&cli.StringSliceFlag{Name: "file", Usage: "extra file DEST=SRC (repeatable)"},
 			&cli.StringFlag{Name: "output", Aliases: []string{"o"}, Usage: "output path", Required: true},
+			&cli.BoolFlag{Name: "gzip", Usage: "gzip the archive (smaller; slower to boot under TCG)"},
 		},
 		Action: func(c *cli.Context) error {
 			files := map[string]string{}
@@ -39,7 +40,7 @@ var initrdCommand = &cli.Command{
 			o := initrd.Options{
 				Agent: c.String("agent"), Runc: c.String("runc"),
 				ModulesDir: c.String("modules-dir"), Modules: mods,
-				Files: files, Output: c.String("output"),
+				Files: files, Output: c.String("output"), Gzip: c.Bool("gzip"),
 			}
 			if err := initrd.Build(o); err != nil {
 				return err

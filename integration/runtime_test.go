@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -269,4 +270,50 @@ func updateMemory(t *testing.T, h *harness.Containerd, id string, limit int64) {
 	if err := task.Update(ctx, containerd.WithResources(&specs.LinuxResources{Memory: &specs.LinuxMemory{Limit: &limit}})); err != nil {
 		t.Fatalf("task update: %v", err)
 	}
+}
+
+// TestOOMEvent: a container exceeding its memory limit in the guest is
+// OOM-killed there, and containerd receives /tasks/oom.
+func TestOOMEvent(t *testing.T) {
+	h := startWithBusybox(t, harness.Options{})
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	events := h.CtrCmd(ctx, "events")
+	evOut := &syncBuffer{}
+	events.Stdout = evOut
+	if err := events.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer events.Process.Kill()
+	time.Sleep(500 * time.Millisecond)
+	out, err := h.CtrContext(ctx, "run", "--rm", "--memory-limit", "33554432", "--runtime", rakshRuntime, busyboxRef, "oom",
+		"sh", "-c", "x=$(head -c 200000000 /dev/zero | tr '\\000' a); echo survived")
+	if err == nil || strings.Contains(out, "survived") {
+		t.Fatalf("container was not OOM-killed: %v %q", err, out)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for !strings.Contains(evOut.String(), "/tasks/oom") {
+		if time.Now().After(deadline) {
+			t.Fatalf("no /tasks/oom event; events:\n%s", evOut.String())
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// syncBuffer is a bytes buffer safe for one writer and concurrent readers.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }

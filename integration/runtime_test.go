@@ -247,6 +247,30 @@ func TestLogURI(t *testing.T) {
 	if !strings.Contains(got, "to-the-log") || !strings.Contains(got, "err-too") {
 		t.Fatalf("log file %q", got)
 	}
+
+	// binary://: containerd's logging-binary protocol (stdout on fd 3,
+	// stderr on fd 4, ready when fd 5 closes).
+	dir := t.TempDir()
+	logger := filepath.Join(dir, "logger.sh")
+	binOut := filepath.Join(dir, "binary.log")
+	script := "#!/bin/sh\nexec 5>&-\ncat <&3 >>\"$2\" &\ncat <&4 >>\"$2\"\nwait\n"
+	if err := os.WriteFile(logger, []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := h.CtrContext(ctx, "run", "--rm", "--log-uri", "binary://"+logger+"?file="+binOut, "--runtime", rakshRuntime, busyboxRef, "binlogged", "sh", "-c", "echo via-binary"); err != nil {
+		t.Fatalf("run: %v %s", err, out)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		b, _ := os.ReadFile(binOut)
+		if strings.Contains(string(b), "via-binary") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("logging binary got %q", b)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 }
 
 // updateMemory sets a task's memory limit through containerd's client

@@ -309,33 +309,56 @@ func mustMode(t *testing.T, p string) os.FileMode {
 	return st.Mode().Perm()
 }
 
-// TestGuestPullCRIRunInVM: the same through the CRI, as a kubelet drives
-// it: PullImage leaves the layers to the guest, and a container of a raksh
-// pod prints the image's marker file from a rootfs the guest pulled.
-func TestGuestPullCRIRunInVM(t *testing.T) {
+// TestImagesCRIRunInVM: both paths through the CRI, as a kubelet drives
+// them. PullImage leaves the guest-pull image's layers to the guest and
+// caches the encrypted image's ciphertext; one raksh pod (one VM) runs a
+// container of each, and each prints its image's marker file from a rootfs
+// the guest built (pulled, or decrypted with the key in the initrd).
+func TestImagesCRIRunInVM(t *testing.T) {
 	harness.RequiresRoot(t)
 	host, stop := imagetest.Registry()
 	defer stop()
-	top := imagetest.GzipLayer(imagetest.Tar(map[string]string{"app/marker": gpMarker + "-cri"}))
+	priv, pub, err := imagetest.RSAKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	gpTop := imagetest.GzipLayer(imagetest.Tar(map[string]string{"app/marker": gpMarker + "-cri"}))
 	// Its own base layer: sharing the pause image's (unpacked by the plain
 	// import) would make a chain of a plain base under a guest-pulled top,
 	// which raksh-snapshotter refuses today ("plain layer 1 under a raksh
 	// image has no digest labels").
-	img, err := imagetest.Image(busyboxLayer(t, "etc/raksh-cri"), top)
+	gpImg, err := imagetest.Image(busyboxLayer(t, "etc/raksh-cri"), gpTop)
 	if err != nil {
 		t.Fatal(err)
 	}
-	ref := host + "/raksh/cri-run:1"
-	if _, err := imagetest.Push(ref, img); err != nil {
+	gpRef := host + "/raksh/cri-run:1"
+	if _, err := imagetest.Push(gpRef, gpImg); err != nil {
 		t.Fatal(err)
 	}
+	encBase, err := imagetest.Encrypt(busyboxLayer(t, "etc/raksh-cri-enc"), pub) // own base: see above
+	if err != nil {
+		t.Fatal(err)
+	}
+	encTop, err := imagetest.Encrypt(imagetest.GzipLayer(imagetest.Tar(map[string]string{"app/marker": encMarker + "-cri"})), pub)
+	if err != nil {
+		t.Fatal(err)
+	}
+	encImg, err := imagetest.Image(encBase, encTop)
+	if err != nil {
+		t.Fatal(err)
+	}
+	encRef := host + "/enc/cri-run:1"
+	if _, err := imagetest.Push(encRef, encImg); err != nil {
+		t.Fatal(err)
+	}
+
 	s := startSnapshotter(t, fmt.Sprintf("[guest_pull]\nenable = true\nimage_patterns = [%q]\n", regexp.QuoteMeta(host)+"/raksh/.*"))
 	hostsDir := filepath.Join(s.dir, "certs.d")
 	os.MkdirAll(filepath.Join(hostsDir, host), 0o755)
 	os.WriteFile(filepath.Join(hostsDir, host, "hosts.toml"), []byte(fmt.Sprintf("server = \"http://%s\"\n[host.\"http://%s\"]\n  capabilities = [\"pull\", \"resolve\"]\n", host, host)), 0o644)
-	h := withSnapshotterOpts(t, s, harness.Options{RuntimeConfig: fmt.Sprintf("[proxy]\nregistry = %q\n", host)},
+	h := withSnapshotterOpts(t, s, harness.Options{RuntimeConfig: fmt.Sprintf("initrd = %q\n[proxy]\nregistry = %q\n", keyInitrd(t, priv), host)},
 		[]byte(fmt.Sprintf("\n[plugins.'io.containerd.cri.v1.images']\n  snapshotter = \"raksh\"\n  [plugins.'io.containerd.cri.v1.images'.registry]\n    config_path = %q\n", hostsDir))...)
-	s.useContainerd(h.Address) // the raksh differ unpacks the pause image's plain layer
+	s.useContainerd(h.Address) // the raksh differ caches ciphertext and unpacks the pause image
 	// The pinned sandbox image, unpacked into raksh (an ordinary image: its
 	// rootfs is an overlay and travels as a tar).
 	pause, err := testimage.Pause()
@@ -358,8 +381,13 @@ func TestGuestPullCRIRunInVM(t *testing.T) {
 	rs, is := criapi.NewRuntimeServiceClient(conn), criapi.NewImageServiceClient(conn)
 	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
 	defer cancel()
-	if _, err := is.PullImage(ctx, &criapi.PullImageRequest{Image: &criapi.ImageSpec{Image: ref}}); err != nil {
-		t.Fatalf("CRI PullImage: %v", err)
+	for _, ref := range []string{gpRef, encRef} {
+		if _, err := is.PullImage(ctx, &criapi.PullImageRequest{Image: &criapi.ImageSpec{Image: ref}}); err != nil {
+			t.Fatalf("CRI PullImage %s: %v", ref, err)
+		}
+	}
+	if !fileExists(filepath.Join(s.root, "cache", "blobs", "sha256", encTop.Digest().Encoded())) {
+		t.Fatal("the encrypted layer's ciphertext is not cached")
 	}
 	logDir := filepath.Join(s.dir, "logs")
 	os.MkdirAll(logDir, 0o755)
@@ -380,51 +408,59 @@ func TestGuestPullCRIRunInVM(t *testing.T) {
 		rs.StopPodSandbox(ctx, &criapi.StopPodSandboxRequest{PodSandboxId: sb.PodSandboxId})
 		rs.RemovePodSandbox(ctx, &criapi.RemovePodSandboxRequest{PodSandboxId: sb.PodSandboxId})
 	}()
-	c, err := rs.CreateContainer(ctx, &criapi.CreateContainerRequest{PodSandboxId: sb.PodSandboxId, SandboxConfig: pod, Config: &criapi.ContainerConfig{
-		Metadata: &criapi.ContainerMetadata{Name: "app"},
-		Image:    &criapi.ImageSpec{Image: ref},
-		Command:  []string{"/bin/cat", "/app/marker"},
-		LogPath:  "app.log",
-		Linux:    &criapi.LinuxContainerConfig{},
-	}})
-	if err != nil {
-		t.Fatalf("CreateContainer: %v", err)
-	}
-	if _, err := rs.StartContainer(ctx, &criapi.StartContainerRequest{ContainerId: c.ContainerId}); err != nil {
-		t.Fatalf("StartContainer: %v", err)
-	}
-	deadline := time.Now().Add(2 * time.Minute)
-	for {
-		st, err := rs.ContainerStatus(ctx, &criapi.ContainerStatusRequest{ContainerId: c.ContainerId})
-		if err == nil && st.Status.State == criapi.ContainerState_CONTAINER_EXITED {
-			if st.Status.ExitCode != 0 {
-				t.Fatalf("container exited %d: %s", st.Status.ExitCode, st.Status.Message)
+	for _, tc := range []struct{ name, ref, marker string }{
+		{"guest-pulled", gpRef, gpMarker + "-cri"},
+		{"encrypted", encRef, encMarker + "-cri"},
+	} {
+		c, err := rs.CreateContainer(ctx, &criapi.CreateContainerRequest{PodSandboxId: sb.PodSandboxId, SandboxConfig: pod, Config: &criapi.ContainerConfig{
+			Metadata: &criapi.ContainerMetadata{Name: tc.name},
+			Image:    &criapi.ImageSpec{Image: tc.ref},
+			Command:  []string{"/bin/cat", "/app/marker"},
+			LogPath:  tc.name + ".log",
+			Linux:    &criapi.LinuxContainerConfig{},
+		}})
+		if err != nil {
+			t.Fatalf("CreateContainer %s: %v", tc.name, err)
+		}
+		if _, err := rs.StartContainer(ctx, &criapi.StartContainerRequest{ContainerId: c.ContainerId}); err != nil {
+			t.Fatalf("StartContainer %s: %v", tc.name, err)
+		}
+		deadline := time.Now().Add(2 * time.Minute)
+		for {
+			st, err := rs.ContainerStatus(ctx, &criapi.ContainerStatusRequest{ContainerId: c.ContainerId})
+			if err == nil && st.Status.State == criapi.ContainerState_CONTAINER_EXITED {
+				if st.Status.ExitCode != 0 {
+					t.Fatalf("%s exited %d: %s", tc.name, st.Status.ExitCode, st.Status.Message)
+				}
+				break
 			}
-			break
+			if time.Now().After(deadline) {
+				t.Fatalf("%s did not exit: %v %v", tc.name, st, err)
+			}
+			time.Sleep(300 * time.Millisecond)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("container did not exit: %v %v", st, err)
+		logs, err := os.ReadFile(filepath.Join(logDir, tc.name+".log"))
+		if err != nil || !strings.Contains(string(logs), tc.marker) {
+			t.Fatalf("%s container log %q: %v", tc.name, logs, err)
 		}
-		time.Sleep(300 * time.Millisecond)
+		// The kubelet's container log holds the marker (the container
+		// printed it); nothing else on the host does.
+		hits := append(grepTree(s.root, tc.marker), grepTree(h.Dir, tc.marker)...)
+		for _, hit := range hits {
+			if !strings.HasPrefix(hit, logDir) {
+				t.Fatalf("%s marker found on the host: %v", tc.name, hits)
+			}
+		}
 	}
-	logs, err := os.ReadFile(filepath.Join(logDir, "app.log"))
-	if err != nil || !strings.Contains(string(logs), gpMarker+"-cri") {
-		t.Fatalf("container log %q: %v", logs, err)
+	if vms := h.QEMUProcesses(); len(vms) != 1 {
+		t.Errorf("the pod runs in %d VMs, want 1", len(vms))
 	}
 	content, err := ctrNS(t, h, "k8s.io", "content", "ls", "-q")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if strings.Contains(content, top.Digest().String()) {
-		t.Fatal("the marker layer was fetched by containerd")
-	}
-	// The kubelet's container log holds the marker (the container printed
-	// it); nothing else on the host does.
-	hits := append(grepTree(s.root, gpMarker+"-cri"), grepTree(h.Dir, gpMarker+"-cri")...)
-	for _, hit := range hits {
-		if !strings.HasPrefix(hit, logDir) {
-			t.Fatalf("marker found on the host: %v", hits)
-		}
+	if strings.Contains(content, gpTop.Digest().String()) {
+		t.Fatal("the guest-pulled marker layer was fetched by containerd")
 	}
 }
 

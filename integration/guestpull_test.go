@@ -232,7 +232,7 @@ func TestEncryptedImageRunInVM(t *testing.T) {
 	rightInitrd, wrongInitrd := keyInitrd(t, priv), keyInitrd(t, wrongPriv)
 
 	s := startSnapshotter(t, "") // no guest pull: the host caches the ciphertext
-	h := withSnapshotterOpts(t, s, harness.Options{RuntimeConfig: fmt.Sprintf("initrd = %q\n", rightInitrd)})
+	h := withSnapshotterOpts(t, s, harness.Options{RuntimeConfig: fmt.Sprintf("initrd = %q\n[proxy]\nregistry = %q\n", rightInitrd, host)})
 	s.useContainerd(h.Address)
 	if out, err := h.Ctr("images", "pull", "--plain-http", "--snapshotter", "raksh", ref); err != nil {
 		t.Fatalf("pull: %v\n%s", err, out)
@@ -256,6 +256,31 @@ func TestEncryptedImageRunInVM(t *testing.T) {
 	}
 	if len(grepTree(s.root, "busybox")) > 0 || len(grepTree(filepath.Join(h.Dir, "root"), "busybox")) > 0 {
 		t.Fatal("plaintext busybox layer on the host")
+	}
+
+	// A mixed image (plain busybox base, encrypted top): the host unpacked
+	// the base, but the guest fetches it from the registry by digest through
+	// the proxy rather than trusting the host's directory.
+	mixedTop, err := imagetest.Encrypt(imagetest.GzipLayer(imagetest.Tar(map[string]string{"app/marker": encMarker + "-mixed"})), pub)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mixedImg, err := imagetest.Image(busyboxLayer(t), mixedTop)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mixedRef := host + "/enc/mixed:1"
+	if _, err := imagetest.Push(mixedRef, mixedImg); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := h.Ctr("images", "pull", "--plain-http", "--snapshotter", "raksh", mixedRef); err != nil {
+		t.Fatalf("pull: %v\n%s", err, out)
+	}
+	if out, err := runRaksh(t, h, mixedRef, "mixed-run", "/bin/cat", "/app/marker"); err != nil || strings.TrimSpace(out) != encMarker+"-mixed" {
+		t.Fatalf("mixed image: %v %q", err, out)
+	}
+	if hits := append(grepTree(s.root, encMarker+"-mixed"), grepTree(h.Dir, encMarker+"-mixed")...); len(hits) > 0 {
+		t.Fatalf("plaintext marker of the mixed image found on the host: %v", hits)
 	}
 
 	setInitrd := func(p string) {

@@ -6,8 +6,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"path/filepath"
+	"time"
 
 	"github.com/containerd/containerd/api/types"
 	"github.com/containerd/containerd/v2/core/mount"
@@ -135,6 +137,12 @@ func (s *Service) sendImageRootfs(ctx context.Context, v vm.Instance, c *hostCon
 	return []*types.Mount{m}, done, nil
 }
 
+// blobSendIdle bounds how long a blob send may make no progress. The agent
+// reads every blob stream it expects, or drains it after a failed build, so
+// this only ends sends to an agent that failed before reading the rootfs
+// (it must exceed the time the agent takes to build one layer).
+var blobSendIdle = 5 * time.Minute
+
 // sendBlob copies f to a new stream called name and closes it.
 func sendBlob(ctx context.Context, v vm.Instance, name string, f *os.File) error {
 	st, err := v.StartStream(ctx, name)
@@ -142,10 +150,18 @@ func sendBlob(ctx context.Context, v vm.Instance, name string, f *os.File) error
 		return fmt.Errorf("send layer blob: %w", err)
 	}
 	defer st.Close()
-	if _, err := io.Copy(st, f); err != nil {
+	if _, err := io.Copy(idleWriter{st}, f); err != nil {
 		return fmt.Errorf("send layer blob %s: %w", filepath.Base(f.Name()), err)
 	}
 	return nil
+}
+
+// idleWriter fails a write that makes no progress for blobSendIdle.
+type idleWriter struct{ c net.Conn }
+
+func (w idleWriter) Write(p []byte) (int, error) {
+	w.c.SetWriteDeadline(time.Now().Add(blobSendIdle))
+	return w.c.Write(p)
 }
 
 func (s *Service) unmountRootfs(ctx context.Context, c *hostContainer) {

@@ -389,3 +389,31 @@ func TestImageRootfsMixed(t *testing.T) {
 		t.Fatalf("container printed %q", out)
 	}
 }
+
+// TestImageRootfsAgentNeverReads: an agent that fails before it reads the
+// rootfs (here: a spec without a process) leaves the blob streams unread;
+// the shim's sends give up after blobSendIdle instead of blocking Create.
+func TestImageRootfsAgentNeverReads(t *testing.T) {
+	old := blobSendIdle
+	blobSendIdle = time.Second
+	defer func() { blobSendIdle = old }()
+	_, pub, err := imagetest.RSAKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, _ := encryptedCache(t, pub) // its top blob exceeds the stream window
+	e := newImageEnv(t, "", nil)
+	b := filepath.Join(e.dir, "bundles", "np")
+	os.MkdirAll(b, 0o755)
+	os.WriteFile(filepath.Join(b, "config.json"), []byte(`{"ociVersion":"1.2.0"}`), 0o644)
+	ctx, cancel := context.WithTimeout(e.ctx, 60*time.Second)
+	defer cancel()
+	start := time.Now()
+	_, err = e.svc.Create(ctx, &taskAPI.CreateTaskRequest{ID: "np", Bundle: b, Rootfs: descriptorMount(t, d)})
+	if err == nil || !strings.Contains(err.Error(), "no process") {
+		t.Fatalf("got %v, want the agent's refusal of a spec without a process", err)
+	}
+	if el := time.Since(start); el > 20*time.Second {
+		t.Fatalf("Create took %v", el)
+	}
+}

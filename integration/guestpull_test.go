@@ -500,3 +500,46 @@ func ctrAfterRestartNS(t testing.TB, h *harness.Containerd, ns string, args ...s
 		time.Sleep(500 * time.Millisecond)
 	}
 }
+
+// TestGuestPullSharedBase: a guest-pull image whose base layer an ordinary
+// image already unpacked on the node (pulled with labels, through the
+// transfer service) still runs: the chain is mixed, and the guest fetches
+// the shared base from the registry by digest instead of using the host's.
+func TestGuestPullSharedBase(t *testing.T) {
+	harness.RequiresRoot(t)
+	host, stop := imagetest.Registry()
+	defer stop()
+	base := busyboxLayer(t, "etc/shared-base")
+	plainImg, err := imagetest.Image(base)
+	if err != nil {
+		t.Fatal(err)
+	}
+	plainRef := host + "/plain/base:1"
+	if _, err := imagetest.Push(plainRef, plainImg); err != nil {
+		t.Fatal(err)
+	}
+	top := imagetest.GzipLayer(imagetest.Tar(map[string]string{"app/marker": gpMarker + "-shared"}))
+	img, err := imagetest.Image(base, top)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ref := host + "/raksh/shared:1"
+	if _, err := imagetest.Push(ref, img); err != nil {
+		t.Fatal(err)
+	}
+	s := startSnapshotter(t, fmt.Sprintf("[guest_pull]\nenable = true\nimage_patterns = [%q]\n", regexp.QuoteMeta(host)+"/raksh/.*"))
+	h := withSnapshotterOpts(t, s, harness.Options{RuntimeConfig: fmt.Sprintf("[proxy]\nregistry = %q\n", host)})
+	s.useContainerd(h.Address)
+	for _, r := range []string{plainRef, ref} {
+		if out, err := ctrAfterRestart(h, "images", "pull", "--plain-http", "--snapshotter", "raksh", r); err != nil {
+			t.Fatalf("pull %s: %v\n%s", r, err, out)
+		}
+	}
+	out, err := runRaksh(t, h, ref, "shared-run", "/bin/cat", "/app/marker")
+	if err != nil || strings.TrimSpace(out) != gpMarker+"-shared" {
+		t.Fatalf("guest-pull image on a shared base: %v %q", err, out)
+	}
+	if hits := append(grepTree(s.root, gpMarker+"-shared"), grepTree(h.Dir, gpMarker+"-shared")...); len(hits) > 0 {
+		t.Fatalf("marker found on the host: %v", hits)
+	}
+}

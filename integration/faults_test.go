@@ -76,3 +76,45 @@ func TestQEMUKilledMidRun(t *testing.T) {
 		t.Fatalf("run after fault: %v %q", err, out)
 	}
 }
+
+// TestShimKilled kills the shim under a running container: its VM goes
+// with it, containerd cleans up through the shim's delete action, and new
+// containers still run.
+func TestShimKilled(t *testing.T) {
+	h := startWithBusybox(t, harness.Options{})
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	if out, err := h.CtrContext(ctx, "run", "-d", "--runtime", rakshRuntime, busyboxRef, "orphan", "sleep", "600"); err != nil {
+		t.Fatalf("run -d: %v %s", err, out)
+	}
+	waitStatus(t, h, "orphan", "RUNNING", 2*time.Minute)
+	q := h.QEMUProcesses()
+	if len(q) != 1 {
+		t.Fatalf("QEMU processes: %v", q)
+	}
+	shim := parentPid(q[0])
+	if err := syscall.Kill(shim, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	waitNoQEMU(t, h)
+	// containerd cleans up after a dead shim: the task is gone (or stopped).
+	deadline := time.Now().Add(time.Minute)
+	for {
+		out, _ := h.Ctr("task", "ls")
+		if !strings.Contains(out, "RUNNING") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("task still running after its shim died:\n%s", out)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	h.Ctr("task", "rm", "orphan")
+	if _, err := h.Ctr("container", "rm", "orphan"); err != nil {
+		t.Fatalf("container rm: %v", err)
+	}
+	out, err := ctrRun(t, h, "after-shim", "echo", "alive")
+	if err != nil || strings.TrimSpace(out) != "alive" {
+		t.Fatalf("run after shim death: %v %q", err, out)
+	}
+}

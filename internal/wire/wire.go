@@ -56,10 +56,11 @@ type Event struct {
 }
 
 // StdioStream returns the name of a stdio stream of a process. fd is
-// "stdin", "stdout" or "stderr"; execID is empty for a container's init.
+// "stdin", "stdout" or "stderr"; execID is empty for a container's init,
+// which is named "." (an exec id can never be ".", see ValidID).
 func StdioStream(containerID, execID, fd string) string {
 	if execID == "" {
-		execID = "init"
+		execID = "."
 	}
 	return fmt.Sprintf("io/%s/%s/%s", containerID, execID, fd)
 }

@@ -3,9 +3,12 @@
 package integration
 
 import (
+	"archive/tar"
+	"bytes"
 	"context"
 	"fmt"
 	"io"
+	"math/rand"
 	"os"
 	"path"
 	"path/filepath"
@@ -542,4 +545,119 @@ func TestGuestPullSharedBase(t *testing.T) {
 	if hits := append(grepTree(s.root, gpMarker+"-shared"), grepTree(h.Dir, gpMarker+"-shared")...); len(hits) > 0 {
 		t.Fatalf("marker found on the host: %v", hits)
 	}
+}
+
+// bigLayer returns a busybox layer with size bytes of random (incompressible)
+// data in /data.
+func bigLayer(b testing.TB, seed int64, size int) *imagetest.Layer {
+	b.Helper()
+	img, err := testimage.Busybox(nil, "/bin/sh")
+	if err != nil {
+		b.Fatal(err)
+	}
+	ls, _ := img.Layers()
+	rc, err := ls[0].Uncompressed()
+	if err != nil {
+		b.Fatal(err)
+	}
+	bbTar, _ := io.ReadAll(rc)
+	rc.Close()
+	data := make([]byte, size)
+	rand.New(rand.NewSource(seed)).Read(data)
+	// The busybox tar without its end-of-archive blocks, then the data file.
+	return imagetest.GzipLayer(appendTarFile(b, bbTar, "data", data))
+}
+
+// appendTarFile appends a regular file to a tar stream.
+func appendTarFile(b testing.TB, tarBytes []byte, name string, content []byte) []byte {
+	b.Helper()
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	tr := tar.NewReader(bytes.NewReader(tarBytes))
+	for {
+		hdr, err := tr.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			b.Fatal(err)
+		}
+		tw.WriteHeader(hdr)
+		io.Copy(tw, tr)
+	}
+	tw.WriteHeader(&tar.Header{Name: name, Typeflag: tar.TypeReg, Mode: 0o644, Size: int64(len(content))})
+	tw.Write(content)
+	tw.Close()
+	return buf.Bytes()
+}
+
+// BenchmarkRunImage compares `ctr run --rm` (VM boot, rootfs into guest
+// memory, run `true`) of a busybox image carrying 16 MiB of random data on
+// the three rootfs paths: the host's overlayfs snapshot streamed as a tar,
+// guest pull through the registry proxy, and host-cached ciphertext
+// decrypted in the guest.
+func BenchmarkRunImage(b *testing.B) {
+	harness.RequiresRoot(b)
+	host, stop := imagetest.Registry()
+	defer stop()
+	priv, pub, err := imagetest.RSAKey()
+	if err != nil {
+		b.Fatal(err)
+	}
+	const size = 16 << 20
+	plain := bigLayer(b, 1, size)
+	gp := bigLayer(b, 2, size)
+	enc, err := imagetest.Encrypt(bigLayer(b, 3, size), pub)
+	if err != nil {
+		b.Fatal(err)
+	}
+	refs := map[string]string{"tar": host + "/plain/big:1", "guest-pull": host + "/raksh/big:1", "encrypted": host + "/enc/big:1"}
+	for name, l := range map[string]*imagetest.Layer{"tar": plain, "guest-pull": gp, "encrypted": enc} {
+		img, err := imagetest.Image(l)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if _, err := imagetest.Push(refs[name], img); err != nil {
+			b.Fatal(err)
+		}
+	}
+	dir := b.TempDir()
+	keyFile := filepath.Join(dir, "key.pem")
+	os.WriteFile(keyFile, priv, 0o600)
+	initrdPath := filepath.Join(dir, "initrd.img")
+	if err := initrd.Build(initrd.Options{
+		Agent: harness.Bin(b, "raksh-agent"), Runc: harness.Bin(b, "runc"),
+		ModulesDir: filepath.Join(harness.Output(), "deps", "kernel", "modules"), Modules: initrd.DefaultModules,
+		Files: map[string]string{path.Join(agent.DefaultImageKeyDir, "bench.pem"): keyFile}, Output: initrdPath,
+	}); err != nil {
+		b.Fatal(err)
+	}
+	s := startSnapshotter(b, fmt.Sprintf("[guest_pull]\nenable = true\nimage_patterns = [%q]\n", regexp.QuoteMeta(host)+"/raksh/.*"))
+	h := withSnapshotterOpts(b, s, harness.Options{RuntimeConfig: fmt.Sprintf("initrd = %q\nmemory_mib = 1024\n[proxy]\nregistry = %q\n", initrdPath, host)})
+	s.useContainerd(h.Address)
+	snap := map[string]string{"tar": "overlayfs", "guest-pull": "raksh", "encrypted": "raksh"}
+	for name, ref := range refs {
+		if out, err := ctrAfterRestart(h, "images", "pull", "--plain-http", "--snapshotter", snap[name], ref); err != nil {
+			b.Fatalf("pull %s: %v\n%s", ref, err, out)
+		}
+	}
+	total := map[string]time.Duration{}
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		for _, name := range []string{"tar", "guest-pull", "encrypted"} {
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+			start := time.Now()
+			out, err := h.CtrContext(ctx, "run", "--rm", "--snapshotter", snap[name], "--runtime", rakshRuntime, refs[name], fmt.Sprintf("bench-%s-%d", name, i), "/bin/true")
+			cancel()
+			if err != nil {
+				b.Fatalf("%s: %v\n%s", name, err, out)
+			}
+			total[name] += time.Since(start)
+		}
+	}
+	for name, d := range total {
+		b.ReportMetric(float64(d.Milliseconds())/float64(b.N), name+"-ms/run")
+	}
+	b.ReportMetric(float64(total["guest-pull"])/float64(total["tar"]), "guest-pull/tar")
+	b.ReportMetric(float64(total["encrypted"])/float64(total["tar"]), "encrypted/tar")
 }

@@ -50,6 +50,8 @@ type Service struct {
 	dialProxy func(ctx context.Context, target string) (net.Conn, error)
 	// created is called after a container was created.
 	created func(ctx context.Context, id string)
+	// keys returns the key source of sealed containers (seal.go).
+	keys KeySourceFunc
 	// imageKeys decrypts encrypted image layers (rootfs.go).
 	imageKeys image.KeyProvider
 	// pullOpts are extra options of guest pulls (rootfs.go).

@@ -7,5 +7,15 @@ mkdir -p "$OUT/bin"
 cd "$ROOT"
 CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "$OUT/bin/raksh-agent" ./cmd/raksh-agent
 go build -o "$OUT/bin/rakshctl" ./cmd/rakshctl
+# The simulated TEE's platform key pair, generated once: the private half is
+# baked into the initrd (where the guest attester signs evidence with it, so
+# anyone who reads the initrd can forge evidence: the sim TEE is INSECURE),
+# the public half is what a key broker trusts (raksh-kbs --sim-platform-keys).
+SIMKEY="$OUT/keys/sim-platform.key"
+SIMPUB="$OUT/keys/sim-platform.pub"
+if [ ! -s "$SIMKEY" ] || [ ! -s "$SIMPUB" ]; then
+	mkdir -p "$OUT/keys"
+	"$OUT/bin/rakshctl" keys generate --alg ec-p384 --force --private "$SIMKEY" --public "$SIMPUB" >/dev/null
+fi
 "$OUT/bin/rakshctl" initrd build --agent "$OUT/bin/raksh-agent" --runc "$OUT/deps/bin/runc" \
-	--modules-dir "$OUT/deps/kernel/modules" -o "$OUT/initrd.img"
+	--modules-dir "$OUT/deps/kernel/modules" --file "/etc/raksh/sim-platform-key.pem=$SIMKEY" -o "$OUT/initrd.img"

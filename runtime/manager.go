@@ -204,9 +204,6 @@ func NewQEMUVM(ctx context.Context, cfg Config, id string) (vm.Instance, error) 
 			cid = vsockCID()
 		}
 	}
-	if cid != 0 {
-		params = append(params, "raksh.transport=vsock")
-	}
 	qc := qemu.Config{
 		VsockCID: cid,
 		Path:     cfg.QEMUPath, Name: "raksh-" + id, Machine: cfg.Machine, Accel: cfg.Accel,

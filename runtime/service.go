@@ -250,11 +250,15 @@ func (s *Service) process(id, execID string) (*hostContainer, *hostProcess, erro
 	if err != nil {
 		return nil, nil, err
 	}
-	if execID == "" {
-		return c, c.init, nil
-	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if execID == "" {
+		if c.init == nil {
+			// Create has not returned yet (State from ctr task ls).
+			return nil, nil, fmt.Errorf("container %q is being created: %w", id, errdefs.ErrNotFound)
+		}
+		return c, c.init, nil
+	}
 	p, ok := c.execs[execID]
 	if !ok {
 		return nil, nil, fmt.Errorf("exec %q of %q: %w", execID, id, errdefs.ErrNotFound)
@@ -348,7 +352,9 @@ func (s *Service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 	}
 	_ = resp
 	p.pid = s.vmPid()
+	s.mu.Lock()
 	c.init = p
+	s.mu.Unlock()
 	s.send(&eventstypes.TaskCreate{
 		ContainerID: r.ID, Bundle: r.Bundle, Rootfs: r.Rootfs,
 		IO:  &eventstypes.TaskIO{Stdin: r.Stdin, Stdout: r.Stdout, Stderr: r.Stderr, Terminal: r.Terminal},

@@ -6,6 +6,7 @@ import (
 
 	"github.com/containerd/errdefs"
 
+	"github.com/raksh-project/raksh/runtime/vm"
 	"github.com/raksh-project/raksh/tee"
 	"github.com/raksh-project/raksh/tee/sim"
 )
@@ -28,14 +29,24 @@ func validTEE(t string) error {
 	return fmt.Errorf("tee %q is not %q or %q: %w", t, TEENone, TEESim, errdefs.ErrInvalidArgument)
 }
 
-// KernelParams returns the guest kernel command line cfg renders, before the
-// parameters a TEE launcher adds.
+// KernelParams returns the guest kernel command line cfg renders on this
+// host, before the parameters a TEE launcher adds (those are not measured).
+// It is the command line LaunchMeasurement measures, so every parameter the
+// shim passes must come from here.
 func KernelParams(cfg Config) []string {
 	params := append([]string{"console=ttyS0", "quiet", "panic=-1"}, cfg.KernelParams...)
 	if cfg.Debug {
 		params = append(params, "raksh.debug")
 	}
+	if vsockTransport(cfg) {
+		params = append(params, "raksh.transport=vsock")
+	}
 	return params
+}
+
+// vsockTransport reports whether VMs of cfg talk to the agent over vsock.
+func vsockTransport(cfg Config) bool {
+	return cfg.Transport == "vsock" || cfg.Transport == "auto" && vm.HasVhostVsock()
 }
 
 // LaunchMeasurement returns the launch measurement of the guest cfg boots

@@ -22,6 +22,7 @@ func teeConfig(t *testing.T, teeType string) Config {
 	os.WriteFile(cfg.Initrd, []byte("initrd"), 0o644)
 	cfg.TEE = teeType
 	cfg.Debug = true
+	cfg.Transport = "serial"
 	return cfg
 }
 
@@ -98,6 +99,14 @@ func TestSimLaunch(t *testing.T) {
 	cfg.KernelParams = []string{"init=/bin/sh"}
 	if m3, _ := LaunchMeasurement(cfg); bytes.Equal(m3, m) {
 		t.Error("command line change not measured")
+	}
+	// The transport parameter is part of the measured command line.
+	cfg.KernelParams = nil
+	cfg.Transport = "vsock"
+	m4, _ := LaunchMeasurement(cfg)
+	want4, _ := sim.MeasureFiles(cfg.Kernel, cfg.Initrd, "console=ttyS0 quiet panic=-1 raksh.debug raksh.transport=vsock")
+	if !bytes.Equal(m4, want4) {
+		t.Error("vsock transport parameter not measured")
 	}
 }
 

@@ -124,6 +124,9 @@ func run(ctx context.Context) error {
 		agent.WithProxyDialer(func(ctx context.Context, target string) (net.Conn, error) {
 			return sess.Open(ctx, wire.ProxyPrefix+target)
 		}),
+		agent.WithKeySource(kbsKeySource(func(ctx context.Context, target string) (net.Conn, error) {
+			return sess.Open(ctx, wire.ProxyPrefix+target)
+		})),
 		agent.WithCreated(func(ctx context.Context, id string) { svc.WatchOOM(ctx, id) }),
 		agent.WithShutdown(func() {
 			log.G(ctx).Info("shutdown requested")

@@ -1,0 +1,214 @@
+package agent
+
+import (
+	"context"
+	"crypto"
+	"errors"
+	"os"
+	"path/filepath"
+	"reflect"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/containerd/containerd/v2/pkg/namespaces"
+	"github.com/containerd/errdefs"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+
+	"github.com/raksh-project/raksh/agent/unseal"
+	"github.com/raksh-project/raksh/envelope"
+)
+
+const (
+	testKID    = "kbs:///default/workload/demo"
+	testSecret = "s3cr3t-value-7f1c"
+)
+
+type countingKeys struct {
+	keys  unseal.KeySource
+	calls int
+}
+
+func (c *countingKeys) PrivateKey(ctx context.Context, kid string) (crypto.PrivateKey, error) {
+	c.calls++
+	return c.keys.PrivateKey(ctx, kid)
+}
+
+func sealFor(t *testing.T, b envelope.Binding) ([]byte, crypto.Signer) {
+	t.Helper()
+	key, err := envelope.GenerateKey(envelope.KeyP256)
+	if err != nil {
+		t.Fatal(err)
+	}
+	data, err := envelope.Seal(&envelope.Spec{
+		Args:  []string{"/bin/sh", "-c", "echo $SECRET"},
+		Env:   []string{"SECRET=" + testSecret},
+		Cwd:   "/srv",
+		Files: []envelope.File{{Path: "/run/secrets/token", Mode: 0o400, Content: []byte(testSecret)}},
+	}, b, envelope.Recipient{KeyID: testKID, Key: key.Public()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return data, key
+}
+
+func sealedContainer(id string, data []byte, annotations map[string]string, env ...string) *container {
+	a := map[string]string{envelope.ContainerAnnotation: string(data)}
+	for k, v := range annotations {
+		a[k] = v
+	}
+	return &container{id: id, spec: &specs.Spec{
+		Process:     &specs.Process{Args: []string{envelope.Placeholder}, Env: append([]string{"PATH=/bin"}, env...), Cwd: "/"},
+		Annotations: a,
+	}}
+}
+
+func withKeys(k unseal.KeySource) *Service {
+	return &Service{keys: func(context.Context) (unseal.KeySource, error) { return k, nil }}
+}
+
+func TestBindingFor(t *testing.T) {
+	cri := map[string]string{
+		unseal.SandboxNamespaceAnnotation: "prod", unseal.SandboxNameAnnotation: "web-0", unseal.ContainerNameAnnotation: "app",
+	}
+	for _, tc := range []struct {
+		name        string
+		annotations map[string]string
+		ns, id      string
+		want        envelope.Binding
+		wantErr     bool
+	}{
+		{name: "cri", annotations: cri, ns: "k8s.io", id: "abc123", want: envelope.Binding{Namespace: "prod", Pod: "web-0", Container: "app"}},
+		{name: "ctr run", ns: "default", id: "sealed", want: envelope.Binding{Namespace: "default", Pod: "sealed", Container: "sealed"}},
+		{name: "partial cri", annotations: map[string]string{unseal.ContainerNameAnnotation: "app"}, ns: "default", id: "x", wantErr: true},
+		{name: "no namespace", id: "sealed", wantErr: true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			b, err := BindingFor(&specs.Spec{Annotations: tc.annotations}, tc.ns, tc.id)
+			if tc.wantErr {
+				if !errdefs.IsInvalidArgument(err) {
+					t.Fatalf("got %v, %v; want an invalid-argument error", b, err)
+				}
+				return
+			}
+			if err != nil || b != tc.want {
+				t.Fatalf("got %v, %v; want %v", b, err, tc.want)
+			}
+		})
+	}
+}
+
+func TestUnsealCtrContainer(t *testing.T) {
+	ctx := namespaces.WithNamespace(context.Background(), "default")
+	data, key := sealFor(t, envelope.Binding{Namespace: "default", Pod: "sealed", Container: "sealed"})
+	rootfs := t.TempDir()
+	c := sealedContainer("sealed", data, nil, "SECRET="+envelope.Placeholder)
+	c.bundle = t.TempDir()
+	if err := withKeys(unseal.StaticKeys{testKID: key}).unseal(ctx, c, rootfs); err != nil {
+		t.Fatal(err)
+	}
+	p := c.spec.Process
+	if !slices.Equal(p.Args, []string{"/bin/sh", "-c", "echo $SECRET"}) || p.Cwd != "/srv" {
+		t.Errorf("process not merged: args %q cwd %q", p.Args, p.Cwd)
+	}
+	if !slices.Equal(p.Env, []string{"PATH=/bin", "SECRET=" + testSecret}) {
+		t.Errorf("env not merged: %d entries", len(p.Env))
+	}
+	// The file is written in the guest, next to the bundle, and bind
+	// mounted read-only: the rootfs is not touched.
+	src := filepath.Join(c.bundle, sealedFilesDir, "run/secrets/token")
+	st, err := os.Stat(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Mode().Perm() != 0o400 {
+		t.Errorf("secret file mode %o", st.Mode().Perm())
+	}
+	if b, _ := os.ReadFile(src); string(b) != testSecret {
+		t.Error("secret file content differs")
+	}
+	if ents, _ := os.ReadDir(rootfs); len(ents) != 0 {
+		t.Errorf("rootfs written: %v", ents)
+	}
+	want := specs.Mount{Destination: "/run/secrets/token", Type: "bind", Source: src, Options: []string{"rbind", "ro", "nosuid", "nodev", "noexec"}}
+	if n := len(c.spec.Mounts); n != 1 || !reflect.DeepEqual(c.spec.Mounts[0], want) {
+		t.Errorf("mounts %+v, want %+v", c.spec.Mounts, want)
+	}
+}
+
+func TestUnsealCRIContainer(t *testing.T) {
+	ctx := namespaces.WithNamespace(context.Background(), "k8s.io")
+	data, key := sealFor(t, envelope.Binding{Namespace: "prod", Pod: "web-*", Container: "app"})
+	c := sealedContainer("0123abcd", data, map[string]string{
+		unseal.SandboxNamespaceAnnotation: "prod", unseal.SandboxNameAnnotation: "web-0", unseal.ContainerNameAnnotation: "app",
+	})
+	c.bundle = t.TempDir()
+	if err := withKeys(unseal.StaticKeys{testKID: key}).unseal(ctx, c, t.TempDir()); err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Contains(c.spec.Process.Env, "SECRET="+testSecret) {
+		t.Error("env not merged")
+	}
+}
+
+func TestUnsealNoEnvelope(t *testing.T) {
+	spec := &specs.Spec{Process: &specs.Process{Args: []string{"sh"}}}
+	c := &container{id: "plain", spec: spec}
+	// No key source is needed, nothing is touched.
+	if err := (&Service{}).unseal(context.Background(), c, t.TempDir()); err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(spec.Process.Args, []string{"sh"}) {
+		t.Fatal("spec changed")
+	}
+}
+
+func TestUnsealRefused(t *testing.T) {
+	ctx := namespaces.WithNamespace(context.Background(), "default")
+	data, key := sealFor(t, envelope.Binding{Namespace: "default", Pod: "sealed", Container: "sealed"})
+	other, _ := envelope.GenerateKey(envelope.KeyP256)
+	brokerDown := errors.New("kbs: 403 PolicyDeny: TEE type")
+	for _, tc := range []struct {
+		name      string
+		svc       *Service
+		c         *container
+		ctx       context.Context
+		is        error
+		noKeyCall bool
+	}{
+		{name: "other container", c: sealedContainer("other", data, nil), is: envelope.ErrWrongBinding, noKeyCall: true},
+		{name: "other namespace", ctx: namespaces.WithNamespace(context.Background(), "team-b"), c: sealedContainer("sealed", data, nil), is: envelope.ErrWrongBinding, noKeyCall: true},
+		{name: "wrong key", svc: withKeys(unseal.StaticKeys{testKID: other}), c: sealedContainer("sealed", data, nil), is: envelope.ErrDecrypt},
+		{name: "unknown key", svc: withKeys(unseal.StaticKeys{}), c: sealedContainer("sealed", data, nil), is: errdefs.ErrNotFound},
+		{name: "stray placeholder", c: sealedContainer("sealed", data, nil, "TOKEN="+envelope.Placeholder), is: unseal.ErrPlaceholder},
+		{name: "no key source", svc: &Service{}, c: sealedContainer("sealed", data, nil), is: ErrNoKeySource},
+		{name: "broker refuses", svc: &Service{keys: func(context.Context) (unseal.KeySource, error) { return nil, brokerDown }}, c: sealedContainer("sealed", data, nil), is: brokerDown},
+		{name: "garbage", c: sealedContainer("sealed", []byte(`{"protected":"x"}`), nil), is: envelope.ErrMalformed, noKeyCall: true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			keys := &countingKeys{keys: unseal.StaticKeys{testKID: key}}
+			svc := tc.svc
+			if svc == nil {
+				svc = withKeys(keys)
+			}
+			cctx := tc.ctx
+			if cctx == nil {
+				cctx = ctx
+			}
+			tc.c.bundle = t.TempDir()
+			err := svc.unseal(cctx, tc.c, t.TempDir())
+			if !errors.Is(err, tc.is) {
+				t.Fatalf("got %v, want %v", err, tc.is)
+			}
+			if strings.Contains(err.Error(), testSecret) {
+				t.Fatal("error carries the secret")
+			}
+			if tc.noKeyCall && keys.calls != 0 {
+				t.Errorf("%d key fetches before the binding was checked", keys.calls)
+			}
+			if _, err := os.Stat(filepath.Join(tc.c.bundle, sealedFilesDir)); err == nil || len(tc.c.spec.Mounts) != 0 {
+				t.Error("secret files written or mounted for a refused container")
+			}
+		})
+	}
+}

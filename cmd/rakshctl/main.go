@@ -20,6 +20,7 @@ func newApp() *cli.App {
 			unsealCommand,
 			inspectCommand,
 			initrdCommand,
+			teeCommand,
 		},
 	}
 }

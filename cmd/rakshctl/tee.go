@@ -1,0 +1,37 @@
+package main
+
+import (
+	"encoding/hex"
+	"fmt"
+
+	"github.com/urfave/cli/v2"
+
+	rakshruntime "github.com/raksh-project/raksh/runtime"
+)
+
+var teeCommand = &cli.Command{
+	Name:  "tee",
+	Usage: "what the runtime's TEE launches",
+	Subcommands: []*cli.Command{{
+		Name:  "measure",
+		Usage: "print the launch measurement (hex) of the guest a runtime config boots, for a KBS policy",
+		Description: `Reads the shim's runtime config (tee = "sim") and prints the measurement its VMs
+report: SHA-384 over kernel, initrd and kernel command line, as the shim computes it
+on this host. Put it in the key broker's resource policy ("measurements": [...]).`,
+		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "runtime-config", Value: rakshruntime.DefaultConfigPath, Usage: "the shim's runtime.toml"},
+		},
+		Action: func(c *cli.Context) error {
+			cfg, err := rakshruntime.LoadConfig(c.String("runtime-config"))
+			if err != nil {
+				return err
+			}
+			m, err := rakshruntime.LaunchMeasurement(cfg)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintln(c.App.Writer, hex.EncodeToString(m))
+			return nil
+		},
+	}},
+}

@@ -33,6 +33,20 @@ func WithKeySource(f KeySourceFunc) Opt {
 // way to obtain its key.
 var ErrNoKeySource = fmt.Errorf("sealed container, but this guest has no key broker configured: %w", errdefs.ErrFailedPrecondition)
 
+// ErrExecDenied is returned for an exec into a sealed container whose
+// envelope does not allow exec: an exec'd process could read the sealed
+// env, args and files and hand them to the node.
+var ErrExecDenied = fmt.Errorf("the container's envelope does not allow exec (seal it with --allow-exec): %w", errdefs.ErrPermissionDenied)
+
+// checkExec refuses an exec into c unless its envelope allows it.
+// Containers without an envelope allow exec.
+func checkExec(c *container) error {
+	if c.noExec {
+		return fmt.Errorf("exec into sealed container %q: %w", c.id, ErrExecDenied)
+	}
+	return nil
+}
+
 // BindingFor returns the binding the agent opens a container's envelope
 // for. A container created through the CRI is named by its CRI annotations
 // {sandbox namespace, sandbox name, container name}. A container created
@@ -82,6 +96,7 @@ func (s *Service) unseal(ctx context.Context, c *container, rootfs string) error
 	if err := checkPlaceholders(c.spec.Process); err != nil {
 		return fmt.Errorf("unseal container %q (binding %s): %w", c.id, b, err)
 	}
+	c.noExec = sealed.Exec == nil || !sealed.Exec.AllowExec
 	if err := s.mountSealedFiles(c, sealed.Files); err != nil {
 		return fmt.Errorf("unseal container %q: secret files: %w", c.id, err)
 	}

@@ -11,8 +11,11 @@ import (
 	"strings"
 	"testing"
 
+	taskAPI "github.com/containerd/containerd/api/runtime/task/v3"
 	"github.com/containerd/containerd/v2/pkg/namespaces"
+	ptypes "github.com/containerd/containerd/v2/pkg/protobuf/types"
 	"github.com/containerd/errdefs"
+	"github.com/containerd/errdefs/pkg/errgrpc"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
 	"github.com/raksh-project/raksh/agent/unseal"
@@ -210,5 +213,51 @@ func TestUnsealRefused(t *testing.T) {
 				t.Error("secret files written or mounted for a refused container")
 			}
 		})
+	}
+}
+
+func TestSealedExecPolicy(t *testing.T) {
+	ctx := namespaces.WithNamespace(context.Background(), "default")
+	b := envelope.Binding{Namespace: "default", Pod: "sealed", Container: "sealed"}
+	key, _ := envelope.GenerateKey(envelope.KeyP256)
+	for _, tc := range []struct {
+		name   string
+		policy *envelope.ExecPolicy
+		allow  bool
+	}{
+		{name: "no policy", allow: false},
+		{name: "exec not allowed", policy: &envelope.ExecPolicy{AllowLogs: true}, allow: false},
+		{name: "exec allowed", policy: &envelope.ExecPolicy{AllowExec: true}, allow: true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			data, err := envelope.Seal(&envelope.Spec{Args: []string{"sleep", "1"}, Exec: tc.policy}, b, envelope.Recipient{KeyID: testKID, Key: key.Public()})
+			if err != nil {
+				t.Fatal(err)
+			}
+			c := sealedContainer("sealed", data, nil)
+			c.bundle = t.TempDir()
+			c.execs = map[string]*process{}
+			s := withKeys(unseal.StaticKeys{testKID: key})
+			s.containers = map[string]*container{c.id: c}
+			if err := s.unseal(ctx, c, t.TempDir()); err != nil {
+				t.Fatal(err)
+			}
+			_, err = s.Exec(ctx, &taskAPI.ExecProcessRequest{ID: c.id, ExecID: "e1", Spec: &ptypes.Any{TypeUrl: "process", Value: []byte(`{"args":["env"]}`)}})
+			if tc.allow {
+				if err != nil || c.execs["e1"] == nil {
+					t.Fatalf("exec refused: %v", err)
+				}
+				return
+			}
+			if !errdefs.IsPermissionDenied(errgrpc.ToNative(err)) || !strings.Contains(err.Error(), "does not allow exec") || c.execs["e1"] != nil {
+				t.Fatalf("exec into a sealed container: %v", err)
+			}
+		})
+	}
+	// A container without an envelope allows exec.
+	plain := &container{id: "plain", spec: &specs.Spec{Process: &specs.Process{Args: []string{"sh"}}}, execs: map[string]*process{}}
+	s := &Service{containers: map[string]*container{"plain": plain}}
+	if _, err := s.Exec(ctx, &taskAPI.ExecProcessRequest{ID: "plain", ExecID: "e1", Spec: &ptypes.Any{TypeUrl: "process", Value: []byte(`{}`)}}); err != nil {
+		t.Fatal(err)
 	}
 }

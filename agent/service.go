@@ -105,6 +105,9 @@ type container struct {
 	spec   *specs.Spec
 	init   *process
 	execs  map[string]*process
+	// noExec refuses exec: the container is sealed and its envelope does
+	// not allow exec (seal.go).
+	noExec bool
 }
 
 type process struct {
@@ -625,6 +628,9 @@ func (s *Service) Exec(ctx context.Context, r *taskAPI.ExecProcessRequest) (*pty
 	}
 	if r.Spec == nil {
 		return nil, errgrpc.ToGRPCf(errdefs.ErrInvalidArgument, "exec %q has no process spec", r.ExecID)
+	}
+	if err := checkExec(c); err != nil {
+		return nil, errgrpc.ToGRPC(err)
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()

@@ -202,6 +202,7 @@ done
 HOST_DIRS=("$DEMO/root" "$DEMO/state" "$DEMO/run" "$DEMO/containerd.log" "$DEMO/kbs")
 hits_running="$(grep -rlF -D skip -e "$API_TOKEN" -e "$DB_PASSWORD" "${HOST_DIRS[@]}" 2>/dev/null || true)"
 cp "$BUNDLE" "$DEMO/client/bundle-config.json"
+exec_out="$(ctr task exec --exec-id peek raksh-sealed cat /proc/1/environ 2>&1)" && exec_status=0 || exec_status=$?
 consoles="$(find "$DEMO/run" -name console.log | wc -l)"
 status=0
 wait "$SEALED_PID" || status=$?
@@ -223,6 +224,10 @@ info "searched for both secret values while it ran and after: containerd root an
 info "bundle), the VM state ($consoles guest console log), containerd's log (with the shim's), the broker's files and log"
 [ -z "$hits_running$hits_after" ] || { echo "$hits_running $hits_after" >&2; fail "a secret reached the host"; }
 ok "no secret on the host: it saw the placeholder raksh-sealed and the envelope"
+info "\$ ctr task exec --exec-id peek raksh-sealed cat /proc/1/environ   (while it ran)"
+echo "$exec_out" | sed 's/.*exec into sealed container/exec into sealed container/' | indent
+[ "$exec_status" != 0 ] && echo "$exec_out" | grep -q "does not allow exec" || fail "the host could exec into the sealed container"
+ok "the node cannot exec into a sealed container whose envelope does not allow it"
 
 section "3d. The envelope in another container is refused"
 if out="$(ctr run --rm --runtime "$RUNTIME" --annotation "io.raksh.envelope=$ENVELOPE" "$IMAGE" raksh-moved raksh-sealed 2>&1)"; then

@@ -236,6 +236,12 @@ func TestConfidentialSim(t *testing.T) {
 			}
 		}
 
+		// The node cannot exec into it to read the sealed env: the envelope
+		// allows no exec.
+		if out, err := h.Ctr("task", "exec", "--exec-id", "peek", id, "cat", "/proc/1/environ"); err == nil || !strings.Contains(err.Error(), "does not allow exec") {
+			t.Errorf("exec into the sealed container: %v\n%s", err, out)
+		}
+
 		r := <-done
 		if r.err != nil {
 			t.Fatalf("ctr run: %v\n%s", r.err, r.out)

@@ -44,7 +44,7 @@ fuzz: ## run every fuzz target briefly (FUZZTIME, default 5s)
 bench: deps build ## benchmarks: raksh vs runc, boot time, RSS, component benchmarks (see docs/benchmarks.md)
 	hack/bench.sh
 
-demo: deps build ## run a container in a VM through a private containerd and show it ran in the guest
+demo: deps build ## a plain and a sealed container (sim TEE, raksh-kbs) through a private containerd; shows the host saw no secret
 	hack/demo.sh
 
 check: ## gofmt, go vet (with integration tag)

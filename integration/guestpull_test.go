@@ -17,6 +17,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/opencontainers/go-digest"
+	"github.com/opencontainers/image-spec/identity"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	criapi "k8s.io/cri-api/pkg/apis/runtime/v1"
@@ -26,6 +28,7 @@ import (
 	"github.com/raksh-project/raksh/integration/harness"
 	"github.com/raksh-project/raksh/integration/testimage"
 	"github.com/raksh-project/raksh/runtime/initrd"
+	"github.com/raksh-project/raksh/snapshotter/rootfs"
 )
 
 // Guest-built rootfs end to end: containerd v2.4.2 with raksh-snapshotter
@@ -351,11 +354,13 @@ func TestImagesCRIRunInVM(t *testing.T) {
 		t.Fatal(err)
 	}
 	gpTop := imagetest.GzipLayer(imagetest.Tar(map[string]string{"app/marker": gpMarker + "-cri"}))
-	// Its own base layer: sharing the pause image's (unpacked by the plain
-	// import) would make a chain of a plain base under a guest-pulled top,
-	// which raksh-snapshotter refuses today ("plain layer 1 under a raksh
-	// image has no digest labels").
-	gpImg, err := imagetest.Image(busyboxLayer(t, "etc/raksh-cri"), gpTop)
+	// Both raksh images are built on the pause image's busybox base (same
+	// tar, so the same chain ID; compressed, or encrypted, differently). The
+	// pause image is imported without labels first, so each raksh chain
+	// starts with the pause image's unlabelled plain snapshot, which the
+	// snapshotter names by the raksh image's own manifest.
+	gpImg, err := imagetest.Image(busyboxLayer(t), gpTop)
+	gpImgBase := func(t *testing.T) digest.Digest { return busyboxLayer(t).DiffID }
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -363,7 +368,7 @@ func TestImagesCRIRunInVM(t *testing.T) {
 	if _, err := imagetest.Push(gpRef, gpImg); err != nil {
 		t.Fatal(err)
 	}
-	encBase, err := imagetest.Encrypt(busyboxLayer(t, "etc/raksh-cri-enc"), pub) // own base: see above
+	encBase, err := imagetest.Encrypt(busyboxLayer(t), pub) // the pause base, encrypted: see above
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -392,6 +397,11 @@ func TestImagesCRIRunInVM(t *testing.T) {
 	pause, err := testimage.Pause()
 	if err != nil {
 		t.Fatal(err)
+	}
+	if pl, err := pause.Layers(); err != nil || len(pl) != 1 {
+		t.Fatalf("pause layers: %v", err)
+	} else if d, err := pl[0].DiffID(); err != nil || d.String() != gpImgBase(t).String() {
+		t.Fatalf("the pause image does not share the raksh images' base (diff ID %v, %v)", d, err)
 	}
 	archive := filepath.Join(s.dir, "pause.tar")
 	if err := testimage.WriteArchive(pause, testimage.PauseRef, archive); err != nil {
@@ -545,6 +555,118 @@ func TestGuestPullSharedBase(t *testing.T) {
 	if hits := append(grepTree(s.root, gpMarker+"-shared"), grepTree(h.Dir, gpMarker+"-shared")...); len(hits) > 0 {
 		t.Fatalf("marker found on the host: %v", hits)
 	}
+}
+
+// TestGuestPullSharedBaseUnlabelled: raksh images whose base layer an
+// ordinary image already unpacked on the node WITHOUT labels (`ctr image
+// import --local`, as the CRI pause image is imported). The snapshot of the
+// shared base carries no layer digest; the snapshotter names it by the
+// raksh image's own manifest (containerd's content store), so a guest-pulled
+// image and a mixed image (plain base, encrypted top) both run, the guest
+// fetching the base from the registry. A mixed image unpacked without labels
+// (`ctr pull --local`) cannot tell the guest where to fetch the base: the
+// container is refused with an error that says what to do.
+func TestGuestPullSharedBaseUnlabelled(t *testing.T) {
+	harness.RequiresRoot(t)
+	host, stop := imagetest.Registry()
+	defer stop()
+	priv, pub, err := imagetest.RSAKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	base := busyboxLayer(t, "etc/unlabelled-shared-base")
+	plainImg, err := imagetest.Image(base)
+	if err != nil {
+		t.Fatal(err)
+	}
+	push := func(ref string, top *imagetest.Layer) {
+		t.Helper()
+		img, err := imagetest.Image(base, top)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := imagetest.Push(ref, img); err != nil {
+			t.Fatal(err)
+		}
+	}
+	gpTop := imagetest.GzipLayer(imagetest.Tar(map[string]string{"app/marker": gpMarker + "-unlabelled"}))
+	gpRef := host + "/raksh/unlabelled:1"
+	push(gpRef, gpTop)
+	encTop, err := imagetest.Encrypt(imagetest.GzipLayer(imagetest.Tar(map[string]string{"app/marker": encMarker + "-unlabelled"})), pub)
+	if err != nil {
+		t.Fatal(err)
+	}
+	encRef := host + "/enc/unlabelled:1"
+	push(encRef, encTop)
+	localTop, err := imagetest.Encrypt(imagetest.GzipLayer(imagetest.Tar(map[string]string{"app/marker": encMarker + "-local"})), pub)
+	if err != nil {
+		t.Fatal(err)
+	}
+	localRef := host + "/enc/unlabelled-local:1"
+	push(localRef, localTop)
+
+	s := startSnapshotter(t, fmt.Sprintf("[guest_pull]\nenable = true\nimage_patterns = [%q]\n", regexp.QuoteMeta(host)+"/raksh/.*"))
+	h := withSnapshotterOpts(t, s, harness.Options{RuntimeConfig: fmt.Sprintf("initrd = %q\n[proxy]\nregistry = %q\n", keyInitrd(t, priv), host)})
+	s.useContainerd(h.Address)
+
+	// The ordinary image, imported without labels: it unpacks the base.
+	archive := filepath.Join(s.dir, "plain.tar")
+	if err := testimage.WriteArchive(plainImg, host+"/plain/unlabelled-base:1", archive); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := ctrAfterRestart(h, "images", "import", "--local", "--snapshotter", "raksh", archive); err != nil {
+		t.Fatalf("import: %v\n%s", err, out)
+	}
+	baseChain := base.DiffID
+
+	for _, tc := range []struct {
+		name, ref, marker, mode string
+		top                     *imagetest.Layer
+	}{
+		{"guest pull", gpRef, gpMarker + "-unlabelled", rootfs.ModeGuestPull, gpTop},
+		{"encrypted top", encRef, encMarker + "-unlabelled", rootfs.ModeLayers, encTop},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if out, err := h.Ctr("images", "pull", "--plain-http", "--snapshotter", "raksh", tc.ref); err != nil {
+				t.Fatalf("pull: %v\n%s", err, out)
+			}
+			chain := identity.ChainID([]digest.Digest{baseChain, tc.top.DiffID})
+			d, _ := rootfsOf(t, h, "desc-"+tc.mode, chain)
+			if d.Mode != tc.mode || len(d.Layers) != 2 || d.Layers[0].Digest != base.Digest().String() || d.Layers[0].DiffID != base.DiffID.String() ||
+				d.Layers[1].Digest != tc.top.Digest().String() {
+				t.Fatalf("descriptor %+v: want the shared base named by its blob digest %s", d, base.Digest())
+			}
+			out, err := runRaksh(t, h, tc.ref, "unlabelled-"+tc.mode, "/bin/cat", "/app/marker")
+			if err != nil || strings.TrimSpace(out) != tc.marker {
+				t.Fatalf("raksh image over an unlabelled shared base: %v %q", err, out)
+			}
+			if hits := append(grepTree(s.root, tc.marker), grepTree(h.Dir, tc.marker)...); len(hits) > 0 {
+				t.Fatalf("marker found on the host: %v", hits)
+			}
+		})
+	}
+
+	t.Run("mixed image unpacked without labels", func(t *testing.T) {
+		if out, err := h.Ctr("images", "pull", "--local", "--plain-http", "--snapshotter", "raksh", localRef); err != nil {
+			t.Fatalf("pull --local: %v\n%s", err, out)
+		}
+		out, err := runRaksh(t, h, localRef, "unlabelled-local", "/bin/cat", "/app/marker")
+		if err == nil || !strings.Contains(err.Error()+out, "image reference is unknown") || !strings.Contains(err.Error()+out, "ctr image pull") {
+			t.Fatalf("mixed image pulled with --local: want a refusal naming the fix, got %v\n%s", err, out)
+		}
+		t.Logf("refused: %v", err)
+		noLeftovers(t, h, "unlabelled-local")
+		// What the error tells the operator to do works.
+		if out, err := h.Ctr("images", "rm", "--sync", localRef); err != nil {
+			t.Fatalf("rm: %v\n%s", err, out)
+		}
+		if out, err := h.Ctr("images", "pull", "--plain-http", "--snapshotter", "raksh", localRef); err != nil {
+			t.Fatalf("pull: %v\n%s", err, out)
+		}
+		if out, err := runRaksh(t, h, localRef, "unlabelled-repulled", "/bin/cat", "/app/marker"); err != nil || strings.TrimSpace(out) != encMarker+"-local" {
+			t.Fatalf("after removing and pulling again with labels: %v %q", err, out)
+		}
+	})
 }
 
 // bigLayer returns a busybox layer with size bytes of random (incompressible)

@@ -7,17 +7,22 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
 
+	"github.com/containerd/containerd/v2/core/content"
 	"github.com/containerd/containerd/v2/core/snapshots"
 	"github.com/containerd/containerd/v2/core/snapshots/storage"
+	"github.com/containerd/containerd/v2/pkg/namespaces"
 	"github.com/containerd/containerd/v2/pkg/snapshotters"
 	"github.com/containerd/errdefs"
 	"github.com/containerd/log"
 	"github.com/opencontainers/go-digest"
+	"github.com/opencontainers/image-spec/identity"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/raksh-project/raksh/snapshotter/rootfs"
 )
@@ -199,45 +204,92 @@ func (s *Snapshotter) commitRemote(ctx context.Context, key, parent, target stri
 
 // rootfsDescriptor returns the rootfs descriptor for a snapshot whose parent
 // chain (parentIDs, top first) holds raksh layers, or nil for an ordinary chain.
+//
+// Plain layers in the chain are snapshots an ordinary image may have
+// unpacked first (chain IDs come from plaintext diff IDs, so a raksh image
+// shares them with any image built on the same base). The guest never uses
+// their host directories: it fetches them from the registry by digest, so
+// the descriptor must name them by the raksh image's own layer digest. That
+// comes from the raksh image's manifest in containerd's content store
+// (resolveImageLayers); the labels an earlier labelled pull left on the
+// snapshot are only a fallback when the content store is not reachable,
+// because another image may carry the same tar compressed differently.
 func (s *Snapshotter) rootfsDescriptor(ctx context.Context, parentIDs []string) (*rootfs.Descriptor, error) {
-	recs := make([]*layerRecord, len(parentIDs))
-	raksh := false
-	for i, id := range parentIDs {
+	n := len(parentIDs)
+	// Bottom first from here on: index i is the image's layer i.
+	ids := make([]string, n)
+	recs := make([]*layerRecord, n)
+	raksh, plain, guestPull := false, false, false
+	for i := range parentIDs {
+		id := parentIDs[n-1-i]
 		rec, err := readLayerRecord(s.snapshotPath(id))
 		if err != nil {
 			return nil, err
 		}
-		recs[i] = rec
+		ids[i], recs[i] = id, rec
 		raksh = raksh || rec != nil
+		plain = plain || rec == nil
+		guestPull = guestPull || (rec != nil && rec.Source == rootfs.SourceGuestPull)
 	}
 	if !raksh {
 		return nil, nil
 	}
-	var names map[string]string
 	desc := &rootfs.Descriptor{Version: rootfs.Version, Mode: rootfs.ModeLayers}
-	for i := len(parentIDs) - 1; i >= 0; i-- {
-		rec := recs[i]
+	if guestPull {
+		desc.Mode = rootfs.ModeGuestPull
+	}
+	for _, rec := range recs {
 		if rec == nil {
-			// A plain layer of a mixed image, unpacked on the host.
-			if names == nil {
-				ids, err := storage.IDMap(ctx)
-				if err != nil {
-					return nil, err
+			continue
+		}
+		if rec.ImageRef != "" {
+			desc.ImageRef = rec.ImageRef
+		}
+		if rec.ManifestDigest != "" {
+			desc.ManifestDigest = rec.ManifestDigest
+		}
+	}
+
+	var (
+		names    []string
+		infos    []snapshots.Info
+		resolved *imageLayers
+		rerr     error
+	)
+	if plain {
+		idNames, err := storage.IDMap(ctx)
+		if err != nil {
+			return nil, err
+		}
+		names = make([]string, n)
+		infos = make([]snapshots.Info, n)
+		for i, id := range ids {
+			names[i] = idNames[id]
+			if recs[i] == nil && names[i] != "" {
+				if _, info, _, err := storage.GetInfo(ctx, names[i]); err == nil {
+					infos[i] = info
 				}
-				names = ids
 			}
-			l := rootfs.Layer{Source: rootfs.SourceDir, Path: s.upperPath(parentIDs[i])}
-			if name, ok := names[parentIDs[i]]; ok {
-				if _, info, _, err := storage.GetInfo(ctx, name); err == nil {
-					l.Digest = info.Labels[snapshotters.TargetLayerDigestLabel]
-					l.DiffID = info.Labels[snapshots.LabelSnapshotDiffID]
-				}
+		}
+		resolved, rerr = s.resolveImageLayers(ctx, names, recs)
+		if rerr == nil && desc.ManifestDigest == "" {
+			desc.ManifestDigest = resolved.manifest.String()
+		}
+	}
+
+	for i, rec := range recs {
+		if rec == nil {
+			l, err := plainLayer(i, names[i], infos[i], resolved, rerr, desc.Mode)
+			if err != nil {
+				return nil, err
 			}
-			if l.Digest == "" {
-				l.Digest = l.DiffID
-			}
-			if l.Digest == "" {
-				return nil, fmt.Errorf("plain layer %s under a raksh image has no digest labels: %w", parentIDs[i], errdefs.ErrFailedPrecondition)
+			if desc.Mode == rootfs.ModeGuestPull {
+				// The guest pulls the whole image by reference: a base layer
+				// shared with an ordinary image is pulled too, the host
+				// directory is not handed over.
+				l.Source = rootfs.SourceGuestPull
+			} else {
+				l.Source, l.Path = rootfs.SourceDir, s.upperPath(ids[i])
 			}
 			desc.Layers = append(desc.Layers, l)
 			continue
@@ -250,37 +302,208 @@ func (s *Snapshotter) rootfsDescriptor(ctx context.Context, parentIDs []string) 
 			Size:        rec.Size,
 			Source:      rec.Source,
 		}
-		switch rec.Source {
-		case rootfs.SourceGuestPull:
-			desc.Mode = rootfs.ModeGuestPull
-		case rootfs.SourceBlob:
+		if rec.Source == rootfs.SourceBlob {
 			d, err := digest.Parse(rec.Digest)
 			if err != nil {
 				return nil, fmt.Errorf("corrupt layer record: %w", err)
 			}
 			l.Path = s.cache.Path(d)
 		}
-		if rec.ImageRef != "" {
-			desc.ImageRef = rec.ImageRef
-		}
-		if rec.ManifestDigest != "" {
-			desc.ManifestDigest = rec.ManifestDigest
-		}
 		desc.Layers = append(desc.Layers, l)
 	}
-	if desc.Mode == rootfs.ModeGuestPull {
-		// The guest pulls the whole image by reference: a base layer shared
-		// with an ordinary image (unpacked on the host) is pulled too, the
-		// host directory is not handed over.
-		for i := range desc.Layers {
-			if desc.Layers[i].Source == rootfs.SourceDir {
-				desc.Layers[i].Source = rootfs.SourceGuestPull
-				desc.Layers[i].Path = ""
-			}
-		}
+	if plain && desc.Mode == rootfs.ModeLayers && (desc.ImageRef == "" || desc.ManifestDigest == "") {
+		// The guest fetches plain layers from the registry by digest; it
+		// needs the reference and the manifest for that.
+		return nil, fmt.Errorf("raksh image with plain layers was unpacked without image labels (ctr pull --local, ctr image import, ctr image unpack): "+
+			"the guest must fetch its plain layers from the registry but the image reference is unknown; "+
+			"remove the image (`ctr image rm --sync`) and pull it again with `ctr image pull` (transfer service) or through the CRI: %w", errdefs.ErrFailedPrecondition)
 	}
 	log.G(ctx).WithField("mode", desc.Mode).WithField("layers", len(desc.Layers)).Debug("raksh rootfs descriptor")
 	return desc, nil
+}
+
+// plainLayer names plain layer i of a raksh image (committed snapshot name,
+// info) by digest: from the raksh image's manifest when it was resolved,
+// else from the labels a labelled pull left on the snapshot.
+func plainLayer(i int, name string, info snapshots.Info, resolved *imageLayers, rerr error, mode string) (rootfs.Layer, error) {
+	if resolved != nil {
+		m := resolved.layers[i]
+		if label := info.Labels[snapshotters.TargetLayerDigestLabel]; label != "" && label != m.Digest.String() {
+			log.L.WithField("snapshot", name).WithField("label", label).WithField("manifest", m.Digest).
+				Debug("shared plain layer: the raksh image's manifest names another blob of the same tar")
+		}
+		// Media type and annotations as the manifest has them: a layer the
+		// raksh image ships encrypted may share its plaintext (hence its chain
+		// ID) with an ordinary image's plain layer, and the guest then
+		// fetches and decrypts it like any encrypted layer.
+		return rootfs.Layer{Digest: m.Digest.String(), DiffID: resolved.diffIDs[i].String(), MediaType: m.MediaType, Annotations: m.Annotations, Size: m.Size}, nil
+	}
+	l := rootfs.Layer{
+		Digest: info.Labels[snapshotters.TargetLayerDigestLabel],
+		DiffID: info.Labels[snapshots.LabelSnapshotDiffID],
+	}
+	if l.Digest == "" && mode == rootfs.ModeGuestPull && l.DiffID != "" {
+		// The guest pulls the image by its manifest digest and does not use
+		// per-layer digests; the diff ID stands in (exact for uncompressed
+		// layers).
+		l.Digest = l.DiffID
+	}
+	if l.Digest == "" {
+		return l, fmt.Errorf("plain layer %d (snapshot %s) under a raksh image has no layer digest: it was unpacked without labels "+
+			"(ctr image import --local, ctr pull --local, ctr image unpack) and the raksh image's manifest could not be resolved (%v); "+
+			"set containerd_address in the raksh-snapshotter config so it can read the manifest from containerd's content store, "+
+			"or remove the image that unpacked this layer (`ctr image rm --sync`) and pull it again with `ctr image pull` or through the CRI: %w",
+			i, name, rerr, errdefs.ErrFailedPrecondition)
+	}
+	return l, nil
+}
+
+// imageLayers are the layers of a raksh image as its manifest and config name them.
+type imageLayers struct {
+	manifest digest.Digest
+	layers   []ocispec.Descriptor
+	diffIDs  []digest.Digest
+}
+
+// errNoContentStore: the snapshotter was started without containerd_address.
+var errNoContentStore = errors.New("no containerd content store (containerd_address unset)")
+
+// resolveImageLayers finds the manifest of the raksh image whose layer chain
+// is names (committed snapshot names, bottom first, ending in their chain
+// IDs as containerd's unpackers name them) and returns its layers. The
+// candidates are the manifest digests the layer records carry, then
+// manifests containerd's GC labels link to a recorded layer at its position.
+// A candidate is taken only if its config's diff IDs give exactly the
+// chain's chain IDs and every recorded layer digest matches the manifest at
+// its position. The content store is read in the caller's namespace, or the
+// one the snapshot names carry.
+func (s *Snapshotter) resolveImageLayers(ctx context.Context, names []string, recs []*layerRecord) (*imageLayers, error) {
+	if s.opts.content == nil {
+		return nil, errNoContentStore
+	}
+	if _, ok := namespaces.Namespace(ctx); !ok {
+		for _, name := range names {
+			if ns, _, ok := strings.Cut(name, "/"); ok && ns != "" {
+				ctx = namespaces.WithNamespace(ctx, ns)
+				break
+			}
+		}
+	}
+	chain := make([]digest.Digest, len(names))
+	for i, name := range names {
+		d, err := digest.Parse(name[strings.LastIndex(name, "/")+1:])
+		if err != nil {
+			return nil, fmt.Errorf("snapshot %q of layer %d is not named by a chain ID: %w", name, i, errdefs.ErrNotFound)
+		}
+		chain[i] = d
+	}
+	var candidates []digest.Digest
+	seen := map[digest.Digest]bool{}
+	add := func(d digest.Digest) {
+		if d.Validate() == nil && !seen[d] {
+			seen[d] = true
+			candidates = append(candidates, d)
+		}
+	}
+	for i := len(recs) - 1; i >= 0; i-- {
+		if recs[i] != nil && recs[i].ManifestDigest != "" {
+			add(digest.Digest(recs[i].ManifestDigest))
+		}
+	}
+	if mgr, ok := s.opts.content.(content.Manager); ok {
+		for i := len(recs) - 1; i >= 0; i-- {
+			if recs[i] == nil {
+				continue
+			}
+			filter := fmt.Sprintf(`labels.%q==%q`, fmt.Sprintf("containerd.io/gc.ref.content.l.%d", i), recs[i].Digest)
+			if err := mgr.Walk(ctx, func(info content.Info) error {
+				add(info.Digest)
+				return nil
+			}, filter); err != nil {
+				log.G(ctx).WithError(err).Debug("cannot search containerd's content store for the raksh image's manifest")
+			}
+			break // the topmost raksh layer is enough: its manifest covers the whole chain
+		}
+	}
+	for _, md := range candidates {
+		il, err := s.readImageLayers(ctx, md)
+		if err != nil {
+			log.G(ctx).WithError(err).WithField("manifest", md).Debug("manifest candidate unreadable")
+			continue
+		}
+		if matchesChain(il, chain, recs) {
+			return il, nil
+		}
+	}
+	return nil, fmt.Errorf("no image manifest in containerd's content store describes this layer chain (%d candidates): %w", len(candidates), errdefs.ErrNotFound)
+}
+
+// maxImageBlob bounds the manifest and config read from the content store.
+const maxImageBlob = 4 << 20
+
+// readImageLayers reads manifest md and its config from the content store,
+// checking both against their digests.
+func (s *Snapshotter) readImageLayers(ctx context.Context, md digest.Digest) (*imageLayers, error) {
+	read := func(d digest.Digest) ([]byte, error) {
+		ra, err := s.opts.content.ReaderAt(ctx, ocispec.Descriptor{Digest: d})
+		if err != nil {
+			return nil, err
+		}
+		defer ra.Close()
+		if ra.Size() > maxImageBlob {
+			return nil, fmt.Errorf("blob %s too large (%d bytes): %w", d, ra.Size(), errdefs.ErrInvalidArgument)
+		}
+		b := make([]byte, ra.Size())
+		if _, err := ra.ReadAt(b, 0); err != nil && !errors.Is(err, io.EOF) {
+			return nil, err
+		}
+		if digest.FromBytes(b) != d {
+			return nil, fmt.Errorf("blob %s: content does not match its digest: %w", d, errdefs.ErrDataLoss)
+		}
+		return b, nil
+	}
+	mb, err := read(md)
+	if err != nil {
+		return nil, err
+	}
+	var m ocispec.Manifest
+	if err := json.Unmarshal(mb, &m); err != nil {
+		return nil, fmt.Errorf("manifest %s: %w", md, errdefs.ErrInvalidArgument)
+	}
+	cb, err := read(m.Config.Digest)
+	if err != nil {
+		return nil, err
+	}
+	var cfg ocispec.Image
+	if err := json.Unmarshal(cb, &cfg); err != nil {
+		return nil, fmt.Errorf("config %s: %w", m.Config.Digest, errdefs.ErrInvalidArgument)
+	}
+	return &imageLayers{manifest: md, layers: m.Layers, diffIDs: cfg.RootFS.DiffIDs}, nil
+}
+
+// matchesChain reports whether il's layers are exactly the chain: same
+// length, its diff IDs give the chain IDs, and raksh layer records name the
+// manifest's layer digest at their position.
+func matchesChain(il *imageLayers, chain []digest.Digest, recs []*layerRecord) bool {
+	if len(il.layers) != len(chain) || len(il.diffIDs) != len(chain) {
+		return false
+	}
+	for _, d := range il.diffIDs {
+		if d.Validate() != nil {
+			return false
+		}
+	}
+	for i, id := range identity.ChainIDs(append([]digest.Digest(nil), il.diffIDs...)) {
+		if id != chain[i] {
+			return false
+		}
+	}
+	for i, rec := range recs {
+		if rec != nil && rec.Digest != il.layers[i].Digest.String() {
+			return false
+		}
+	}
+	return true
 }
 
 // usedBlobs returns the digests of cached blobs referenced by any snapshot.

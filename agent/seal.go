@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/containerd/containerd/v2/pkg/namespaces"
 	"github.com/containerd/errdefs"
@@ -74,6 +75,7 @@ func (s *Service) unseal(ctx context.Context, c *container, rootfs string) error
 	if !ok {
 		return nil
 	}
+	start := time.Now()
 	ns, _ := namespaces.Namespace(ctx)
 	b, err := BindingFor(c.spec, ns, c.id)
 	if err != nil {
@@ -101,7 +103,7 @@ func (s *Service) unseal(ctx context.Context, c *container, rootfs string) error
 		return fmt.Errorf("unseal container %q: secret files: %w", c.id, err)
 	}
 	log.G(ctx).WithField("id", c.id).WithField("binding", b.String()).
-		WithField("files", len(sealed.Files)).Info("sealed container opened")
+		WithField("files", len(sealed.Files)).WithField("elapsed", time.Since(start)).Info("sealed container opened")
 	return nil
 }
 

@@ -235,6 +235,13 @@ func TestConfidentialSim(t *testing.T) {
 				t.Errorf("a secret reached the host while the container ran: %v", hits)
 			}
 		}
+		for _, c := range consoles {
+			for _, l := range strings.Split(readFile(t, c), "\n") {
+				if strings.Contains(l, "sealed container opened") {
+					t.Logf("guest: %s", strings.TrimSpace(l))
+				}
+			}
+		}
 
 		// The node cannot exec into it to read the sealed env: the envelope
 		// allows no exec.

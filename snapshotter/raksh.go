@@ -11,9 +11,11 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"sort"
 	"strings"
 
 	"github.com/containerd/containerd/v2/core/content"
+	"github.com/containerd/containerd/v2/core/images"
 	"github.com/containerd/containerd/v2/core/snapshots"
 	"github.com/containerd/containerd/v2/core/snapshots/storage"
 	"github.com/containerd/containerd/v2/pkg/namespaces"
@@ -271,9 +273,20 @@ func (s *Snapshotter) rootfsDescriptor(ctx context.Context, parentIDs []string) 
 				}
 			}
 		}
+		ctx = namespaceFromNames(ctx, names)
 		resolved, rerr = s.resolveImageLayers(ctx, names, recs)
 		if rerr == nil && desc.ManifestDigest == "" {
 			desc.ManifestDigest = resolved.manifest.String()
+		}
+		if rerr == nil && desc.Mode == rootfs.ModeLayers && desc.ImageRef == "" {
+			// Unpacked without labels: the guest needs a reference to fetch
+			// the plain layers by; any image of this manifest will do (the
+			// guest checks the manifest digest).
+			ref, err := s.imageRef(ctx, resolved.manifest)
+			if err != nil {
+				log.G(ctx).WithError(err).WithField("manifest", resolved.manifest).Debug("no image reference for the raksh image")
+			}
+			desc.ImageRef = ref
 		}
 	}
 
@@ -314,8 +327,8 @@ func (s *Snapshotter) rootfsDescriptor(ctx context.Context, parentIDs []string) 
 	if plain && desc.Mode == rootfs.ModeLayers && (desc.ImageRef == "" || desc.ManifestDigest == "") {
 		// The guest fetches plain layers from the registry by digest; it
 		// needs the reference and the manifest for that.
-		return nil, fmt.Errorf("raksh image with plain layers was unpacked without image labels (ctr pull --local, ctr image import, ctr image unpack): "+
-			"the guest must fetch its plain layers from the registry but the image reference is unknown; "+
+		return nil, fmt.Errorf("raksh image with plain layers was unpacked without image labels (ctr pull --local, ctr image import, ctr image unpack) "+
+			"and no containerd image names its manifest: the guest must fetch its plain layers from the registry but the image reference is unknown; "+
 			"remove the image (`ctr image rm --sync`) and pull it again with `ctr image pull` (transfer service) or through the CRI: %w", errdefs.ErrFailedPrecondition)
 	}
 	log.G(ctx).WithField("mode", desc.Mode).WithField("layers", len(desc.Layers)).Debug("raksh rootfs descriptor")
@@ -381,14 +394,6 @@ func (s *Snapshotter) resolveImageLayers(ctx context.Context, names []string, re
 	if s.opts.content == nil {
 		return nil, errNoContentStore
 	}
-	if _, ok := namespaces.Namespace(ctx); !ok {
-		for _, name := range names {
-			if ns, _, ok := strings.Cut(name, "/"); ok && ns != "" {
-				ctx = namespaces.WithNamespace(ctx, ns)
-				break
-			}
-		}
-	}
 	chain := make([]digest.Digest, len(names))
 	for i, name := range names {
 		d, err := digest.Parse(name[strings.LastIndex(name, "/")+1:])
@@ -438,30 +443,75 @@ func (s *Snapshotter) resolveImageLayers(ctx context.Context, names []string, re
 	return nil, fmt.Errorf("no image manifest in containerd's content store describes this layer chain (%d candidates): %w", len(candidates), errdefs.ErrNotFound)
 }
 
+// namespaceFromNames returns ctx with the namespace of the snapshot names
+// ("<ns>/<seq>/<name>", as containerd's metadata store names backend
+// snapshots) when ctx carries none.
+func namespaceFromNames(ctx context.Context, names []string) context.Context {
+	if _, ok := namespaces.Namespace(ctx); ok {
+		return ctx
+	}
+	for _, name := range names {
+		if ns, _, ok := strings.Cut(name, "/"); ok && ns != "" {
+			return namespaces.WithNamespace(ctx, ns)
+		}
+	}
+	return ctx
+}
+
+// imageRef returns the name of a containerd image (in the caller's
+// namespace) whose target is manifest md, or an index listing it.
+func (s *Snapshotter) imageRef(ctx context.Context, md digest.Digest) (string, error) {
+	if s.opts.images == nil {
+		return "", fmt.Errorf("no containerd image store (containerd_address unset): %w", errdefs.ErrFailedPrecondition)
+	}
+	ims, err := s.opts.images.List(ctx, fmt.Sprintf("target.digest==%s", md))
+	if err != nil {
+		return "", err
+	}
+	var names []string
+	for _, im := range ims {
+		names = append(names, im.Name)
+	}
+	if len(names) == 0 {
+		// Pulled through an index: look for the manifest in the indexes.
+		all, err := s.opts.images.List(ctx)
+		if err != nil {
+			return "", err
+		}
+		for _, im := range all {
+			if !images.IsIndexType(im.Target.MediaType) {
+				continue
+			}
+			b, err := s.readBlob(ctx, im.Target.Digest)
+			if err != nil {
+				continue
+			}
+			var idx ocispec.Index
+			if json.Unmarshal(b, &idx) != nil {
+				continue
+			}
+			for _, m := range idx.Manifests {
+				if m.Digest == md {
+					names = append(names, im.Name)
+					break
+				}
+			}
+		}
+	}
+	if len(names) == 0 {
+		return "", fmt.Errorf("no image of manifest %s: %w", md, errdefs.ErrNotFound)
+	}
+	sort.Strings(names)
+	return names[0], nil
+}
+
 // maxImageBlob bounds the manifest and config read from the content store.
 const maxImageBlob = 4 << 20
 
 // readImageLayers reads manifest md and its config from the content store,
 // checking both against their digests.
 func (s *Snapshotter) readImageLayers(ctx context.Context, md digest.Digest) (*imageLayers, error) {
-	read := func(d digest.Digest) ([]byte, error) {
-		ra, err := s.opts.content.ReaderAt(ctx, ocispec.Descriptor{Digest: d})
-		if err != nil {
-			return nil, err
-		}
-		defer ra.Close()
-		if ra.Size() > maxImageBlob {
-			return nil, fmt.Errorf("blob %s too large (%d bytes): %w", d, ra.Size(), errdefs.ErrInvalidArgument)
-		}
-		b := make([]byte, ra.Size())
-		if _, err := ra.ReadAt(b, 0); err != nil && !errors.Is(err, io.EOF) {
-			return nil, err
-		}
-		if digest.FromBytes(b) != d {
-			return nil, fmt.Errorf("blob %s: content does not match its digest: %w", d, errdefs.ErrDataLoss)
-		}
-		return b, nil
-	}
+	read := func(d digest.Digest) ([]byte, error) { return s.readBlob(ctx, d) }
 	mb, err := read(md)
 	if err != nil {
 		return nil, err
@@ -479,6 +529,30 @@ func (s *Snapshotter) readImageLayers(ctx context.Context, md digest.Digest) (*i
 		return nil, fmt.Errorf("config %s: %w", m.Config.Digest, errdefs.ErrInvalidArgument)
 	}
 	return &imageLayers{manifest: md, layers: m.Layers, diffIDs: cfg.RootFS.DiffIDs}, nil
+}
+
+// readBlob reads a manifest, index or config from the content store and
+// checks it against its digest.
+func (s *Snapshotter) readBlob(ctx context.Context, d digest.Digest) ([]byte, error) {
+	if s.opts.content == nil {
+		return nil, errNoContentStore
+	}
+	ra, err := s.opts.content.ReaderAt(ctx, ocispec.Descriptor{Digest: d})
+	if err != nil {
+		return nil, err
+	}
+	defer ra.Close()
+	if ra.Size() > maxImageBlob {
+		return nil, fmt.Errorf("blob %s too large (%d bytes): %w", d, ra.Size(), errdefs.ErrInvalidArgument)
+	}
+	b := make([]byte, ra.Size())
+	if _, err := ra.ReadAt(b, 0); err != nil && !errors.Is(err, io.EOF) {
+		return nil, err
+	}
+	if digest.FromBytes(b) != d {
+		return nil, fmt.Errorf("blob %s: content does not match its digest: %w", d, errdefs.ErrDataLoss)
+	}
+	return b, nil
 }
 
 // matchesChain reports whether il's layers are exactly the chain: same

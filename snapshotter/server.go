@@ -13,10 +13,12 @@ import (
 	"time"
 
 	diffapi "github.com/containerd/containerd/api/services/diff/v1"
+	imagesapi "github.com/containerd/containerd/api/services/images/v1"
 	snapshotsapi "github.com/containerd/containerd/api/services/snapshots/v1"
 	"github.com/containerd/containerd/v2/contrib/snapshotservice"
 	"github.com/containerd/containerd/v2/core/content"
 	contentproxy "github.com/containerd/containerd/v2/core/content/proxy"
+	"github.com/containerd/containerd/v2/core/images"
 	"github.com/containerd/containerd/v2/core/mount"
 	"github.com/containerd/containerd/v2/pkg/namespaces"
 	"github.com/containerd/containerd/v2/pkg/oci"
@@ -78,6 +80,34 @@ func ContainerdContent(address string) (content.Provider, func() error, error) {
 		return nil, nil, err
 	}
 	return nsProvider{p: contentproxy.NewContentStore(conn)}, conn.Close, nil
+}
+
+// ContainerdImages returns an ImageLister reading containerd's images over
+// its gRPC socket, in the namespace of the incoming request.
+func ContainerdImages(address string) (ImageLister, func() error, error) {
+	conn, err := grpc.NewClient("unix://"+address, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return nil, nil, err
+	}
+	return nsImages{c: imagesapi.NewImagesClient(conn)}, conn.Close, nil
+}
+
+type nsImages struct{ c imagesapi.ImagesClient }
+
+func (n nsImages) List(ctx context.Context, filters ...string) ([]images.Image, error) {
+	ctx, err := nsContext(ctx)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := n.c.List(ctx, &imagesapi.ListImagesRequest{Filters: filters})
+	if err != nil {
+		return nil, errgrpc.ToNative(err)
+	}
+	out := make([]images.Image, 0, len(resp.Images))
+	for _, im := range resp.Images {
+		out = append(out, images.Image{Name: im.Name, Target: oci.DescriptorFromProto(im.Target)})
+	}
+	return out, nil
 }
 
 type nsProvider struct{ p content.Store }
@@ -157,6 +187,12 @@ func Serve(ctx context.Context, cfg Config) error {
 		}
 		defer closeFn()
 		opts = append(opts, WithContentProvider(p))
+		il, closeImages, err := ContainerdImages(cfg.ContainerdAddress)
+		if err != nil {
+			return err
+		}
+		defer closeImages()
+		opts = append(opts, WithImageLister(il))
 	}
 	sn, err := New(cfg.Root, opts...)
 	if err != nil {

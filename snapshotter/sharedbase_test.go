@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/containerd/containerd/v2/core/content"
+	"github.com/containerd/containerd/v2/core/images"
 	"github.com/containerd/containerd/v2/core/snapshots"
 	"github.com/containerd/containerd/v2/pkg/namespaces"
 	"github.com/containerd/containerd/v2/pkg/snapshotters"
@@ -87,8 +88,10 @@ func TestSharedBaseUnlabelled(t *testing.T) {
 		topUnlabelled bool
 		noContent     bool
 		configDiffIDs func(im *sharedBaseImage) []digest.Digest
-		wantErr       string // substring; "" = success
-		wantBase      func(im *sharedBaseImage) digest.Digest
+		// images: containerd's images (nil: no image lister).
+		images   func(im *sharedBaseImage) fakeImages
+		wantErr  string // substring; "" = success
+		wantBase func(im *sharedBaseImage) digest.Digest
 	}{
 		{name: "guest pull over an unlabelled import"},
 		{name: "encrypted over an unlabelled import", encrypted: true},
@@ -113,6 +116,29 @@ func TestSharedBaseUnlabelled(t *testing.T) {
 			},
 			wantErr: "no image manifest in containerd's content store describes"},
 		{name: "unlabelled encrypted top: no image reference for the guest", encrypted: true, topUnlabelled: true, wantErr: "image reference"},
+		{name: "unlabelled encrypted top: no image of its manifest", encrypted: true, topUnlabelled: true, wantErr: "image reference",
+			images: func(im *sharedBaseImage) fakeImages {
+				return fakeImages{{Name: "other:1", Target: ocispec.Descriptor{MediaType: ocispec.MediaTypeImageManifest, Digest: digest.FromString("other")}}}
+			}},
+		{name: "unlabelled encrypted top: reference from containerd's image", encrypted: true, topUnlabelled: true,
+			images: func(im *sharedBaseImage) fakeImages {
+				return fakeImages{
+					{Name: "zz-other:1", Target: ocispec.Descriptor{MediaType: ocispec.MediaTypeImageManifest, Digest: digest.FromString("other")}},
+					{Name: ref, Target: ocispec.Descriptor{MediaType: ocispec.MediaTypeImageManifest, Digest: im.manifest}},
+				}
+			}},
+		{name: "unlabelled encrypted top: reference from containerd's image of an index", encrypted: true, topUnlabelled: true,
+			images: func(im *sharedBaseImage) fakeImages {
+				idx, err := json.Marshal(ocispec.Index{MediaType: ocispec.MediaTypeImageIndex, Manifests: []ocispec.Descriptor{
+					{MediaType: ocispec.MediaTypeImageManifest, Digest: digest.FromString("arm64 manifest")},
+					{MediaType: ocispec.MediaTypeImageManifest, Digest: im.manifest},
+				}})
+				if err != nil {
+					panic(err)
+				}
+				im.store.memContent[digest.FromBytes(idx)] = idx
+				return fakeImages{{Name: ref, Target: ocispec.Descriptor{MediaType: ocispec.MediaTypeImageIndex, Digest: digest.FromBytes(idx)}}}
+			}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			ctx := testCtx(t)
@@ -131,6 +157,9 @@ func TestSharedBaseUnlabelled(t *testing.T) {
 			var opts []Opt
 			if !tc.encrypted {
 				opts = append(opts, WithGuestPull(`127\.0\.0\.1:\d+/raksh/.*`))
+			}
+			if tc.images != nil {
+				opts = append(opts, WithImageLister(tc.images(im)))
 			}
 			if !tc.noContent {
 				opts = append(opts, WithContentProvider(im.store))
@@ -252,4 +281,25 @@ func (n nsRecorder) ReaderAt(ctx context.Context, desc ocispec.Descriptor) (cont
 	}
 	n.seen[ns] = true
 	return n.memStore.ReaderAt(ctx, desc)
+}
+
+// fakeImages is containerd's image list; it understands the
+// target.digest==<digest> filter and no filter.
+type fakeImages []images.Image
+
+func (f fakeImages) List(ctx context.Context, filters ...string) ([]images.Image, error) {
+	if _, err := namespaces.NamespaceRequired(ctx); err != nil {
+		return nil, err
+	}
+	var out []images.Image
+	for _, im := range f {
+		match := len(filters) == 0
+		for _, flt := range filters {
+			match = match || flt == "target.digest=="+im.Target.Digest.String()
+		}
+		if match {
+			out = append(out, im)
+		}
+	}
+	return out, nil
 }

@@ -21,6 +21,7 @@ import (
 	"syscall"
 
 	"github.com/containerd/containerd/v2/core/content"
+	"github.com/containerd/containerd/v2/core/images"
 	"github.com/containerd/containerd/v2/core/mount"
 	"github.com/containerd/containerd/v2/core/snapshots"
 	"github.com/containerd/containerd/v2/core/snapshots/storage"
@@ -38,6 +39,7 @@ type options struct {
 	guestPull     bool
 	imagePatterns []*regexp.Regexp
 	content       content.Provider
+	images        ImageLister
 }
 
 // Opt configures a Snapshotter.
@@ -74,6 +76,18 @@ func WithGuestPull(patterns ...string) Opt {
 // content store, through its gRPC API in the daemon).
 func WithContentProvider(p content.Provider) Opt {
 	return func(o *options) error { o.content = p; return nil }
+}
+
+// ImageLister lists containerd's images in the caller's namespace (the
+// List method of containerd's images.Store).
+type ImageLister interface {
+	List(ctx context.Context, filters ...string) ([]images.Image, error)
+}
+
+// WithImageLister lets the descriptor builder find the image reference of a
+// raksh image that was unpacked without labels (see ContainerdImages).
+func WithImageLister(l ImageLister) Opt {
+	return func(o *options) error { o.images = l; return nil }
 }
 
 // Snapshotter is the raksh snapshotter. It implements snapshots.Snapshotter

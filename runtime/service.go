@@ -54,12 +54,12 @@ type Service struct {
 
 	events chan any
 
+	vmMu       sync.Mutex // serializes VM boots
 	mu         sync.Mutex
 	cfg        *Config
 	vm         vm.Instance
 	agent      taskAPI.TTRPCTaskService
 	containers map[string]*hostContainer
-	vmErr      error
 }
 
 type hostContainer struct {
@@ -120,26 +120,37 @@ func (s *Service) forward(ctx context.Context) {
 	s.publisher.Close()
 }
 
-// ensureVM boots the pod's VM on first use.
-func (s *Service) ensureVM(ctx context.Context, opts *ptypes.Any) (vm.Instance, taskAPI.TTRPCTaskService, error) {
+// config loads the runtime configuration once per shim.
+func (s *Service) config(opts *ptypes.Any) (Config, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.vm != nil {
-		select {
-		case <-s.vm.Done():
-			return nil, nil, fmt.Errorf("the pod's VM has stopped: %w", errdefs.ErrFailedPrecondition)
-		default:
-		}
-		return s.vm, s.agent, nil
-	}
-	if s.vmErr != nil {
-		return nil, nil, s.vmErr
+	if s.cfg != nil {
+		return *s.cfg, nil
 	}
 	cfg, err := LoadConfig(configPath(opts))
 	if err != nil {
-		return nil, nil, fmt.Errorf("%w: %w", err, errdefs.ErrInvalidArgument)
+		return cfg, fmt.Errorf("%w: %w", err, errdefs.ErrInvalidArgument)
 	}
 	s.cfg = &cfg
+	return cfg, nil
+}
+
+// ensureVM boots the pod's VM on first use. Boots are serialized by vmMu;
+// s.mu is not held while the VM boots, so other calls are not blocked.
+func (s *Service) ensureVM(ctx context.Context, cfg Config) (vm.Instance, taskAPI.TTRPCTaskService, error) {
+	s.vmMu.Lock()
+	defer s.vmMu.Unlock()
+	s.mu.Lock()
+	v, agent := s.vm, s.agent
+	s.mu.Unlock()
+	if v != nil {
+		select {
+		case <-v.Done():
+			return nil, nil, fmt.Errorf("the pod's VM has stopped: %w", errdefs.ErrFailedPrecondition)
+		default:
+		}
+		return v, agent, nil
+	}
 	v, err := s.newVM(ctx, cfg, s.id)
 	if err != nil {
 		return nil, nil, err
@@ -148,14 +159,16 @@ func (s *Service) ensureVM(ctx context.Context, opts *ptypes.Any) (vm.Instance, 
 		v.Shutdown(ctx)
 		return nil, nil, fmt.Errorf("start VM: %w", err)
 	}
-	s.vm = v
-	s.agent = taskAPI.NewTTRPCTaskClient(v.Client())
+	agent = taskAPI.NewTTRPCTaskClient(v.Client())
+	s.mu.Lock()
+	s.vm, s.agent = v, agent
+	s.mu.Unlock()
 	if ev, err := v.StartStream(ctx, wire.EventsStream); err == nil {
 		go s.agentEvents(ctx, ev)
 	}
 	go s.watchVM(ctx, v)
 	go serveProxy(context.WithoutCancel(ctx), v, cfg.Proxy)
-	return v, s.agent, nil
+	return v, agent, nil
 }
 
 // configPath reads the runtime options' config path, if any.
@@ -298,12 +311,17 @@ func (s *Service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 	if err := json.Unmarshal(specBytes, &spec); err != nil {
 		return nil, errgrpc.ToGRPC(fmt.Errorf("decode OCI spec: %v: %w", err, errdefs.ErrInvalidArgument))
 	}
-	v, agent, err := s.ensureVM(ctx, r.Options)
+	cfg, err := s.config(r.Options)
 	if err != nil {
 		return nil, errgrpc.ToGRPC(err)
 	}
-	if err := guard.Check(&spec, guard.Options{RequireEnvelope: s.cfg.RequireEnvelope}); err != nil {
+	// Check before booting anything: a refused container costs no VM.
+	if err := guard.Check(&spec, guard.Options{RequireEnvelope: cfg.RequireEnvelope}); err != nil {
 		return nil, errgrpc.ToGRPC(fmt.Errorf("refusing container %q: %w", r.ID, err))
+	}
+	v, agent, err := s.ensureVM(ctx, cfg)
+	if err != nil {
+		return nil, errgrpc.ToGRPC(err)
 	}
 
 	s.mu.Lock()

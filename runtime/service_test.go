@@ -138,6 +138,7 @@ func (r *recorder) waitTopics(t *testing.T, want ...string) {
 }
 
 type env struct {
+	vms int // VMs the factory created
 	svc *Service
 	vm  *fakeVM
 	rec *recorder
@@ -155,8 +156,12 @@ func newEnv(t *testing.T) *env {
 	cfgPath := filepath.Join(dir, "runtime.toml")
 	os.WriteFile(cfgPath, []byte("accel = \"tcg\"\n"), 0o644)
 	t.Setenv(ConfigEnv, cfgPath)
-	svc := NewService(ctx, "pod", rec, sd, func(context.Context, Config, string) (vm.Instance, error) { return fv, nil })
-	return &env{svc: svc, vm: fv, rec: rec, dir: dir, ctx: ctx}
+	e := &env{vm: fv, rec: rec, dir: dir, ctx: ctx}
+	e.svc = NewService(ctx, "pod", rec, sd, func(context.Context, Config, string) (vm.Instance, error) {
+		e.vms++
+		return fv, nil
+	})
+	return e
 }
 
 // bundle writes a bundle whose process runs args on the host (fake runtime).
@@ -326,6 +331,9 @@ func TestBadInput(t *testing.T) {
 	b := e.bundle(t, "sealed", map[string]string{"io.raksh.envelope": "not-a-jwe"}, "/bin/true")
 	if _, err := e.svc.Create(e.ctx, &taskAPI.CreateTaskRequest{ID: "sealed", Bundle: b}); err == nil {
 		t.Error("garbage envelope accepted")
+	}
+	if e.vms != 0 {
+		t.Errorf("refused containers booted %d VMs", e.vms)
 	}
 }
 

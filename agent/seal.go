@@ -39,6 +39,36 @@ var ErrNoKeySource = fmt.Errorf("sealed container, but this guest has no key bro
 // env, args and files and hand them to the node.
 var ErrExecDenied = fmt.Errorf("the container's envelope does not allow exec (seal it with --allow-exec): %w", errdefs.ErrPermissionDenied)
 
+// ErrLogsDenied is returned for a sealed container whose envelope does not
+// let its output reach the node, when it asks for a terminal.
+var ErrLogsDenied = fmt.Errorf("the container's envelope does not allow logs (seal it with --allow-logs): %w", errdefs.ErrPermissionDenied)
+
+// outputStreams returns the stdout and stderr stream names the container's
+// process writes to. When its envelope seals a policy without allow_logs,
+// none: the process writes to /dev/null and the streams the shim opened
+// are closed at once, so the node reads empty output. Without a sealed
+// policy, the output goes to the node as for any container.
+func (s *Service) outputStreams(ctx context.Context, c *container, terminal bool, stdout, stderr string) (string, string, error) {
+	if !c.noLogs {
+		return stdout, stderr, nil
+	}
+	if terminal {
+		return "", "", fmt.Errorf("terminal for sealed container %q: %w", c.id, ErrLogsDenied)
+	}
+	for _, name := range []string{stdout, stderr} {
+		if name == "" {
+			continue
+		}
+		conn, err := s.streams.claim(ctx, name, streamTimeout)
+		if err != nil {
+			return "", "", err
+		}
+		conn.Close()
+	}
+	log.G(ctx).WithField("id", c.id).Info("sealed container: output discarded (the envelope does not allow logs)")
+	return "", "", nil
+}
+
 // checkExec refuses an exec into c unless its envelope allows it.
 // Containers without an envelope allow exec.
 func checkExec(c *container) error {
@@ -99,6 +129,7 @@ func (s *Service) unseal(ctx context.Context, c *container, rootfs string) error
 		return fmt.Errorf("unseal container %q (binding %s): %w", c.id, b, err)
 	}
 	c.noExec = sealed.Exec == nil || !sealed.Exec.AllowExec
+	c.noLogs = sealed.Exec != nil && !sealed.Exec.AllowLogs
 	if err := s.mountSealedFiles(c, sealed.Files); err != nil {
 		return fmt.Errorf("unseal container %q: secret files: %w", c.id, err)
 	}

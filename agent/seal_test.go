@@ -4,6 +4,8 @@ import (
 	"context"
 	"crypto"
 	"errors"
+	"io"
+	"net"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -259,5 +261,62 @@ func TestSealedExecPolicy(t *testing.T) {
 	s := &Service{containers: map[string]*container{"plain": plain}}
 	if _, err := s.Exec(ctx, &taskAPI.ExecProcessRequest{ID: "plain", ExecID: "e1", Spec: &ptypes.Any{TypeUrl: "process", Value: []byte(`{}`)}}); err != nil {
 		t.Fatal(err)
+	}
+}
+
+func TestSealedLogPolicy(t *testing.T) {
+	ctx := namespaces.WithNamespace(context.Background(), "default")
+	b := envelope.Binding{Namespace: "default", Pod: "sealed", Container: "sealed"}
+	key, _ := envelope.GenerateKey(envelope.KeyP256)
+	for _, tc := range []struct {
+		name    string
+		policy  *envelope.ExecPolicy
+		discard bool
+	}{
+		{name: "no policy", discard: false},
+		{name: "logs allowed", policy: &envelope.ExecPolicy{AllowLogs: true}, discard: false},
+		{name: "exec only", policy: &envelope.ExecPolicy{AllowExec: true}, discard: true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			data, err := envelope.Seal(&envelope.Spec{Args: []string{"sleep", "1"}, Exec: tc.policy}, b, envelope.Recipient{KeyID: testKID, Key: key.Public()})
+			if err != nil {
+				t.Fatal(err)
+			}
+			c := sealedContainer("sealed", data, nil)
+			c.bundle = t.TempDir()
+			s := withKeys(unseal.StaticKeys{testKID: key})
+			s.streams = newStreams()
+			if err := s.unseal(ctx, c, t.TempDir()); err != nil {
+				t.Fatal(err)
+			}
+			// The shim's ends of stdout and stderr.
+			var host []net.Conn
+			for _, n := range []string{"out", "err"} {
+				guest, h := net.Pipe()
+				s.streams.add(n, guest)
+				host = append(host, h)
+			}
+			stdout, stderr, err := s.outputStreams(ctx, c, false, "out", "err")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !tc.discard {
+				if stdout != "out" || stderr != "err" {
+					t.Fatalf("streams %q %q, want out err", stdout, stderr)
+				}
+				return
+			}
+			if stdout != "" || stderr != "" {
+				t.Fatalf("streams %q %q, want none", stdout, stderr)
+			}
+			for _, h := range host {
+				if n, err := h.Read(make([]byte, 1)); n != 0 || err != io.EOF {
+					t.Fatalf("the node's stream is open: %d, %v", n, err)
+				}
+			}
+			if _, _, err := s.outputStreams(ctx, c, true, "", ""); !errors.Is(err, ErrLogsDenied) {
+				t.Fatalf("terminal: %v", err)
+			}
+		})
 	}
 }

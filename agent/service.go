@@ -108,6 +108,9 @@ type container struct {
 	// noExec refuses exec: the container is sealed and its envelope does
 	// not allow exec (seal.go).
 	noExec bool
+	// noLogs discards the container's output: its envelope's policy does
+	// not allow logs (seal.go).
+	noLogs bool
 }
 
 type process struct {
@@ -317,7 +320,11 @@ func (s *Service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 	}
 
 	p := newProcess(r.ID, "", r.Terminal)
-	pid, err := s.startProcess(ctx, p, r.Stdin, r.Stdout, r.Stderr, func(stdio Stdio, console string) (int, error) {
+	stdout, stderr, err := s.outputStreams(ctx, c, r.Terminal, r.Stdout, r.Stderr)
+	if err != nil {
+		return nil, errgrpc.ToGRPC(err)
+	}
+	pid, err := s.startProcess(ctx, p, r.Stdin, stdout, stderr, func(stdio Stdio, console string) (int, error) {
 		return s.rt.Create(ctx, r.ID, c.bundle, stdio, console)
 	})
 	if err != nil {

@@ -272,6 +272,28 @@ func TestConfidentialSim(t *testing.T) {
 		}
 	})
 
+	t.Run("logs not allowed", func(t *testing.T) {
+		// An envelope sealing a policy without allow_logs: the container
+		// runs, its output never leaves the guest.
+		const id = "raksh-quiet"
+		data, err := envelope.Seal(&envelope.Spec{
+			Args:  []string{"sh", "-c", `echo "SECRET=$SECRET"; cat /run/secrets/token; echo done >&2`},
+			Env:   []string{"SECRET=" + envSecret},
+			Files: []envelope.File{{Path: "/run/secrets/token", Content: []byte(fileSecret)}},
+			Exec:  &envelope.ExecPolicy{},
+		}, bind(id), recipient)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out, err := run(id, string(data), true)
+		if err != nil {
+			t.Fatalf("ctr run: %v", err)
+		}
+		if strings.TrimSpace(out) != "" {
+			t.Fatalf("output of a container whose envelope allows no logs reached the node: %d bytes", len(out))
+		}
+	})
+
 	refused := func(t *testing.T, id, env, want string) {
 		t.Helper()
 		out, err := run(id, env, true)

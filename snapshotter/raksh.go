@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"time"
 
 	"github.com/containerd/containerd/v2/core/content"
 	"github.com/containerd/containerd/v2/core/images"
@@ -273,8 +274,9 @@ func (s *Snapshotter) rootfsDescriptor(ctx context.Context, parentIDs []string) 
 				}
 			}
 		}
-		ctx = namespaceFromNames(ctx, names)
-		resolved, rerr = s.resolveImageLayers(ctx, names, recs)
+		// containerd is called inside the metadata transaction: bound it.
+		rctx, cancel := context.WithTimeout(namespaceFromNames(ctx, names), resolveTimeout)
+		resolved, rerr = s.resolveImageLayers(rctx, names, recs)
 		if rerr == nil && desc.ManifestDigest == "" {
 			desc.ManifestDigest = resolved.manifest.String()
 		}
@@ -282,17 +284,18 @@ func (s *Snapshotter) rootfsDescriptor(ctx context.Context, parentIDs []string) 
 			// Unpacked without labels: the guest needs a reference to fetch
 			// the plain layers by; any image of this manifest will do (the
 			// guest checks the manifest digest).
-			ref, err := s.imageRef(ctx, resolved.manifest)
+			ref, err := s.imageRef(rctx, resolved.manifest)
 			if err != nil {
 				log.G(ctx).WithError(err).WithField("manifest", resolved.manifest).Debug("no image reference for the raksh image")
 			}
 			desc.ImageRef = ref
 		}
+		cancel()
 	}
 
 	for i, rec := range recs {
 		if rec == nil {
-			l, err := plainLayer(i, names[i], infos[i], resolved, rerr, desc.Mode)
+			l, err := plainLayer(ctx, i, names[i], infos[i], resolved, rerr, desc.Mode)
 			if err != nil {
 				return nil, err
 			}
@@ -338,11 +341,11 @@ func (s *Snapshotter) rootfsDescriptor(ctx context.Context, parentIDs []string) 
 // plainLayer names plain layer i of a raksh image (committed snapshot name,
 // info) by digest: from the raksh image's manifest when it was resolved,
 // else from the labels a labelled pull left on the snapshot.
-func plainLayer(i int, name string, info snapshots.Info, resolved *imageLayers, rerr error, mode string) (rootfs.Layer, error) {
+func plainLayer(ctx context.Context, i int, name string, info snapshots.Info, resolved *imageLayers, rerr error, mode string) (rootfs.Layer, error) {
 	if resolved != nil {
 		m := resolved.layers[i]
 		if label := info.Labels[snapshotters.TargetLayerDigestLabel]; label != "" && label != m.Digest.String() {
-			log.L.WithField("snapshot", name).WithField("label", label).WithField("manifest", m.Digest).
+			log.G(ctx).WithField("snapshot", name).WithField("label", label).WithField("manifest", m.Digest).
 				Debug("shared plain layer: the raksh image's manifest names another blob of the same tar")
 		}
 		// Media type and annotations as the manifest has them: a layer the
@@ -362,11 +365,14 @@ func plainLayer(i int, name string, info snapshots.Info, resolved *imageLayers, 
 		l.Digest = l.DiffID
 	}
 	if l.Digest == "" {
+		fix := "set containerd_address in the raksh-snapshotter config so it can read the manifest from containerd's content store"
+		if !errors.Is(rerr, errNoContentStore) {
+			fix = "check that containerd is reachable at containerd_address and still holds the raksh image"
+		}
 		return l, fmt.Errorf("plain layer %d (snapshot %s) under a raksh image has no layer digest: it was unpacked without labels "+
 			"(ctr image import --local, ctr pull --local, ctr image unpack) and the raksh image's manifest could not be resolved (%v); "+
-			"set containerd_address in the raksh-snapshotter config so it can read the manifest from containerd's content store, "+
-			"or remove the image that unpacked this layer (`ctr image rm --sync`) and pull it again with `ctr image pull` or through the CRI: %w",
-			i, name, rerr, errdefs.ErrFailedPrecondition)
+			"%s, or remove the image that unpacked this layer (`ctr image rm --sync`) and pull it again with `ctr image pull` or through the CRI: %w",
+			i, name, rerr, fix, errdefs.ErrFailedPrecondition)
 	}
 	return l, nil
 }
@@ -430,15 +436,20 @@ func (s *Snapshotter) resolveImageLayers(ctx context.Context, names []string, re
 			break // the topmost raksh layer is enough: its manifest covers the whole chain
 		}
 	}
+	var readErr error
 	for _, md := range candidates {
 		il, err := s.readImageLayers(ctx, md)
 		if err != nil {
 			log.G(ctx).WithError(err).WithField("manifest", md).Debug("manifest candidate unreadable")
+			readErr = fmt.Errorf("manifest %s: %w", md, err)
 			continue
 		}
 		if matchesChain(il, chain, recs) {
 			return il, nil
 		}
+	}
+	if readErr != nil {
+		return nil, fmt.Errorf("no image manifest in containerd's content store describes this layer chain (%d candidates; %w)", len(candidates), readErr)
 	}
 	return nil, fmt.Errorf("no image manifest in containerd's content store describes this layer chain (%d candidates): %w", len(candidates), errdefs.ErrNotFound)
 }
@@ -504,6 +515,10 @@ func (s *Snapshotter) imageRef(ctx context.Context, md digest.Digest) (string, e
 	sort.Strings(names)
 	return names[0], nil
 }
+
+// resolveTimeout bounds the calls to containerd that resolve a raksh image's
+// manifest and name while building a descriptor.
+var resolveTimeout = 10 * time.Second
 
 // maxImageBlob bounds the manifest and config read from the content store.
 const maxImageBlob = 4 << 20

@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/containerd/containerd/v2/core/content"
 	"github.com/containerd/containerd/v2/core/images"
@@ -302,4 +303,48 @@ func (f fakeImages) List(ctx context.Context, filters ...string) ([]images.Image
 		}
 	}
 	return out, nil
+}
+
+// TestSharedBaseContentStoreHangs: a content store that does not answer
+// fails the container's Prepare after resolveTimeout instead of holding the
+// metadata transaction.
+func TestSharedBaseContentStoreHangs(t *testing.T) {
+	old := resolveTimeout
+	resolveTimeout = 200 * time.Millisecond
+	defer func() { resolveTimeout = old }()
+	im := newSharedBaseImage(t, ocispec.MediaTypeImageLayerGzip, []byte("top"))
+	baseChain, topChain := im.chain()
+	sn, _ := newTest(t, WithGuestPull(), WithContentProvider(hangingStore{im.store}))
+	ctx := testCtx(t)
+	key := "test/1/extract-1-aaaa " + baseChain.String()
+	if _, err := sn.Prepare(ctx, key, ""); err != nil {
+		t.Fatal(err)
+	}
+	if err := sn.Commit(ctx, "test/2/"+baseChain.String(), key); err != nil {
+		t.Fatal(err)
+	}
+	labels := criLabels("127.0.0.1:5000/raksh/app:1", "test/4/"+topChain.String(), "test/2/"+baseChain.String(), im.top.Digest, im.manifest, im.topDiff)
+	if _, err := sn.Prepare(ctx, "test/3/extract-2-bbbb "+topChain.String(), "test/2/"+baseChain.String(), snapshots.WithLabels(labels)); !errdefs.IsAlreadyExists(err) {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	_, err := sn.Prepare(ctx, "test/5/container", "test/4/"+topChain.String())
+	if !errdefs.IsFailedPrecondition(err) || !strings.Contains(err.Error(), "deadline") || !strings.Contains(err.Error(), "check that containerd is reachable") {
+		t.Fatalf("want a failed precondition naming the deadline, got %v", err)
+	}
+	if d := time.Since(start); d > 5*time.Second {
+		t.Fatalf("Prepare took %v", d)
+	}
+	// The metadata store is usable again.
+	if _, err := sn.Prepare(ctx, "test/6/other", ""); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// hangingStore blocks every read until the context ends.
+type hangingStore struct{ memStore }
+
+func (h hangingStore) ReaderAt(ctx context.Context, desc ocispec.Descriptor) (content.ReaderAt, error) {
+	<-ctx.Done()
+	return nil, ctx.Err()
 }

@@ -69,6 +69,14 @@ type Config struct {
 	// ("kbs", "registry") → TCP address. The guest has no network of its
 	// own; everything else is refused.
 	Proxy map[string]string `toml:"proxy"`
+	// ImageKeys are the key broker resources (repo/type/tag, e.g.
+	// "default/image-key/demo") holding the private keys that decrypt
+	// ocicrypt-encrypted images. The shim passes them on the guest kernel
+	// command line (raksh.image_keys, so they are part of the measured
+	// launch); the agent fetches them through [proxy] kbs after attesting,
+	// and the broker's policy decides whether they are released. Empty: the
+	// agent uses the key files baked into its initrd (/etc/raksh/image-keys).
+	ImageKeys []string `toml:"image_keys"`
 }
 
 // DefaultConfig returns the configuration used for unset fields.
@@ -121,6 +129,9 @@ func LoadConfig(path string) (Config, error) {
 		return cfg, fmt.Errorf("runtime config %s: transport %q is not auto, vsock or serial", path, cfg.Transport)
 	}
 	if err := validTEE(cfg.TEE); err != nil {
+		return cfg, fmt.Errorf("runtime config %s: %w", path, err)
+	}
+	if err := validImageKeys(cfg); err != nil {
 		return cfg, fmt.Errorf("runtime config %s: %w", path, err)
 	}
 	return cfg, nil

@@ -41,6 +41,9 @@ func KernelParams(cfg Config) []string {
 	if vsockTransport(cfg) {
 		params = append(params, "raksh.transport=vsock")
 	}
+	if len(cfg.ImageKeys) > 0 {
+		params = append(params, KernelParamImageKeys+"="+strings.Join(cfg.ImageKeys, ","))
+	}
 	return params
 }
 

@@ -34,12 +34,48 @@ const kbsURL = "http://" + kbsTarget
 // there).
 const cmdlinePath = "/proc/cmdline"
 
-// kbsKeySource returns the agent's source of workload keys: a KBS client
-// reached through the shim's "kbs" proxy stream, attesting with the TEE the
-// guest runs in (the simulated TEE when no hardware TEE is found). The
-// client is built on the first sealed container and kept (it caches its
-// token and the keys); a failure is retried on the next container.
-func kbsKeySource(dial func(ctx context.Context, target string) (net.Conn, error)) agent.KeySourceFunc {
+// kbsSession is the agent's one attested KBS client, reached through the
+// shim's "kbs" proxy stream and attesting with the TEE the guest runs in
+// (the simulated TEE when no hardware TEE is found). Sealed specs and image
+// keys share it (one attestation, one cached token). It is built on first
+// use and kept; a failure is retried on the next use.
+type kbsSession struct {
+	dial func(ctx context.Context, target string) (net.Conn, error)
+
+	mu sync.Mutex
+	c  *client.Client
+}
+
+// client returns the session's KBS client, building it on first use.
+func (s *kbsSession) client(ctx context.Context) (*client.Client, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.c != nil {
+		return s.c, nil
+	}
+	a, err := detect.NewAttester(ctx, detect.WithFallback(simAttester))
+	if err != nil {
+		return nil, err
+	}
+	c, err := client.New(kbsURL, a, client.WithDialer(func(ctx context.Context, _, _ string) (net.Conn, error) {
+		return s.dial(ctx, kbsTarget)
+	}))
+	if err != nil {
+		return nil, err
+	}
+	s.c = c
+	return c, nil
+}
+
+// resources returns the session as the resource getter of image keys.
+func (s *kbsSession) resources(ctx context.Context) (unseal.ResourceGetter, error) {
+	return s.client(ctx)
+}
+
+// kbsKeySource returns the agent's source of workload keys for sealed
+// containers: the session's KBS client (which caches its token and the
+// keys).
+func kbsKeySource(s *kbsSession) agent.KeySourceFunc {
 	var (
 		mu   sync.Mutex
 		keys unseal.KeySource
@@ -50,13 +86,7 @@ func kbsKeySource(dial func(ctx context.Context, target string) (net.Conn, error
 		if keys != nil {
 			return keys, nil
 		}
-		a, err := detect.NewAttester(ctx, detect.WithFallback(simAttester))
-		if err != nil {
-			return nil, err
-		}
-		c, err := client.New(kbsURL, a, client.WithDialer(func(ctx context.Context, _, _ string) (net.Conn, error) {
-			return dial(ctx, kbsTarget)
-		}))
+		c, err := s.client(ctx)
 		if err != nil {
 			return nil, err
 		}

@@ -118,15 +118,27 @@ func run(ctx context.Context) error {
 		return err
 	}
 	rt := agent.NewRunc(runcBinary, runcStateDir)
+	kbs := &kbsSession{dial: func(ctx context.Context, target string) (net.Conn, error) {
+		return sess.Open(ctx, wire.ProxyPrefix+target)
+	}}
+	var imageKeys []agent.Opt
+	if v, ok := args[imageKeysArg]; ok {
+		// Image keys from the key broker; without the parameter the agent
+		// keeps using the key files baked into the initrd.
+		paths, err := parseImageKeys(v)
+		if err != nil {
+			return err
+		}
+		imageKeys = append(imageKeys, agent.WithImageKeys(&kbsImageKeys{paths: paths, kbs: kbs.resources}))
+		log.G(ctx).WithField("resources", paths).Info("image decryption keys come from the key broker")
+	}
 	var svc *agent.Service
-	svc = agent.NewService(stateRoot, rt,
+	svc = agent.NewService(stateRoot, rt, append(imageKeys,
 		agent.WithStats(agent.CgroupStats),
 		agent.WithProxyDialer(func(ctx context.Context, target string) (net.Conn, error) {
 			return sess.Open(ctx, wire.ProxyPrefix+target)
 		}),
-		agent.WithKeySource(kbsKeySource(func(ctx context.Context, target string) (net.Conn, error) {
-			return sess.Open(ctx, wire.ProxyPrefix+target)
-		})),
+		agent.WithKeySource(kbsKeySource(kbs)),
 		agent.WithCreated(func(ctx context.Context, id string) { svc.WatchOOM(ctx, id) }),
 		agent.WithShutdown(func() {
 			log.G(ctx).Info("shutdown requested")
@@ -135,7 +147,7 @@ func run(ctx context.Context) error {
 				agent.PowerOff()
 			}
 			os.Exit(0)
-		}))
+		}))...)
 
 	err = agent.Serve(ctx, sess, svc)
 	return fmt.Errorf("shim connection ended: %v", err)

@@ -88,6 +88,11 @@ func SplitDocuments(in []byte) [][]byte {
 // JoinDocuments is the inverse of SplitDocuments.
 func JoinDocuments(docs [][]byte) []byte {
 	var out bytes.Buffer
+	// SplitDocuments drops an empty document before a leading separator;
+	// write one so an empty first document survives the round trip.
+	if len(docs) > 1 && len(bytes.TrimSpace(docs[0])) == 0 {
+		out.WriteString("---\n")
+	}
 	for i, d := range docs {
 		if i > 0 {
 			out.WriteString("---\n")

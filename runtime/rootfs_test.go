@@ -18,10 +18,8 @@ import (
 	"github.com/containerd/containerd/v2/pkg/shutdown"
 	"github.com/containerd/errdefs"
 	"github.com/containerd/errdefs/pkg/errgrpc"
-	"github.com/containerd/ttrpc"
 
 	"github.com/raksh-project/raksh/agent"
-	"github.com/raksh-project/raksh/agent/agenttest"
 	"github.com/raksh-project/raksh/agent/image"
 	"github.com/raksh-project/raksh/agent/image/imagetest"
 	"github.com/raksh-project/raksh/internal/transport"
@@ -32,52 +30,6 @@ import (
 
 const imageMarker = "RAKSH-GUEST-BUILT-ROOTFS-7d1f"
 
-// imageVM is fakeVM with agent options (proxy dialer, image keys).
-type imageVM struct {
-	*fakeVM
-	opts func(guest func() transport.Session) []agent.Opt
-}
-
-func (f *imageVM) Start(ctx context.Context) error {
-	sock := filepath.Join(f.dir, "agent.sock")
-	l, err := net.Listen("unix", sock)
-	if err != nil {
-		return err
-	}
-	defer l.Close()
-	go func() {
-		c, err := l.Accept()
-		if err != nil {
-			return
-		}
-		s, err := transport.Server(ctx, c, 5*time.Millisecond)
-		if err != nil {
-			return
-		}
-		f.guest = s
-		svc := agent.NewService(filepath.Join(f.dir, "guest"), agenttest.NewHostRuntime(), f.opts(func() transport.Session { return s })...)
-		agent.Serve(context.Background(), s, svc)
-	}()
-	c, err := net.Dial("unix", sock)
-	if err != nil {
-		return err
-	}
-	f.sess, err = transport.Client(ctx, c)
-	if err != nil {
-		return err
-	}
-	ctrl, err := f.sess.Open(ctx, transport.ControlStream)
-	if err != nil {
-		return err
-	}
-	f.client = ttrpc.NewClient(ctrl)
-	go func() {
-		<-f.sess.Done()
-		f.once.Do(func() { close(f.done) })
-	}()
-	return nil
-}
-
 // newImageEnv is newEnv with a runtime config (e.g. [proxy]) and an agent
 // holding keys (nil: the agent's default key directory).
 func newImageEnv(t *testing.T, runtimeConfig string, keys image.KeyProvider) *env {
@@ -86,7 +38,7 @@ func newImageEnv(t *testing.T, runtimeConfig string, keys image.KeyProvider) *en
 	ctx, sd := shutdown.WithShutdown(ctx)
 	t.Cleanup(sd.Shutdown)
 	rec := &recorder{}
-	fv := &imageVM{fakeVM: &fakeVM{t: t, dir: dir, done: make(chan struct{})}}
+	fv := &fakeVM{t: t, dir: dir, done: make(chan struct{})}
 	fv.opts = func(guest func() transport.Session) []agent.Opt {
 		opts := []agent.Opt{agent.WithProxyDialer(func(ctx context.Context, target string) (net.Conn, error) {
 			return guest().Open(ctx, wire.ProxyPrefix+target)
@@ -100,7 +52,7 @@ func newImageEnv(t *testing.T, runtimeConfig string, keys image.KeyProvider) *en
 	os.WriteFile(cfgPath, []byte("accel = \"tcg\"\n"+runtimeConfig), 0o644)
 	t.Setenv(ConfigEnv, cfgPath)
 	svc := NewService(ctx, "pod", rec, sd, func(context.Context, Config, string) (vm.Instance, error) { return fv, nil })
-	return &env{svc: svc, vm: fv.fakeVM, rec: rec, dir: dir, ctx: ctx}
+	return &env{svc: svc, vm: fv, rec: rec, dir: dir, ctx: ctx}
 }
 
 // descriptorMount writes d as raksh-snapshotter does and returns the

@@ -42,6 +42,9 @@ type fakeVM struct {
 	client *ttrpc.Client
 	done   chan struct{}
 	once   sync.Once
+	// opts, if set, returns extra agent options (proxy dialer, image keys)
+	// given the guest end of the session.
+	opts func(guest func() transport.Session) []agent.Opt
 }
 
 func (f *fakeVM) Start(ctx context.Context) error {
@@ -61,7 +64,11 @@ func (f *fakeVM) Start(ctx context.Context) error {
 			return
 		}
 		f.guest = s
-		svc := agent.NewService(filepath.Join(f.dir, "guest"), agenttest.NewHostRuntime())
+		var opts []agent.Opt
+		if f.opts != nil {
+			opts = f.opts(func() transport.Session { return s })
+		}
+		svc := agent.NewService(filepath.Join(f.dir, "guest"), agenttest.NewHostRuntime(), opts...)
 		agent.Serve(context.Background(), s, svc)
 	}()
 	c, err := net.Dial("unix", sock)

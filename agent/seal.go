@@ -128,6 +128,7 @@ func (s *Service) unseal(ctx context.Context, c *container, rootfs string) error
 	if err := checkPlaceholders(c.spec.Process); err != nil {
 		return fmt.Errorf("unseal container %q (binding %s): %w", c.id, b, err)
 	}
+	c.sealed = true
 	c.noExec = sealed.Exec == nil || !sealed.Exec.AllowExec
 	c.noLogs = sealed.Exec != nil && !sealed.Exec.AllowLogs
 	if err := s.mountSealedFiles(c, sealed.Files); err != nil {

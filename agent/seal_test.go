@@ -320,3 +320,22 @@ func TestSealedLogPolicy(t *testing.T) {
 		})
 	}
 }
+
+// TestRuntimeErrorsOfSealedContainersWithheld: runc quotes the process in
+// its errors (e.g. a missing executable); for a sealed container that text
+// must not travel to the node.
+func TestRuntimeErrorsOfSealedContainersWithheld(t *testing.T) {
+	runcErr := errors.New(`exec: "/opt/` + testSecret + `/bin/app": executable file not found in $PATH`)
+	plain := &container{id: "plain"}
+	if err := runtimeErr(plain, "create", runcErr); !strings.Contains(err.Error(), "executable file not found") {
+		t.Errorf("plain container lost runc's reason: %v", err)
+	}
+	sealed := &container{id: "sealed", sealed: true}
+	err := runtimeErr(sealed, "create", runcErr)
+	if strings.Contains(err.Error(), testSecret) || errors.Is(err, runcErr) {
+		t.Fatalf("sealed container's runtime error leaks: %v", err)
+	}
+	if !strings.Contains(err.Error(), `"sealed"`) || !errdefs.IsUnknown(err) {
+		t.Errorf("withheld error should still name the container and carry a class: %v", err)
+	}
+}

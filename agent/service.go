@@ -111,6 +111,19 @@ type container struct {
 	// noLogs discards the container's output: its envelope's policy does
 	// not allow logs (seal.go).
 	noLogs bool
+	// sealed is set once the container's envelope was opened: runtime
+	// errors about it are withheld (runtimeErr).
+	sealed bool
+}
+
+// runtimeErr reports a runtime (runc) failure for container c. For a sealed
+// container runc's own words are withheld: they quote the process (its
+// args, cwd, paths) and the error travels to the node.
+func runtimeErr(c *container, op string, err error) error {
+	if c.sealed {
+		return fmt.Errorf("%s sealed container %q failed; runtime details are withheld as they may quote sealed values: %w", op, c.id, errdefs.ErrUnknown)
+	}
+	return fmt.Errorf("%s container %q: %w", op, c.id, err)
 }
 
 type process struct {
@@ -328,7 +341,7 @@ func (s *Service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 		return s.rt.Create(ctx, r.ID, c.bundle, stdio, console)
 	})
 	if err != nil {
-		return nil, errgrpc.ToGRPC(fmt.Errorf("create container %q: %w", r.ID, err))
+		return nil, errgrpc.ToGRPC(runtimeErr(c, "create", err))
 	}
 	c.init = p
 	s.track(p, pid)
@@ -618,7 +631,7 @@ func (s *Service) Start(ctx context.Context, r *taskAPI.StartRequest) (*taskAPI.
 		return nil, errgrpc.ToGRPCf(errdefs.ErrFailedPrecondition, "container %q already started", r.ID)
 	}
 	if err := s.rt.Start(ctx, r.ID); err != nil {
-		return nil, errgrpc.ToGRPC(fmt.Errorf("start %q: %w", r.ID, err))
+		return nil, errgrpc.ToGRPC(runtimeErr(c, "start", err))
 	}
 	p.started = true
 	return &taskAPI.StartResponse{Pid: uint32(p.pid)}, nil

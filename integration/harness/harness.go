@@ -161,6 +161,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
 	c.start()
 	t.Cleanup(func() {
 		c.Stop()
+		c.killShims()
 		if t.Failed() {
 			b, _ := os.ReadFile(c.Log)
 			if len(b) > 20000 {
@@ -342,6 +343,24 @@ func (c *Containerd) ImportImage(t testing.TB, img v1.Image, ref, ns string) {
 	cmd := exec.Command(Bin(t, "ctr"), "--address", c.Address, "--namespace", ns, "image", "import", "--local", archive)
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("import %s: %v\n%s", ref, err, out)
+	}
+}
+
+// killShims kills shims of this containerd that a failed test left running
+// (shims outlive containerd by design); their VMs die with them.
+func (c *Containerd) killShims() {
+	procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
+	for _, p := range procs {
+		b, err := os.ReadFile(p)
+		if err != nil || !bytes.Contains(b, []byte("containerd-shim")) || !bytes.Contains(b, []byte(c.Address)) {
+			continue
+		}
+		var pid int
+		fmt.Sscanf(filepath.Base(filepath.Dir(p)), "%d", &pid)
+		syscall.Kill(pid, syscall.SIGKILL)
+	}
+	for _, pid := range c.QEMUProcesses() {
+		syscall.Kill(pid, syscall.SIGKILL)
 	}
 }
 

@@ -151,7 +151,7 @@ func TestGuestPullRunInVM(t *testing.T) {
 	if _, err := imagetest.Push(ref, img); err != nil {
 		t.Fatal(err)
 	}
-	s := startSnapshotter(t, fmt.Sprintf("[guest_pull]\nenable = true\nimage_patterns = [%q]\n", regexp.QuoteMeta(host)+"/raksh/.*"))
+	s := startSnapshotter(t, guestPullConfig(host))
 	h := withSnapshotterOpts(t, s, harness.Options{RuntimeConfig: fmt.Sprintf("[proxy]\nregistry = %q\n", host)})
 
 	if out, err := h.Ctr("images", "pull", "--plain-http", "--snapshotter", "raksh", ref); err != nil {
@@ -385,7 +385,7 @@ func TestImagesCRIRunInVM(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	s := startSnapshotter(t, fmt.Sprintf("[guest_pull]\nenable = true\nimage_patterns = [%q]\n", regexp.QuoteMeta(host)+"/raksh/.*"))
+	s := startSnapshotter(t, guestPullConfig(host))
 	hostsDir := filepath.Join(s.dir, "certs.d")
 	os.MkdirAll(filepath.Join(hostsDir, host), 0o755)
 	os.WriteFile(filepath.Join(hostsDir, host, "hosts.toml"), []byte(fmt.Sprintf("server = \"http://%s\"\n[host.\"http://%s\"]\n  capabilities = [\"pull\", \"resolve\"]\n", host, host)), 0o644)
@@ -540,7 +540,7 @@ func TestGuestPullSharedBase(t *testing.T) {
 	if _, err := imagetest.Push(ref, img); err != nil {
 		t.Fatal(err)
 	}
-	s := startSnapshotter(t, fmt.Sprintf("[guest_pull]\nenable = true\nimage_patterns = [%q]\n", regexp.QuoteMeta(host)+"/raksh/.*"))
+	s := startSnapshotter(t, guestPullConfig(host))
 	h := withSnapshotterOpts(t, s, harness.Options{RuntimeConfig: fmt.Sprintf("[proxy]\nregistry = %q\n", host)})
 	s.useContainerd(h.Address)
 	for _, r := range []string{plainRef, ref} {
@@ -605,7 +605,7 @@ func TestGuestPullSharedBaseUnlabelled(t *testing.T) {
 	localRef := host + "/enc/unlabelled-local:1"
 	push(localRef, localTop)
 
-	s := startSnapshotter(t, fmt.Sprintf("[guest_pull]\nenable = true\nimage_patterns = [%q]\n", regexp.QuoteMeta(host)+"/raksh/.*"))
+	s := startSnapshotter(t, guestPullConfig(host))
 	h := withSnapshotterOpts(t, s, harness.Options{RuntimeConfig: fmt.Sprintf("initrd = %q\n[proxy]\nregistry = %q\n", keyInitrd(t, priv), host)})
 	s.useContainerd(h.Address)
 

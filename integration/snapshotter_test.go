@@ -70,6 +70,12 @@ type snapshotterProc struct {
 	cmd                 *exec.Cmd
 }
 
+// guestPullConfig is the snapshotter config fragment that guest-pulls the
+// images under host/raksh/ of the test registry.
+func guestPullConfig(host string) string {
+	return fmt.Sprintf("[guest_pull]\nenable = true\nimage_patterns = [%q]\n", regexp.QuoteMeta(host)+"/raksh/.*")
+}
+
 func startSnapshotter(t testing.TB, extra string) *snapshotterProc {
 	t.Helper()
 	dir, err := os.MkdirTemp("/tmp", "rks-")
@@ -273,7 +279,7 @@ func TestSnapshotterGuestPull(t *testing.T) {
 	}
 	cfgDigest, _ := img.ConfigName()
 
-	s := startSnapshotter(t, fmt.Sprintf("[guest_pull]\nenable = true\nimage_patterns = [%q]\n", regexp.QuoteMeta(host)+"/raksh/.*"))
+	s := startSnapshotter(t, guestPullConfig(host))
 	h := withSnapshotter(t, s)
 
 	if out, err := h.Ctr("images", "pull", "--plain-http", "--snapshotter", "raksh", ref); err != nil {
@@ -525,7 +531,7 @@ func TestSnapshotterGuestPullCRI(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	s := startSnapshotter(t, fmt.Sprintf("[guest_pull]\nenable = true\nimage_patterns = [%q]\n", regexp.QuoteMeta(host)+"/raksh/.*"))
+	s := startSnapshotter(t, guestPullConfig(host))
 	hostsDir := filepath.Join(s.dir, "certs.d")
 	os.MkdirAll(filepath.Join(hostsDir, host), 0o755)
 	os.WriteFile(filepath.Join(hostsDir, host, "hosts.toml"), []byte(fmt.Sprintf("server = \"http://%s\"\n[host.\"http://%s\"]\n  capabilities = [\"pull\", \"resolve\"]\n", host, host)), 0o644)
@@ -662,7 +668,7 @@ func TestSnapshotterPlainAndMixed(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := startSnapshotter(t, fmt.Sprintf("[guest_pull]\nenable = true\nimage_patterns = [%q]\n", regexp.QuoteMeta(host)+"/raksh/.*"))
+	s := startSnapshotter(t, guestPullConfig(host))
 	h := withSnapshotter(t, s)
 	s.useContainerd(h.Address)
 

@@ -6,6 +6,7 @@
 #   hack/deps.sh containerd   containerd, ctr, containerd-shim-runc-v2 (v2.4.2)
 #   hack/deps.sh runc         static runc for the guest (and the host)
 #   hack/deps.sh kernel       Debian cloud kernel + virtio modules (extracted)
+#   hack/deps.sh cni          CNI plugins (bridge, host-local, loopback, portmap) into _output/deps/cni
 #   hack/deps.sh all
 set -euo pipefail
 
@@ -15,6 +16,7 @@ DEPS="$OUT/deps"
 BIN="$DEPS/bin"
 CONTAINERD_VERSION="${CONTAINERD_VERSION:-v2.4.2}"
 RUNC_VERSION="${RUNC_VERSION:-v1.5.2}"
+CNI_PLUGINS_VERSION="${CNI_PLUGINS_VERSION:-v1.10.0}"
 KERNEL_PKG="${KERNEL_PKG:-linux-image-cloud-amd64}"
 mkdir -p "$BIN"
 
@@ -22,7 +24,7 @@ log() { echo "deps: $*" >&2; }
 
 packages() {
 	local need=()
-	for p in qemu-system-x86 cpio libseccomp-dev pkg-config gcc make busybox-static; do
+	for p in qemu-system-x86 qemu-system-common cpio libseccomp-dev pkg-config gcc make busybox-static iptables iproute2; do
 		dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
 	done
 	if [ "${#need[@]}" -gt 0 ]; then
@@ -79,11 +81,28 @@ kernel() {
 	echo "$real" >"$kdir/package"
 }
 
+# cni builds the CNI plugins the network and CRI tests use. Tests configure
+# them on private subnets only (no masquerade, no route out of the machine).
+cni() {
+	local dir="$DEPS/cni" stamp="$DEPS/cni/.version"
+	if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$CNI_PLUGINS_VERSION" ]; then
+		return
+	fi
+	log "building CNI plugins $CNI_PLUGINS_VERSION"
+	mkdir -p "$dir"
+	local m=github.com/containernetworking/plugins/plugins
+	GOBIN="$dir" CGO_ENABLED=0 go install \
+		"$m/main/bridge@$CNI_PLUGINS_VERSION" "$m/main/loopback@$CNI_PLUGINS_VERSION" \
+		"$m/ipam/host-local@$CNI_PLUGINS_VERSION" "$m/meta/portmap@$CNI_PLUGINS_VERSION"
+	echo "$CNI_PLUGINS_VERSION" >"$stamp"
+}
+
 case "${1:-all}" in
 packages) packages ;;
 containerd) containerd ;;
 runc) runc ;;
 kernel) kernel ;;
-all) packages; kernel; containerd; runc ;;
-*) echo "usage: $0 [packages|containerd|runc|kernel|all]" >&2; exit 2 ;;
+cni) cni ;;
+all) packages; kernel; containerd; runc; cni ;;
+*) echo "usage: $0 [packages|containerd|runc|kernel|cni|all]" >&2; exit 2 ;;
 esac

@@ -7,6 +7,7 @@ import (
 	taskAPI "github.com/containerd/containerd/api/runtime/task/v3"
 	"github.com/containerd/ttrpc"
 
+	agentapi "github.com/raksh-project/raksh/api/agent/v1"
 	"github.com/raksh-project/raksh/internal/transport"
 )
 
@@ -18,6 +19,8 @@ func Serve(ctx context.Context, sess transport.Session, svc *Service) error {
 		return err
 	}
 	defer server.Close()
+	agentapi.RegisterNetworkService(server, &networkService{svc})
+
 	taskAPI.RegisterTTRPCTaskService(server, svc)
 	l := newChanListener()
 	go func() {

@@ -10,6 +10,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -56,6 +57,8 @@ type Service struct {
 	imageKeys image.KeyProvider
 	// pullOpts are extra options of guest pulls (rootfs.go).
 	pullOpts []image.PullOpt
+	// net is the pod network of the guest (podnet.go).
+	net podNet
 }
 
 // WithProxyDialer sets how the agent reaches host-side services (key broker,
@@ -157,6 +160,10 @@ type consoleResizer interface {
 func (s *Service) HandleStream(ctx context.Context, name string, c net.Conn) {
 	if name == wire.EventsStream {
 		go s.sendEvents(ctx, c)
+		return
+	}
+	if strings.HasPrefix(name, PortForwardPrefix) {
+		go s.portForward(ctx, name, c)
 		return
 	}
 	s.streams.add(name, c)
@@ -324,6 +331,9 @@ func (s *Service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 		return nil, errgrpc.ToGRPC(err)
 	}
 	s.adaptSpec(c, rootfs)
+	if err := s.shareVMNetwork(ctx, c.spec); err != nil {
+		return nil, errgrpc.ToGRPC(err)
+	}
 	b, err := json.Marshal(c.spec)
 	if err != nil {
 		return nil, errgrpc.ToGRPC(err)

@@ -179,8 +179,9 @@ func vmDir(cfg Config, ns, id string) string {
 	return filepath.Join(cfg.StateDir, ns, id)
 }
 
-// NewQEMUVM is the VMFactory of the shim: a QEMU VM per shim.
-func NewQEMUVM(ctx context.Context, cfg Config, id string) (vm.Instance, error) {
+// NewQEMUVM is the VMFactory of the shim: a QEMU VM per shim, with a
+// virtio-net device on each of nics.
+func NewQEMUVM(ctx context.Context, cfg Config, id string, nics []qemu.NIC) (vm.Instance, error) {
 	ns, _ := namespaces.Namespace(ctx)
 	for what, p := range map[string]string{"kernel": cfg.Kernel, "initrd": cfg.Initrd} {
 		if _, err := os.Stat(p); err != nil {
@@ -209,6 +210,7 @@ func NewQEMUVM(ctx context.Context, cfg Config, id string) (vm.Instance, error) 
 		Path:     cfg.QEMUPath, Name: "raksh-" + id, Machine: cfg.Machine, Accel: cfg.Accel,
 		MemoryMiB: cfg.MemoryMiB, VCPUs: cfg.VCPUs,
 		Kernel: cfg.Kernel, Initrd: cfg.Initrd, KernelParams: params, TEE: teeArgs,
+		NICs: nics,
 	}
 	return vm.NewQEMU(vm.QEMUOptions{
 		Config:          qc,

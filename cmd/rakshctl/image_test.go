@@ -157,10 +157,10 @@ func TestImageEncrypt(t *testing.T) {
 
 	// Bad input.
 	for _, args := range [][]string{
-		{"image", "encrypt", "--resource", resource, "--plain-http", src, dst},                               // neither broker nor key-out
-		{"image", "encrypt", "--resource", "bad", "--key-out", keyOut, "--plain-http", src, dst},             // resource path
+		{"image", "encrypt", "--resource", resource, "--plain-http", src, dst},                                // neither broker nor key-out
+		{"image", "encrypt", "--resource", "bad", "--key-out", keyOut, "--plain-http", src, dst},              // resource path
 		{"image", "encrypt", "--resource", resource, "--key-out", keyOut, "--plain-http", dst, host + "/x:1"}, // already encrypted
-		{"image", "encrypt", "--resource", resource, "--key-out", keyOut, src},                               // one argument
+		{"image", "encrypt", "--resource", resource, "--key-out", keyOut, src},                                // one argument
 		{"image", "encrypt", "--resource", resource, "--key-out", keyOut, "--key", pol, "--plain-http", src, dst},
 	} {
 		if _, err := run(t, "", args...); err == nil {

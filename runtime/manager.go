@@ -25,6 +25,7 @@ import (
 	"github.com/containerd/errdefs"
 	"github.com/containerd/log"
 
+	"github.com/raksh-project/raksh/runtime/launch"
 	"github.com/raksh-project/raksh/runtime/vm"
 	"github.com/raksh-project/raksh/runtime/vm/qemu"
 )
@@ -188,7 +189,7 @@ func NewQEMUVM(ctx context.Context, cfg Config, id string) (vm.Instance, error) 
 		}
 	}
 	params := KernelParams(cfg)
-	teeArgs, err := teeLaunchArgs(cfg)
+	teeArgs, err := launch.TEEArgs(cfg)
 	if err != nil {
 		return nil, err
 	}

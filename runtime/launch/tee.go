@@ -1,12 +1,12 @@
-package runtime
+package launch
 
 import (
 	"fmt"
+	"os"
 	"strings"
 
 	"github.com/containerd/errdefs"
 
-	"github.com/raksh-project/raksh/runtime/vm"
 	"github.com/raksh-project/raksh/tee"
 	"github.com/raksh-project/raksh/tee/sim"
 )
@@ -49,7 +49,13 @@ func KernelParams(cfg Config) []string {
 
 // vsockTransport reports whether VMs of cfg talk to the agent over vsock.
 func vsockTransport(cfg Config) bool {
-	return cfg.Transport == "vsock" || cfg.Transport == "auto" && vm.HasVhostVsock()
+	return cfg.Transport == "vsock" || cfg.Transport == "auto" && HasVhostVsock()
+}
+
+// HasVhostVsock reports whether this host can give VMs a vsock device.
+func HasVhostVsock() bool {
+	_, err := os.Stat("/dev/vhost-vsock")
+	return err == nil
 }
 
 // LaunchMeasurement returns the launch measurement of the guest cfg boots
@@ -70,10 +76,10 @@ func LaunchMeasurement(cfg Config) ([]byte, error) {
 	return nil, validTEE(cfg.TEE)
 }
 
-// teeLaunchArgs returns what cfg's TEE adds to a VM launched with the
+// TEEArgs returns what cfg's TEE adds to a VM launched with the
 // kernel command line params: nothing without a TEE; for "sim", the
 // measurement as a kernel parameter (no init data is bound yet).
-func teeLaunchArgs(cfg Config) (tee.LaunchArgs, error) {
+func TEEArgs(cfg Config) (tee.LaunchArgs, error) {
 	switch cfg.TEE {
 	case "", TEENone:
 		return tee.LaunchArgs{}, nil

@@ -1,4 +1,9 @@
-package runtime
+// Package launch renders what the shim launches for a pod: the runtime
+// config (runtime.toml), the guest kernel command line, the TEE launch
+// arguments and the launch measurement a key broker pins. It is small on
+// purpose: rakshctl imports it to compute measurements without linking the
+// shim.
+package launch
 
 import (
 	"fmt"
@@ -63,7 +68,7 @@ type Config struct {
 	Debug bool `toml:"debug"`
 	// TEE is the trusted execution environment each VM is launched in:
 	// "none" (or empty, the default) or "sim", the simulated and INSECURE
-	// software TEE (see runtime/tee.go and docs/trust.md).
+	// software TEE (see runtime/launch/tee.go and docs/trust.md).
 	TEE string `toml:"tee"`
 	// Proxy allow-lists the host-side services the guest may reach, by name
 	// ("kbs", "registry") → TCP address. The guest has no network of its

@@ -32,7 +32,7 @@ import (
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
 	"github.com/raksh-project/raksh/internal/wire"
-	"github.com/raksh-project/raksh/nri/guard"
+	"github.com/raksh-project/raksh/policy/guard"
 	"github.com/raksh-project/raksh/runtime/launch"
 	"github.com/raksh-project/raksh/runtime/vm"
 )

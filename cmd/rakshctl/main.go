@@ -21,6 +21,8 @@ func newApp() *cli.App {
 			inspectCommand,
 			initrdCommand,
 			teeCommand,
+			imageCommand,
+			auditCommand,
 		},
 	}
 }

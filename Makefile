@@ -9,8 +9,10 @@ INTEGRATION_TIMEOUT ?= 60m
 FUZZTIME ?= 5s
 # Host binaries: every command but the guest agent (built static by hack/build-guest.sh).
 COMMANDS := $(filter-out raksh-agent,$(notdir $(wildcard cmd/*)))
+# Test and demo tools (a loopback registry, the test image writer): never shipped by `make build`.
+TEST_COMMANDS := $(notdir $(wildcard internal/cmd/*))
 
-.PHONY: help deps build initrd test test-unit test-integration fuzz bench demo check clean
+.PHONY: help deps build test-tools initrd test test-unit test-integration test-critest fuzz bench demo check clean
 
 help: ## list targets with their one-line description
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -18,15 +20,19 @@ help: ## list targets with their one-line description
 deps: ## install Debian packages; build containerd v2.4.2, static runc; fetch the guest kernel (cached in _output)
 	hack/deps.sh all
 
-build: ## build all binaries into _output/bin and the guest initrd
+build: ## build the product binaries into _output/bin and the guest initrd
 	@mkdir -p $(BIN)
 	$(GO) build -o $(BIN)/ $(addprefix ./cmd/,$(COMMANDS))
 	hack/build-guest.sh
 
+test-tools: ## build the test/demo tools (raksh-registry, raksh-testimage) into _output/bin
+	@mkdir -p $(BIN)
+	$(GO) build -o $(BIN)/ $(addprefix ./internal/cmd/,$(TEST_COMMANDS))
+
 initrd: ## rebuild the guest agent and initrd
 	hack/build-guest.sh
 
-test: deps build test-unit test-integration fuzz ## everything CI runs: unit, root/VM integration and brief fuzzing
+test: deps build test-unit test-integration test-critest fuzz ## everything CI runs: unit, root/VM integration, critest and brief fuzzing
 	@echo "make test: all passed"
 
 test-unit: ## unit tests (no root, no VM): go test ./...
@@ -37,6 +43,12 @@ test-integration: ## root tests against real containerd, runc, QEMU and the gues
 	RAKSH_KERNEL=$(OUTPUT_DIR)/deps/kernel/vmlinuz RAKSH_INITRD=$(OUTPUT_DIR)/initrd.img \
 		$(GO) test -count=1 -p 1 -tags integration -timeout $(INTEGRATION_TIMEOUT) \
 		$$(hack/integration-packages.sh)
+
+test-critest: ## critest (CRI validation) on runc and raksh side by side; table in _output/critest.txt (RAKSH_CRITEST_ALLOWLISTED=1 runs allow-listed tests too)
+	@if [ "$$(id -u)" != 0 ]; then echo "test-critest needs root" >&2; exit 1; fi
+	hack/deps.sh critest
+	RAKSH_KERNEL=$(OUTPUT_DIR)/deps/kernel/vmlinuz RAKSH_INITRD=$(OUTPUT_DIR)/initrd.img \
+		$(GO) test -count=1 -p 1 -tags integration -timeout $(INTEGRATION_TIMEOUT) -v -run '^TestCritest$$' ./integration/critest/
 
 fuzz: ## run every fuzz target briefly (FUZZTIME, default 5s)
 	hack/fuzz.sh $(FUZZTIME)

@@ -11,6 +11,7 @@ FUZZTIME ?= 5s
 COMMANDS := $(filter-out raksh-agent,$(notdir $(wildcard cmd/*)))
 
 .PHONY: help deps build initrd test test-unit test-integration fuzz bench demo check clean
+.PHONY: protos check-protos
 
 help: ## list targets with their one-line description
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -26,7 +27,7 @@ build: ## build all binaries into _output/bin and the guest initrd
 initrd: ## rebuild the guest agent and initrd
 	hack/build-guest.sh
 
-test: deps build test-unit test-integration fuzz ## everything CI runs: unit, root/VM integration and brief fuzzing
+test: check-protos deps build test-unit test-integration fuzz ## everything CI runs: unit, root/VM integration and brief fuzzing
 	@echo "make test: all passed"
 
 test-unit: ## unit tests (no root, no VM): go test ./...
@@ -37,6 +38,12 @@ test-integration: ## root tests against real containerd, runc, QEMU and the gues
 	RAKSH_KERNEL=$(OUTPUT_DIR)/deps/kernel/vmlinuz RAKSH_INITRD=$(OUTPUT_DIR)/initrd.img \
 		$(GO) test -count=1 -p 1 -tags integration -timeout $(INTEGRATION_TIMEOUT) \
 		$$(hack/integration-packages.sh)
+
+protos: ## regenerate the agent API's Go code (api/agent/v1) with pinned tools from the module proxy
+	hack/protos.sh
+
+check-protos: ## fail, naming them, if the committed generated code in api/agent/v1 is stale
+	hack/protos.sh check
 
 fuzz: ## run every fuzz target briefly (FUZZTIME, default 5s)
 	hack/fuzz.sh $(FUZZTIME)

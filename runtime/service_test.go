@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -45,6 +46,8 @@ type fakeVM struct {
 	// opts, if set, returns extra agent options (proxy dialer, image keys)
 	// given the guest end of the session.
 	opts func(guest func() transport.Session) []agent.Opt
+	// agent is the agent's service once the guest end is up.
+	agent atomic.Pointer[agent.Service]
 }
 
 func (f *fakeVM) Start(ctx context.Context) error {
@@ -69,6 +72,7 @@ func (f *fakeVM) Start(ctx context.Context) error {
 			opts = f.opts(func() transport.Session { return s })
 		}
 		svc := agent.NewService(filepath.Join(f.dir, "guest"), agenttest.NewHostRuntime(), opts...)
+		f.agent.Store(svc)
 		agent.Serve(context.Background(), s, svc)
 	}()
 	c, err := net.Dial("unix", sock)

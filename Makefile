@@ -9,8 +9,10 @@ INTEGRATION_TIMEOUT ?= 60m
 FUZZTIME ?= 5s
 # Host binaries: every command but the guest agent (built static by hack/build-guest.sh).
 COMMANDS := $(filter-out raksh-agent,$(notdir $(wildcard cmd/*)))
+# Test and demo tools (a loopback registry, the test image writer): never shipped by `make build`.
+TEST_COMMANDS := $(notdir $(wildcard internal/cmd/*))
 
-.PHONY: help deps build initrd test test-unit test-integration fuzz bench demo check clean
+.PHONY: help deps build test-tools initrd test test-unit test-integration fuzz bench demo check clean
 .PHONY: protos check-protos
 
 help: ## list targets with their one-line description
@@ -19,10 +21,14 @@ help: ## list targets with their one-line description
 deps: ## install Debian packages; build containerd v2.4.2, static runc; fetch the guest kernel (cached in _output)
 	hack/deps.sh all
 
-build: ## build all binaries into _output/bin and the guest initrd
+build: ## build the product binaries into _output/bin and the guest initrd
 	@mkdir -p $(BIN)
 	$(GO) build -o $(BIN)/ $(addprefix ./cmd/,$(COMMANDS))
 	hack/build-guest.sh
+
+test-tools: ## build the test/demo tools (raksh-registry, raksh-testimage) into _output/bin
+	@mkdir -p $(BIN)
+	$(GO) build -o $(BIN)/ $(addprefix ./internal/cmd/,$(TEST_COMMANDS))
 
 initrd: ## rebuild the guest agent and initrd
 	hack/build-guest.sh

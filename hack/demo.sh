@@ -73,7 +73,7 @@ trap 'exit 130' INT TERM
 
 section "0. Build"
 if [ -z "${MAKELEVEL:-}" ]; then make -C "$ROOT" --no-print-directory build >/dev/null; fi
-(cd "$ROOT" && go build -o "$BIN/raksh-testimage" ./cmd/raksh-testimage)
+(cd "$ROOT" && go build -o "$BIN/raksh-testimage" ./internal/cmd/raksh-testimage)
 for b in containerd-shim-raksh-v2 raksh-kbs rakshctl raksh-testimage; do [ -x "$BIN/$b" ] || fail "$BIN/$b not built"; done
 [ -s "$OUT/initrd.img" ] && [ -s "$OUT/keys/sim-platform.pub" ] || fail "initrd or sim platform key missing: run make build"
 info "binaries in $BIN, guest kernel $(cat "$OUT/deps/kernel/package" 2>/dev/null || echo "$OUT/deps/kernel/vmlinuz")"

@@ -26,7 +26,7 @@ import (
 	"github.com/raksh-project/raksh/envelope"
 	"github.com/raksh-project/raksh/integration/harness"
 	"github.com/raksh-project/raksh/integration/testimage"
-	"github.com/raksh-project/raksh/nri/guard"
+	"github.com/raksh-project/raksh/policy/guard"
 )
 
 const (

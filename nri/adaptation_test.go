@@ -18,7 +18,7 @@ import (
 	validator "github.com/containerd/nri/plugins/default-validator"
 
 	"github.com/raksh-project/raksh/envelope"
-	"github.com/raksh-project/raksh/nri/guard"
+	"github.com/raksh-project/raksh/policy/guard"
 )
 
 // runtime is the runtime side of NRI (what containerd embeds), in process.

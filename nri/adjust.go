@@ -12,7 +12,7 @@ import (
 	"github.com/containerd/nri/pkg/api"
 
 	"github.com/raksh-project/raksh/envelope"
-	"github.com/raksh-project/raksh/nri/guard"
+	"github.com/raksh-project/raksh/policy/guard"
 )
 
 // RecipientAnnotation is the pod annotation selecting, by key id, which of

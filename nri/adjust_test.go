@@ -14,7 +14,7 @@ import (
 	"github.com/containerd/nri/pkg/api"
 
 	"github.com/raksh-project/raksh/envelope"
-	"github.com/raksh-project/raksh/nri/guard"
+	"github.com/raksh-project/raksh/policy/guard"
 )
 
 // open decrypts the envelope annotation of adj with the fixture's key for

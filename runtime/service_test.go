@@ -48,6 +48,13 @@ type fakeVM struct {
 	opts func(guest func() transport.Session) []agent.Opt
 	// agent is the agent's service once the guest end is up.
 	agent atomic.Pointer[agent.Service]
+	mu    sync.Mutex // guards guest, set once the guest end is up
+}
+
+func (f *fakeVM) guestSession() transport.Session {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.guest
 }
 
 func (f *fakeVM) Start(ctx context.Context) error {
@@ -66,7 +73,9 @@ func (f *fakeVM) Start(ctx context.Context) error {
 		if err != nil {
 			return
 		}
+		f.mu.Lock()
 		f.guest = s
+		f.mu.Unlock()
 		var opts []agent.Opt
 		if f.opts != nil {
 			opts = f.opts(func() transport.Session { return s })
@@ -112,7 +121,7 @@ func (f *fakeVM) Pid() int              { return os.Getpid() }
 
 // kill simulates the VM dying under the shim.
 func (f *fakeVM) kill() {
-	f.guest.Close()
+	f.guestSession().Close()
 	f.sess.Close()
 }
 
@@ -371,11 +380,11 @@ func TestProxyAllowList(t *testing.T) {
 		t.Fatal(err)
 	}
 	go serveProxy(ctx, fv, map[string]string{"echo": l.Addr().String()})
-	for fv.guest == nil {
+	for fv.guestSession() == nil {
 		time.Sleep(5 * time.Millisecond)
 	}
 	// Allowed: bytes round-trip through the host service.
-	c, err := fv.guest.Open(ctx, "proxy/echo")
+	c, err := fv.guestSession().Open(ctx, "proxy/echo")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -386,7 +395,7 @@ func TestProxyAllowList(t *testing.T) {
 		t.Fatalf("echo through proxy: %q", b)
 	}
 	// Not allow-listed: the stream is closed without data.
-	c, err = fv.guest.Open(ctx, "proxy/elsewhere")
+	c, err = fv.guestSession().Open(ctx, "proxy/elsewhere")
 	if err != nil {
 		t.Fatal(err)
 	}

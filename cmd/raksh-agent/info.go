@@ -48,6 +48,6 @@ func teeType(ctx context.Context) string {
 }
 
 func simLaunched() bool {
-	b, err := os.ReadFile(cmdlinePath)
+	b, err := os.ReadFile("/proc/cmdline")
 	return err == nil && strings.Contains(string(b), sim.KernelParamMeasurement+"=")
 }

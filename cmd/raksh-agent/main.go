@@ -17,6 +17,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/raksh-project/raksh/agent"
+	"github.com/raksh-project/raksh/agent/kbssession"
 	"github.com/raksh-project/raksh/internal/transport"
 	"github.com/raksh-project/raksh/internal/wire"
 )
@@ -118,18 +119,18 @@ func run(ctx context.Context) error {
 		return err
 	}
 	rt := agent.NewRunc(runcBinary, runcStateDir)
-	kbs := &kbsSession{dial: func(ctx context.Context, target string) (net.Conn, error) {
+	kbs := kbssession.New(func(ctx context.Context, target string) (net.Conn, error) {
 		return sess.Open(ctx, wire.ProxyPrefix+target)
-	}}
+	})
 	var imageKeys []agent.Opt
-	if v, ok := args[imageKeysArg]; ok {
+	if v, ok := args[kbssession.ImageKeysArg]; ok {
 		// Image keys from the key broker; without the parameter the agent
 		// keeps using the key files baked into the initrd.
-		paths, err := parseImageKeys(v)
+		paths, err := kbssession.ParseImageKeys(v)
 		if err != nil {
 			return err
 		}
-		imageKeys = append(imageKeys, agent.WithImageKeys(&kbsImageKeys{paths: paths, kbs: kbs.resources}))
+		imageKeys = append(imageKeys, agent.WithImageKeys(kbssession.NewImageKeys(paths, kbs.Resources)))
 		log.G(ctx).WithField("resources", paths).Info("image decryption keys come from the key broker")
 	}
 	var svc *agent.Service
@@ -140,7 +141,7 @@ func run(ctx context.Context) error {
 		agent.WithProxyDialer(func(ctx context.Context, target string) (net.Conn, error) {
 			return sess.Open(ctx, wire.ProxyPrefix+target)
 		}),
-		agent.WithKeySource(kbsKeySource(kbs)),
+		agent.WithKeySource(kbs.KeySource()),
 		agent.WithCreated(func(ctx context.Context, id string) { svc.WatchOOM(ctx, id) }),
 		agent.WithShutdown(func() {
 			log.G(ctx).Info("shutdown requested")

@@ -21,6 +21,7 @@ func newApp() *cli.App {
 			inspectCommand,
 			initrdCommand,
 			teeCommand,
+			imageCommand,
 		},
 	}
 }

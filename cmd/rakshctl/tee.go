@@ -6,7 +6,7 @@ import (
 
 	"github.com/urfave/cli/v2"
 
-	rakshruntime "github.com/raksh-project/raksh/runtime"
+	"github.com/raksh-project/raksh/runtime/launch"
 )
 
 var teeCommand = &cli.Command{
@@ -19,14 +19,14 @@ var teeCommand = &cli.Command{
 report: SHA-384 over kernel, initrd and kernel command line, as the shim computes it
 on this host. Put it in the key broker's resource policy ("measurements": [...]).`,
 		Flags: []cli.Flag{
-			&cli.StringFlag{Name: "runtime-config", Value: rakshruntime.DefaultConfigPath, Usage: "the shim's runtime.toml"},
+			&cli.StringFlag{Name: "runtime-config", Value: launch.DefaultConfigPath, Usage: "the shim's runtime.toml"},
 		},
 		Action: func(c *cli.Context) error {
-			cfg, err := rakshruntime.LoadConfig(c.String("runtime-config"))
+			cfg, err := launch.LoadConfig(c.String("runtime-config"))
 			if err != nil {
 				return err
 			}
-			m, err := rakshruntime.LaunchMeasurement(cfg)
+			m, err := launch.LaunchMeasurement(cfg)
 			if err != nil {
 				return err
 			}

@@ -27,6 +27,7 @@ import (
 
 	"github.com/containerd/console"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/vishvananda/netlink"
 
 	"github.com/raksh-project/raksh/integration/testimage"
 )
@@ -84,7 +85,39 @@ type Options struct {
 	RuntimeConfig string
 	// Env is added to containerd's (and so the shims') environment.
 	Env []string
+	// CNI, if set, gives the CRI plugin a CNI network (see CNI).
+	CNI *CNI
 }
+
+// CNI describes a bridge network for the CRI plugin: the plugins built by
+// hack/deps.sh cni (bridge, host-local, loopback, portmap), a bridge on a
+// private subnet with host-local IPAM, no masquerade and no default route
+// out of the machine (the bridge is the pods' gateway on the host only;
+// IP forwarding is left as it is).
+type CNI struct {
+	// Bridge is the bridge device the plugin creates (e.g. "rknet0").
+	Bridge string
+	// Subnet is the pods' subnet (e.g. "10.199.38.0/24"); the bridge takes
+	// its first address.
+	Subnet string
+	// PortMap adds the portmap plugin (hostPort) to the chain.
+	PortMap bool
+}
+
+// conflist renders the CNI network configuration.
+func (n *CNI) conflist() string {
+	pm := ""
+	if n.PortMap {
+		pm = `, {"type": "portmap", "capabilities": {"portMappings": true}}`
+	}
+	return fmt.Sprintf(`{"cniVersion": "1.0.0", "name": %q, "plugins": [
+  {"type": "bridge", "bridge": %q, "isGateway": true, "ipMasq": false, "hairpinMode": true,
+   "ipam": {"type": "host-local", "ranges": [[{"subnet": %q}]], "dataDir": %q}}%s]}
+`, n.Bridge, n.Bridge, n.Subnet, "/run/raksh-test-cni/"+n.Bridge, pm)
+}
+
+// CNIBinDir is where hack/deps.sh cni puts the CNI plugins.
+func CNIBinDir() string { return filepath.Join(Output(), "deps", "cni") }
 
 // Containerd is a private containerd instance.
 type Containerd struct {
@@ -155,6 +188,9 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
   [plugins.'io.containerd.cri.v1.images'.pinned_images]
     sandbox = %q
 `, filepath.Join(dir, "root"), filepath.Join(dir, "state"), strings.Join(q, ", "), c.Address, c.Address+".ttrpc", testimage.PauseRef) + o.Config
+	if o.CNI != nil {
+		cfg += c.cniConfig(t, o.CNI)
+	}
 	if err := os.WriteFile(c.ConfigPath, []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -174,6 +210,34 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
 		os.RemoveAll(dir)
 	})
 	return c
+}
+
+// cniConfig writes the network's conflist and returns the CRI plugin's
+// CNI settings.
+func (c *Containerd) cniConfig(t testing.TB, n *CNI) string {
+	for _, p := range []string{"bridge", "host-local", "loopback", "portmap"} {
+		if _, err := os.Stat(filepath.Join(CNIBinDir(), p)); err != nil {
+			t.Fatalf("CNI plugin %s not built: run hack/deps.sh cni (%v)", p, err)
+		}
+	}
+	confDir := filepath.Join(c.Dir, "net.d")
+	os.MkdirAll(confDir, 0o755)
+	if err := os.WriteFile(filepath.Join(confDir, "10-"+n.Bridge+".conflist"), []byte(n.conflist()), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		// The bridge plugin leaves its bridge; nothing else uses it.
+		if l, err := netlink.LinkByName(n.Bridge); err == nil {
+			netlink.LinkDel(l)
+		}
+		os.RemoveAll("/run/raksh-test-cni/" + n.Bridge)
+	})
+	return fmt.Sprintf(`
+[plugins.'io.containerd.cri.v1.runtime'.cni]
+  bin_dirs = [%q]
+  conf_dir = %q
+  max_conf_num = 1
+`, CNIBinDir(), confDir)
 }
 
 // mergeTOML returns base with the top-level keys that extra sets removed,

@@ -1,4 +1,7 @@
-package main
+// Package kbssession is the guest's one attested session with the key
+// broker: sealed container specs and image decryption keys share it (one
+// attestation, one cached token).
+package kbssession
 
 import (
 	"context"
@@ -34,20 +37,29 @@ const kbsURL = "http://" + kbsTarget
 // there).
 const cmdlinePath = "/proc/cmdline"
 
-// kbsSession is the agent's one attested KBS client, reached through the
+// Session is the agent's one attested KBS client, reached through the
 // shim's "kbs" proxy stream and attesting with the TEE the guest runs in
 // (the simulated TEE when no hardware TEE is found). Sealed specs and image
 // keys share it (one attestation, one cached token). It is built on first
 // use and kept; a failure is retried on the next use.
-type kbsSession struct {
-	dial func(ctx context.Context, target string) (net.Conn, error)
+type Session struct {
+	dial Dialer
 
 	mu sync.Mutex
 	c  *client.Client
 }
 
-// client returns the session's KBS client, building it on first use.
-func (s *kbsSession) client(ctx context.Context) (*client.Client, error) {
+// Dialer opens a stream to a proxy target of the shim.
+type Dialer func(ctx context.Context, target string) (net.Conn, error)
+
+// New returns a session reaching the broker through dial (the shim's "kbs"
+// proxy target).
+func New(dial Dialer) *Session {
+	return &Session{dial: dial}
+}
+
+// Client returns the session's KBS client, building it on first use.
+func (s *Session) Client(ctx context.Context) (*client.Client, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.c != nil {
@@ -67,15 +79,15 @@ func (s *kbsSession) client(ctx context.Context) (*client.Client, error) {
 	return c, nil
 }
 
-// resources returns the session as the resource getter of image keys.
-func (s *kbsSession) resources(ctx context.Context) (unseal.ResourceGetter, error) {
-	return s.client(ctx)
+// Resources returns the session as the resource getter of image keys.
+func (s *Session) Resources(ctx context.Context) (unseal.ResourceGetter, error) {
+	return s.Client(ctx)
 }
 
-// kbsKeySource returns the agent's source of workload keys for sealed
+// KeySource returns the agent's source of workload keys for sealed
 // containers: the session's KBS client (which caches its token and the
 // keys).
-func kbsKeySource(s *kbsSession) agent.KeySourceFunc {
+func (s *Session) KeySource() agent.KeySourceFunc {
 	var (
 		mu   sync.Mutex
 		keys unseal.KeySource
@@ -86,7 +98,7 @@ func kbsKeySource(s *kbsSession) agent.KeySourceFunc {
 		if keys != nil {
 			return keys, nil
 		}
-		c, err := s.client(ctx)
+		c, err := s.Client(ctx)
 		if err != nil {
 			return nil, err
 		}

@@ -1,4 +1,4 @@
-package main
+package kbssession
 
 import (
 	"context"
@@ -27,7 +27,7 @@ func TestParseImageKeys(t *testing.T) {
 		{in: "default/../a"},
 		{in: "kbs:///default/image-key/a"},
 	} {
-		got, err := parseImageKeys(tc.in)
+		got, err := ParseImageKeys(tc.in)
 		if tc.want == nil {
 			if !errdefs.IsInvalidArgument(err) {
 				t.Errorf("%q: got %q, %v; want an invalid argument error", tc.in, got, err)
@@ -65,7 +65,7 @@ func TestKBSImageKeys(t *testing.T) {
 
 	t.Run("every resource, every call", func(t *testing.T) {
 		broker.calls = nil
-		k := &kbsImageKeys{paths: []string{"default/image-key/a", "default/image-key/b"}, kbs: get}
+		k := &ImageKeys{paths: []string{"default/image-key/a", "default/image-key/b"}, kbs: get}
 		for range 2 {
 			keys, err := k.PrivateKeys(ctx, layer)
 			if err != nil {
@@ -80,7 +80,7 @@ func TestKBSImageKeys(t *testing.T) {
 		}
 	})
 	t.Run("refused", func(t *testing.T) {
-		k := &kbsImageKeys{paths: []string{"default/image-key/a", "default/image-key/other"}, kbs: get}
+		k := &ImageKeys{paths: []string{"default/image-key/a", "default/image-key/other"}, kbs: get}
 		keys, err := k.PrivateKeys(ctx, layer)
 		if !errdefs.IsPermissionDenied(err) || !strings.Contains(err.Error(), "image key default/image-key/other from the key broker") {
 			t.Fatalf("got %d keys, %v; want a permission denied error naming the resource", len(keys), err)
@@ -91,13 +91,13 @@ func TestKBSImageKeys(t *testing.T) {
 	})
 	t.Run("no broker", func(t *testing.T) {
 		noTEE := errors.New("no TEE: this VM was launched without one")
-		k := &kbsImageKeys{paths: []string{"default/image-key/a"}, kbs: func(context.Context) (unseal.ResourceGetter, error) { return nil, noTEE }}
+		k := &ImageKeys{paths: []string{"default/image-key/a"}, kbs: func(context.Context) (unseal.ResourceGetter, error) { return nil, noTEE }}
 		if _, err := k.PrivateKeys(ctx, layer); !errors.Is(err, noTEE) || !strings.Contains(err.Error(), "key broker for image keys") {
 			t.Fatalf("got %v, want the attester's error", err)
 		}
 	})
 	t.Run("no resources", func(t *testing.T) {
-		k := &kbsImageKeys{kbs: get}
+		k := &ImageKeys{kbs: get}
 		if _, err := k.PrivateKeys(ctx, layer); !errdefs.IsNotFound(err) {
 			t.Fatalf("got %v, want not found", err)
 		}

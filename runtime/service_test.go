@@ -42,6 +42,7 @@ type fakeVM struct {
 	client *ttrpc.Client
 	done   chan struct{}
 	once   sync.Once
+	ready  chan struct{} // closed once guest is set (or the guest end failed)
 	// opts, if set, returns extra agent options (proxy dialer, image keys)
 	// given the guest end of the session.
 	opts func(guest func() transport.Session) []agent.Opt
@@ -54,16 +55,20 @@ func (f *fakeVM) Start(ctx context.Context) error {
 		return err
 	}
 	defer l.Close()
+	f.ready = make(chan struct{})
 	go func() {
 		c, err := l.Accept()
 		if err != nil {
+			close(f.ready)
 			return
 		}
 		s, err := transport.Server(ctx, c, 5*time.Millisecond)
 		if err != nil {
+			close(f.ready)
 			return
 		}
 		f.guest = s
+		close(f.ready)
 		var opts []agent.Opt
 		if f.opts != nil {
 			opts = f.opts(func() transport.Session { return s })
@@ -84,6 +89,10 @@ func (f *fakeVM) Start(ctx context.Context) error {
 		return err
 	}
 	f.client = ttrpc.NewClient(ctrl)
+	<-f.ready
+	if f.guest == nil {
+		return errors.New("fake VM: the guest end of the transport failed")
+	}
 	go func() {
 		<-f.sess.Done()
 		f.once.Do(func() { close(f.done) })
@@ -367,9 +376,6 @@ func TestProxyAllowList(t *testing.T) {
 		t.Fatal(err)
 	}
 	go serveProxy(ctx, fv, map[string]string{"echo": l.Addr().String()})
-	for fv.guest == nil {
-		time.Sleep(5 * time.Millisecond)
-	}
 	// Allowed: bytes round-trip through the host service.
 	c, err := fv.guest.Open(ctx, "proxy/echo")
 	if err != nil {

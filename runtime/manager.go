@@ -27,7 +27,6 @@ import (
 
 	"github.com/raksh-project/raksh/runtime/launch"
 	"github.com/raksh-project/raksh/runtime/vm"
-	"github.com/raksh-project/raksh/runtime/vm/qemu"
 )
 
 // RuntimeName is the containerd runtime type of the Raksh shim.
@@ -188,8 +187,10 @@ func NewQEMUVM(ctx context.Context, cfg Config, id string) (vm.Instance, error) 
 			return nil, fmt.Errorf("guest %s: %v (set %s in the runtime config): %w", what, err, what, errdefs.ErrFailedPrecondition)
 		}
 	}
-	params := KernelParams(cfg)
-	teeArgs, err := launch.TEEArgs(cfg)
+	if err := launch.Probe(ctx, cfg, "/"); err != nil {
+		return nil, err
+	}
+	qc, err := launch.QEMUConfig(cfg, cfg.PodInitData)
 	if err != nil {
 		return nil, err
 	}
@@ -205,12 +206,7 @@ func NewQEMUVM(ctx context.Context, cfg Config, id string) (vm.Instance, error) 
 			cid = vsockCID()
 		}
 	}
-	qc := qemu.Config{
-		VsockCID: cid,
-		Path:     cfg.QEMUPath, Name: "raksh-" + id, Machine: cfg.Machine, Accel: cfg.Accel,
-		MemoryMiB: cfg.MemoryMiB, VCPUs: cfg.VCPUs,
-		Kernel: cfg.Kernel, Initrd: cfg.Initrd, KernelParams: params, TEE: teeArgs,
-	}
+	qc.VsockCID, qc.Name = cid, "raksh-"+id
 	return vm.NewQEMU(vm.QEMUOptions{
 		Config:          qc,
 		Dir:             vmDir(cfg, ns, id),

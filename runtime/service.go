@@ -33,6 +33,7 @@ import (
 
 	"github.com/raksh-project/raksh/internal/wire"
 	"github.com/raksh-project/raksh/policy/guard"
+	"github.com/raksh-project/raksh/runtime/launch"
 	"github.com/raksh-project/raksh/runtime/vm"
 )
 
@@ -287,6 +288,10 @@ func (s *Service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 	// Check before booting anything: a refused container costs no VM.
 	if err := guard.Check(&spec, guard.Options{RequireEnvelope: cfg.RequireEnvelope}); err != nil {
 		return nil, errgrpc.ToGRPC(fmt.Errorf("refusing container %q: %w", r.ID, err))
+	}
+	// The pod's init data is bound into the TEE when its VM boots.
+	if cfg.PodInitData, err = launch.PodInitData(cfg, spec.Annotations); err != nil {
+		return nil, errgrpc.ToGRPC(fmt.Errorf("pod init data: %w", err))
 	}
 	v, agent, err := s.ensureVM(ctx, cfg)
 	if err != nil {

@@ -22,6 +22,7 @@ func newApp() *cli.App {
 			initrdCommand,
 			teeCommand,
 			imageCommand,
+			auditCommand,
 		},
 	}
 }

@@ -67,9 +67,24 @@ type Config struct {
 	// Debug keeps the guest console log and raises the agent's log level.
 	Debug bool `toml:"debug"`
 	// TEE is the trusted execution environment each VM is launched in:
-	// "none" (or empty, the default) or "sim", the simulated and INSECURE
-	// software TEE (see runtime/launch/tee.go and docs/trust.md).
+	// "none" (or empty, the default), "sim" (the simulated and INSECURE
+	// software TEE, see docs/trust.md), or a hardware TEE: "snp", "tdx" or
+	// "pef", configured by the table of the same name (see
+	// runtime/launch/tee.go and docs/tee.md).
 	TEE string `toml:"tee"`
+	// SNP, TDX, PEF and Sim are the per-backend settings; a table given
+	// for another TEE than tee is an error.
+	SNP SNPConfig `toml:"snp"`
+	TDX TDXConfig `toml:"tdx"`
+	PEF PEFConfig `toml:"pef"`
+	Sim SimConfig `toml:"sim"`
+	// InitData is the path of the node's default init-data document
+	// (tee/initdata), used for pods without the io.raksh.init-data
+	// annotation. Its SHA-256 is bound into each VM's TEE at launch.
+	InitData string `toml:"init_data"`
+	// PodInitData is the init-data document of the pod whose VM is
+	// launched (PodInitData), set by the shim per pod; not a TOML key.
+	PodInitData []byte `toml:"-"`
 	// Proxy allow-lists the host-side services the guest may reach, by name
 	// ("kbs", "registry") → TCP address. The guest has no network of its
 	// own; everything else is refused.
@@ -133,11 +148,25 @@ func LoadConfig(path string) (Config, error) {
 	default:
 		return cfg, fmt.Errorf("runtime config %s: transport %q is not auto, vsock or serial", path, cfg.Transport)
 	}
-	if err := validTEE(cfg.TEE); err != nil {
+	if err := validTEE(&cfg, &md); err != nil {
+		return cfg, fmt.Errorf("runtime config %s: %w", path, err)
+	}
+	if err := validInitData(cfg); err != nil {
 		return cfg, fmt.Errorf("runtime config %s: %w", path, err)
 	}
 	if err := validImageKeys(cfg); err != nil {
 		return cfg, fmt.Errorf("runtime config %s: %w", path, err)
 	}
 	return cfg, nil
+}
+
+// validInitData checks the node's default init-data document.
+func validInitData(cfg Config) error {
+	if cfg.InitData == "" {
+		return nil
+	}
+	if _, err := PodInitData(cfg, nil); err != nil {
+		return err
+	}
+	return nil
 }

@@ -36,7 +36,7 @@ func TestLoadConfigTEE(t *testing.T) {
 		{body: "", want: ""},
 		{body: `tee = "none"`, want: "none"},
 		{body: "tee = \"sim\"\n[proxy]\nkbs = \"127.0.0.1:8080\"\n", want: "sim"},
-		{body: `tee = "snp"`, wantErr: true},
+		{body: `tee = "sev"`, wantErr: true},
 	} {
 		p := filepath.Join(dir, "runtime.toml")
 		os.WriteFile(p, []byte(tc.body), 0o644)
@@ -64,7 +64,7 @@ func TestSimLaunch(t *testing.T) {
 	if !bytes.Equal(m, want) {
 		t.Fatalf("measurement %x, want %x", m, want)
 	}
-	args, err := TEEArgs(cfg)
+	args, err := TEEArgs(cfg, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -113,7 +113,7 @@ func TestSimLaunch(t *testing.T) {
 func TestNoTEE(t *testing.T) {
 	for _, typ := range []string{"", TEENone} {
 		cfg := teeConfig(t, typ)
-		args, err := TEEArgs(cfg)
+		args, err := TEEArgs(cfg, nil)
 		if err != nil || len(args.KernelParams)+len(args.Objects)+len(args.MachineOptions)+len(args.Extra) != 0 {
 			t.Errorf("tee %q: launch args %+v, %v", typ, args, err)
 		}
@@ -123,11 +123,11 @@ func TestNoTEE(t *testing.T) {
 	}
 	cfg := teeConfig(t, TEESim)
 	cfg.Initrd = filepath.Join(t.TempDir(), "missing")
-	if _, err := TEEArgs(cfg); err == nil {
+	if _, err := TEEArgs(cfg, nil); err == nil {
 		t.Error("missing initrd measured")
 	}
 	cfg.TEE = "tdx"
-	if _, err := TEEArgs(cfg); !errdefs.IsInvalidArgument(err) {
+	if _, err := TEEArgs(cfg, nil); !errdefs.IsInvalidArgument(err) {
 		t.Errorf("unknown tee: %v", err)
 	}
 }

@@ -316,7 +316,9 @@ func TestVMDeathEndsTasks(t *testing.T) {
 	if w.ExitStatus == 0 {
 		t.Fatal("task in a dead VM exited 0")
 	}
-	// A new container cannot be created in the dead VM.
+	// A new container cannot be created in the dead VM. (Wait may answer
+	// from the agent's lost Wait call a moment before the VM reports Done.)
+	<-e.vm.Done()
 	b2 := e.bundle(t, "c4", nil, "/bin/true")
 	_, err = e.svc.Create(e.ctx, &taskAPI.CreateTaskRequest{ID: "c4", Bundle: b2})
 	if !errdefs.IsFailedPrecondition(errgrpc.ToNative(err)) {

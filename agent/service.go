@@ -255,7 +255,7 @@ func (s *Service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 	}()
 
 	rootfs := filepath.Join(c.bundle, "rootfs")
-	if err := os.MkdirAll(rootfs, 0o700); err != nil {
+	if err := makeRootDir(c.bundle, rootfs); err != nil {
 		return nil, errgrpc.ToGRPC(err)
 	}
 	if err := s.prepareRootfs(ctx, r.ID, r.Rootfs, rootfs); err != nil {
@@ -264,7 +264,9 @@ func (s *Service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 	if err := s.unseal(ctx, c, rootfs); err != nil {
 		return nil, errgrpc.ToGRPC(err)
 	}
-	s.adaptSpec(c, rootfs)
+	if err := s.adaptSpec(c, rootfs); err != nil {
+		return nil, errgrpc.ToGRPC(fmt.Errorf("container %q: %w", r.ID, err))
+	}
 	b, err := json.Marshal(c.spec)
 	if err != nil {
 		return nil, errgrpc.ToGRPC(err)
@@ -310,9 +312,10 @@ func decodeSpec(a *ptypes.Any) (*specs.Spec, error) {
 }
 
 // adaptSpec turns the host's spec into one that runs in the guest: the
-// rootfs is the unpacked copy, host-only paths are dropped, namespaces of a
-// pod's containers point at its sandbox's in the guest.
-func (s *Service) adaptSpec(c *container, rootfs string) {
+// rootfs is the unpacked copy, mounts are what guestMounts makes of them
+// (node paths never resolve in the guest), namespaces of a pod's
+// containers point at its sandbox's in the guest.
+func (s *Service) adaptSpec(c *container, rootfs string) error {
 	spec := c.spec
 	spec.Root = &specs.Root{Path: rootfs, Readonly: spec.Root != nil && spec.Root.Readonly}
 	spec.Hooks = nil
@@ -320,18 +323,13 @@ func (s *Service) adaptSpec(c *container, rootfs string) {
 		spec.Process.ApparmorProfile = ""
 		spec.Process.SelinuxLabel = ""
 	}
-	var mounts []specs.Mount
-	for _, m := range spec.Mounts {
-		if m.Type == "bind" || hasOpt(m.Options, "bind") || hasOpt(m.Options, "rbind") {
-			if _, err := os.Stat(m.Source); err != nil {
-				continue // a host path that does not exist in the guest
-			}
-		}
-		mounts = append(mounts, m)
+	mounts, err := s.guestMounts(c)
+	if err != nil {
+		return err
 	}
 	spec.Mounts = mounts
 	if spec.Linux == nil {
-		return
+		return nil
 	}
 	spec.Linux.CgroupsPath = "/raksh/" + c.id
 	spec.Linux.MountLabel = ""
@@ -356,6 +354,7 @@ func (s *Service) adaptSpec(c *container, rootfs string) {
 			}
 		}
 	}
+	return nil
 }
 
 func hasNamespace(spec *specs.Spec, t specs.LinuxNamespaceType) bool {
@@ -441,7 +440,7 @@ func (s *Service) startProcess(ctx context.Context, p *process, stdin, stdout, s
 	}
 
 	if p.terminal {
-		sock, err := newConsoleSocket(filepath.Join(s.root, fmt.Sprintf(".console-%s-%s", p.id, p.execID)))
+		sock, err := newConsoleSocket(s.consoleSocketPath())
 		if err != nil {
 			return 0, err
 		}

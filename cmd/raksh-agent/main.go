@@ -118,6 +118,11 @@ func run(ctx context.Context) error {
 	if err := os.MkdirAll(stateRoot, 0o700); err != nil {
 		return err
 	}
+	if os.Getpid() == 1 {
+		if err := agent.MountStateRoot(stateRoot); err != nil {
+			return err
+		}
+	}
 	rt := agent.NewRunc(runcBinary, runcStateDir)
 	kbs := kbssession.New(func(ctx context.Context, target string) (net.Conn, error) {
 		return sess.Open(ctx, wire.ProxyPrefix+target)

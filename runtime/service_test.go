@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -46,6 +47,15 @@ type fakeVM struct {
 	// opts, if set, returns extra agent options (proxy dialer, image keys)
 	// given the guest end of the session.
 	opts func(guest func() transport.Session) []agent.Opt
+	// agent is the agent's service once the guest end is up.
+	agent atomic.Pointer[agent.Service]
+	mu    sync.Mutex // guards guest, set once the guest end is up
+}
+
+func (f *fakeVM) guestSession() transport.Session {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.guest
 }
 
 func (f *fakeVM) Start(ctx context.Context) error {
@@ -67,13 +77,16 @@ func (f *fakeVM) Start(ctx context.Context) error {
 			close(f.ready)
 			return
 		}
+		f.mu.Lock()
 		f.guest = s
+		f.mu.Unlock()
 		close(f.ready)
 		var opts []agent.Opt
 		if f.opts != nil {
 			opts = f.opts(func() transport.Session { return s })
 		}
 		svc := agent.NewService(filepath.Join(f.dir, "guest"), agenttest.NewHostRuntime(), opts...)
+		f.agent.Store(svc)
 		agent.Serve(context.Background(), s, svc)
 	}()
 	c, err := net.Dial("unix", sock)
@@ -90,7 +103,7 @@ func (f *fakeVM) Start(ctx context.Context) error {
 	}
 	f.client = ttrpc.NewClient(ctrl)
 	<-f.ready
-	if f.guest == nil {
+	if f.guestSession() == nil {
 		return errors.New("fake VM: the guest end of the transport failed")
 	}
 	go func() {
@@ -117,7 +130,7 @@ func (f *fakeVM) Pid() int              { return os.Getpid() }
 
 // kill simulates the VM dying under the shim.
 func (f *fakeVM) kill() {
-	f.guest.Close()
+	f.guestSession().Close()
 	f.sess.Close()
 }
 
@@ -379,7 +392,7 @@ func TestProxyAllowList(t *testing.T) {
 	}
 	go serveProxy(ctx, fv, map[string]string{"echo": l.Addr().String()})
 	// Allowed: bytes round-trip through the host service.
-	c, err := fv.guest.Open(ctx, "proxy/echo")
+	c, err := fv.guestSession().Open(ctx, "proxy/echo")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -390,7 +403,7 @@ func TestProxyAllowList(t *testing.T) {
 		t.Fatalf("echo through proxy: %q", b)
 	}
 	// Not allow-listed: the stream is closed without data.
-	c, err = fv.guest.Open(ctx, "proxy/elsewhere")
+	c, err = fv.guestSession().Open(ctx, "proxy/elsewhere")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -19,9 +19,10 @@ func Serve(ctx context.Context, sess transport.Session, svc *Service) error {
 		return err
 	}
 	defer server.Close()
-	agentapi.RegisterNetworkService(server, &networkService{svc})
-
 	taskAPI.RegisterTTRPCTaskService(server, svc)
+	agentapi.RegisterAgentService(server, &agentService{svc})
+	agentapi.RegisterEventsService(server, &eventsService{svc})
+	agentapi.RegisterNetworkService(server, &networkService{svc})
 	l := newChanListener()
 	go func() {
 		defer l.Close()

@@ -26,6 +26,7 @@ import (
 
 	"github.com/raksh-project/raksh/agent/image"
 	"github.com/raksh-project/raksh/internal/wire"
+	"github.com/raksh-project/raksh/tee/initdata"
 )
 
 const streamTimeout = 30 * time.Second
@@ -56,6 +57,8 @@ type Service struct {
 	imageKeys image.KeyProvider
 	// pullOpts are extra options of guest pulls (rootfs.go).
 	pullOpts []image.PullOpt
+	// initData is the pod's init data (initdata.go); nil if none.
+	initData InitData
 }
 
 // WithProxyDialer sets how the agent reaches host-side services (key broker,
@@ -111,6 +114,8 @@ type container struct {
 	// noLogs discards the container's output: its envelope's policy does
 	// not allow logs (seal.go).
 	noLogs bool
+	// pod is the policy of the pod's init data (initdata.go).
+	pod initdata.Policy
 	// sealed is set once the container's envelope was opened: runtime
 	// errors about it are withheld (runtimeErr).
 	sealed bool
@@ -157,6 +162,10 @@ type consoleResizer interface {
 func (s *Service) HandleStream(ctx context.Context, name string, c net.Conn) {
 	if name == wire.EventsStream {
 		go s.sendEvents(ctx, c)
+		return
+	}
+	if name == initdata.Stream {
+		go s.receiveInitData(ctx, c)
 		return
 	}
 	s.streams.add(name, c)
@@ -313,6 +322,10 @@ func (s *Service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 		}
 	}()
 
+	pod, err := s.podPolicy(ctx, c)
+	if err != nil {
+		return nil, errgrpc.ToGRPC(err)
+	}
 	rootfs := filepath.Join(c.bundle, "rootfs")
 	if err := os.MkdirAll(rootfs, 0o700); err != nil {
 		return nil, errgrpc.ToGRPC(err)
@@ -323,6 +336,7 @@ func (s *Service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 	if err := s.unseal(ctx, c, rootfs); err != nil {
 		return nil, errgrpc.ToGRPC(err)
 	}
+	applyPodPolicy(c, pod)
 	s.adaptSpec(c, rootfs)
 	b, err := json.Marshal(c.spec)
 	if err != nil {

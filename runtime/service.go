@@ -160,6 +160,12 @@ func (s *Service) ensureVM(ctx context.Context, cfg Config) (vm.Instance, taskAP
 		v.Shutdown(ctx)
 		return nil, nil, fmt.Errorf("start VM: %w", err)
 	}
+	if cfg.PodInitData != nil {
+		if err := deliverInitData(ctx, v, cfg.PodInitData); err != nil {
+			v.Shutdown(ctx)
+			return nil, nil, err
+		}
+	}
 	agent = taskAPI.NewTTRPCTaskClient(v.Client())
 	s.mu.Lock()
 	s.vm, s.agent = v, agent

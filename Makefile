@@ -12,7 +12,7 @@ COMMANDS := $(filter-out raksh-agent,$(notdir $(wildcard cmd/*)))
 # Test and demo tools (a loopback registry, the test image writer): never shipped by `make build`.
 TEST_COMMANDS := $(notdir $(wildcard internal/cmd/*))
 
-.PHONY: help deps build test-tools initrd test test-unit test-integration fuzz bench demo check clean
+.PHONY: help deps build test-tools initrd test test-unit test-integration test-critest fuzz bench demo check clean
 
 help: ## list targets with their one-line description
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -32,7 +32,7 @@ test-tools: ## build the test/demo tools (raksh-registry, raksh-testimage) into 
 initrd: ## rebuild the guest agent and initrd
 	hack/build-guest.sh
 
-test: deps build test-unit test-integration fuzz ## everything CI runs: unit, root/VM integration and brief fuzzing
+test: deps build test-unit test-integration test-critest fuzz ## everything CI runs: unit, root/VM integration, critest and brief fuzzing
 	@echo "make test: all passed"
 
 test-unit: ## unit tests (no root, no VM): go test ./...
@@ -43,6 +43,12 @@ test-integration: ## root tests against real containerd, runc, QEMU and the gues
 	RAKSH_KERNEL=$(OUTPUT_DIR)/deps/kernel/vmlinuz RAKSH_INITRD=$(OUTPUT_DIR)/initrd.img \
 		$(GO) test -count=1 -p 1 -tags integration -timeout $(INTEGRATION_TIMEOUT) \
 		$$(hack/integration-packages.sh)
+
+test-critest: ## critest (CRI validation) on runc and raksh side by side; table in _output/critest.txt (RAKSH_CRITEST_ALLOWLISTED=1 runs allow-listed tests too)
+	@if [ "$$(id -u)" != 0 ]; then echo "test-critest needs root" >&2; exit 1; fi
+	hack/deps.sh critest
+	RAKSH_KERNEL=$(OUTPUT_DIR)/deps/kernel/vmlinuz RAKSH_INITRD=$(OUTPUT_DIR)/initrd.img \
+		$(GO) test -count=1 -p 1 -tags integration -timeout $(INTEGRATION_TIMEOUT) -v -run '^TestCritest$$' ./integration/critest/
 
 fuzz: ## run every fuzz target briefly (FUZZTIME, default 5s)
 	hack/fuzz.sh $(FUZZTIME)

@@ -7,6 +7,7 @@
 #   hack/deps.sh runc         static runc for the guest (and the host)
 #   hack/deps.sh kernel       Debian cloud kernel + virtio modules (extracted)
 #   hack/deps.sh cni          CNI plugins (bridge, host-local, loopback, portmap) into _output/deps/cni
+#   hack/deps.sh critest      cri-tools' critest (CRI validation suite) into _output/deps/bin
 #   hack/deps.sh all
 set -euo pipefail
 
@@ -17,6 +18,7 @@ BIN="$DEPS/bin"
 CONTAINERD_VERSION="${CONTAINERD_VERSION:-v2.4.2}"
 RUNC_VERSION="${RUNC_VERSION:-v1.5.2}"
 CNI_PLUGINS_VERSION="${CNI_PLUGINS_VERSION:-v1.10.0}"
+CRITOOLS_VERSION="${CRITOOLS_VERSION:-v1.37.0}"
 KERNEL_PKG="${KERNEL_PKG:-linux-image-cloud-amd64}"
 mkdir -p "$BIN"
 
@@ -97,12 +99,33 @@ cni() {
 	echo "$CNI_PLUGINS_VERSION" >"$stamp"
 }
 
+# critest builds cri-tools' CRI validation suite as its Makefile does
+# (go test -c ./cmd/critest with the version ldflag). The proxy's zip has no
+# vendor/, so it builds in a copy with -mod=mod.
+critest() {
+	local stamp="$DEPS/bin/.critest-version"
+	if [ -x "$BIN/critest" ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$CRITOOLS_VERSION" ]; then
+		return
+	fi
+	log "building critest $CRITOOLS_VERSION"
+	local src tmp
+	src="$(go mod download -json "sigs.k8s.io/cri-tools@$CRITOOLS_VERSION" | sed -n 's/.*"Dir": "\(.*\)",*/\1/p')"
+	[ -d "$src" ] || { log "cannot download sigs.k8s.io/cri-tools@$CRITOOLS_VERSION"; exit 1; }
+	tmp="$(mktemp -d)"
+	cp -r "$src/." "$tmp/" && chmod -R u+w "$tmp"
+	(cd "$tmp" && CGO_ENABLED=0 GOFLAGS=-trimpath go test -mod=mod -c -o "$BIN/critest" \
+		-ldflags "-X sigs.k8s.io/cri-tools/pkg/version.Version=${CRITOOLS_VERSION#v}" ./cmd/critest)
+	rm -rf "$tmp"
+	echo "$CRITOOLS_VERSION" >"$stamp"
+}
+
 case "${1:-all}" in
 packages) packages ;;
 containerd) containerd ;;
 runc) runc ;;
 kernel) kernel ;;
 cni) cni ;;
-all) packages; kernel; containerd; runc; cni ;;
-*) echo "usage: $0 [packages|containerd|runc|kernel|cni|all]" >&2; exit 2 ;;
+critest) critest ;;
+all) packages; kernel; containerd; runc; cni; critest ;;
+*) echo "usage: $0 [packages|containerd|runc|kernel|cni|critest|all]" >&2; exit 2 ;;
 esac

@@ -85,6 +85,9 @@ type Options struct {
 	RuntimeConfig string
 	// Env is added to containerd's (and so the shims') environment.
 	Env []string
+	// NoRakshDropin leaves out the raksh runtime drop-in from contrib/ (the
+	// installer test installs its own).
+	NoRakshDropin bool
 	// CNI, if set, gives the CRI plugin a CNI network (see CNI).
 	CNI *CNI
 }
@@ -164,6 +167,9 @@ debug = true
 	dropinPath := filepath.Join(dir, "10-raksh-runtime.toml")
 	os.WriteFile(dropinPath, bytes.ReplaceAll(dropin, []byte("/etc/raksh/runtime.toml"), []byte(c.RuntimeConfigPath)), 0o644)
 	imports := append([]string{dropinPath}, o.Imports...)
+	if o.NoRakshDropin {
+		imports = o.Imports
+	}
 	var q []string
 	for _, i := range imports {
 		q = append(q, fmt.Sprintf("%q", i))

@@ -3,11 +3,12 @@ package agent
 import (
 	"context"
 	"fmt"
-	"io"
-	"net"
 
 	"github.com/containerd/errdefs"
+	"github.com/containerd/errdefs/pkg/errgrpc"
 	"github.com/containerd/log"
+
+	agentapi "github.com/raksh-project/raksh/api/agent/v1"
 
 	"github.com/raksh-project/raksh/policy/guard"
 	"github.com/raksh-project/raksh/tee/initdata"
@@ -24,7 +25,7 @@ type InitData interface {
 }
 
 // WithInitData makes the agent enforce the policy of the pod's init data
-// and accept its delivery on the initdata.Stream stream.
+// and accept its delivery (agentapi.InitDataService).
 func WithInitData(d InitData) Opt { return func(s *Service) { s.initData = d } }
 
 // podPolicy returns the pod's init-data policy, refusing the container
@@ -61,37 +62,23 @@ func applyPodPolicy(c *container, p initdata.Policy) {
 	c.noLogs = c.noLogs || p.DenyLogs
 }
 
-// receiveInitData reads the pod's init-data document from the shim's
-// initdata.Stream (4-byte big-endian length, then the document), delivers
-// it and answers "ok\n" or the refusal.
-func (s *Service) receiveInitData(ctx context.Context, c net.Conn) {
-	defer c.Close()
-	answer := func(err error) {
-		msg := "ok\n"
-		if err != nil {
-			log.G(ctx).WithError(err).Error("init data refused")
-			msg = "error: " + err.Error() + "\n"
-		}
-		io.WriteString(c, msg)
+// initDataService serves agentapi.InitDataService.
+type initDataService struct{ s *Service }
+
+var _ agentapi.InitDataService = (*initDataService)(nil)
+
+// Deliver implements agentapi.InitDataService.
+func (d *initDataService) Deliver(ctx context.Context, r *agentapi.DeliverInitDataRequest) (*agentapi.DeliverInitDataResponse, error) {
+	if d.s.initData == nil {
+		return nil, errgrpc.ToGRPC(fmt.Errorf("this agent does not take init data: %w", errdefs.ErrNotImplemented))
 	}
-	var hdr [4]byte
-	if _, err := io.ReadFull(c, hdr[:]); err != nil {
-		answer(fmt.Errorf("read init data: %w", err))
-		return
+	doc := r.GetDocument()
+	if len(doc) > initdata.MaxSize {
+		return nil, errgrpc.ToGRPC(fmt.Errorf("init data is %d bytes, more than %d: %w", len(doc), initdata.MaxSize, errdefs.ErrInvalidArgument))
 	}
-	n := uint32(hdr[0])<<24 | uint32(hdr[1])<<16 | uint32(hdr[2])<<8 | uint32(hdr[3])
-	if n > initdata.MaxSize {
-		answer(fmt.Errorf("init data is %d bytes, more than %d: %w", n, initdata.MaxSize, errdefs.ErrInvalidArgument))
-		return
+	if err := d.s.initData.Deliver(ctx, doc); err != nil {
+		log.G(ctx).WithError(err).Error("init data refused")
+		return nil, errgrpc.ToGRPC(err)
 	}
-	doc := make([]byte, n)
-	if _, err := io.ReadFull(c, doc); err != nil {
-		answer(fmt.Errorf("read init data: %w", err))
-		return
-	}
-	if s.initData == nil {
-		answer(fmt.Errorf("this agent does not take init data: %w", errdefs.ErrNotImplemented))
-		return
-	}
-	answer(s.initData.Deliver(ctx, doc))
+	return &agentapi.DeliverInitDataResponse{Digest: initdata.Digest(doc)}, nil
 }

@@ -1,13 +1,17 @@
 package agent
 
 import (
+	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"testing"
 
 	"github.com/containerd/errdefs"
+	"github.com/containerd/errdefs/pkg/errgrpc"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
+	agentapi "github.com/raksh-project/raksh/api/agent/v1"
 	"github.com/raksh-project/raksh/envelope"
 	"github.com/raksh-project/raksh/policy/guard"
 	"github.com/raksh-project/raksh/tee/initdata"
@@ -72,5 +76,31 @@ func TestPodPolicy(t *testing.T) {
 	}
 	if !sealed.noLogs {
 		t.Fatal("deny_logs not applied")
+	}
+}
+
+type refusingInitData struct{ fakeInitData }
+
+func (refusingInitData) Deliver(context.Context, []byte) error {
+	return fmt.Errorf("digest mismatch: %w", errdefs.ErrPermissionDenied)
+}
+
+func TestInitDataService(t *testing.T) {
+	ctx := context.Background()
+	doc := []byte(`{"version":"raksh.initdata/v1"}`)
+	req := &agentapi.DeliverInitDataRequest{Document: doc}
+	if _, err := (&initDataService{&Service{}}).Deliver(ctx, req); !errdefs.IsNotImplemented(errgrpc.ToNative(err)) {
+		t.Fatalf("agent without init data: %v", err)
+	}
+	resp, err := (&initDataService{&Service{initData: fakeInitData{}}}).Deliver(ctx, req)
+	if err != nil || !bytes.Equal(resp.GetDigest(), initdata.Digest(doc)) {
+		t.Fatalf("delivery: %x, %v", resp.GetDigest(), err)
+	}
+	if _, err := (&initDataService{&Service{initData: refusingInitData{}}}).Deliver(ctx, req); !errdefs.IsPermissionDenied(errgrpc.ToNative(err)) {
+		t.Fatalf("refusal: %v", err)
+	}
+	big := &agentapi.DeliverInitDataRequest{Document: make([]byte, initdata.MaxSize+1)}
+	if _, err := (&initDataService{&Service{initData: fakeInitData{}}}).Deliver(ctx, big); !errdefs.IsInvalidArgument(errgrpc.ToNative(err)) {
+		t.Fatalf("oversized: %v", err)
 	}
 }

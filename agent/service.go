@@ -15,6 +15,7 @@ import (
 	"time"
 
 	taskAPI "github.com/containerd/containerd/api/runtime/task/v3"
+	"github.com/containerd/containerd/api/types"
 	"github.com/containerd/containerd/api/types/task"
 	"github.com/containerd/containerd/v2/pkg/protobuf"
 	ptypes "github.com/containerd/containerd/v2/pkg/protobuf/types"
@@ -25,6 +26,7 @@ import (
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
 	"github.com/raksh-project/raksh/agent/image"
+	agentapi "github.com/raksh-project/raksh/api/agent/v1"
 	"github.com/raksh-project/raksh/internal/wire"
 	"github.com/raksh-project/raksh/tee/initdata"
 )
@@ -42,7 +44,11 @@ type Service struct {
 	byPid      map[int]*process
 	early      map[int]int // exits reaped before their pid was known
 
-	events chan wire.Event
+	events chan *types.Envelope
+	// version is the agent version Info reports.
+	version string
+	// teeType returns the TEE type Info reports; nil reports "none".
+	teeType func(ctx context.Context) string
 	// Stats returns cgroup metrics of a container; nil disables Stats.
 	stats func(id string) (any, error)
 	// shutdown is called after Shutdown has answered.
@@ -91,7 +97,7 @@ func NewService(root string, rt Runtime, opts ...Opt) *Service {
 		containers: map[string]*container{},
 		byPid:      map[int]*process{},
 		early:      map[int]int{},
-		events:     make(chan wire.Event, 64),
+		events:     make(chan *types.Envelope, 64),
 	}
 	for _, o := range opts {
 		o(s)
@@ -160,35 +166,7 @@ type consoleResizer interface {
 
 // HandleStream passes a stream opened by the shim to the service.
 func (s *Service) HandleStream(ctx context.Context, name string, c net.Conn) {
-	if name == wire.EventsStream {
-		go s.sendEvents(ctx, c)
-		return
-	}
-	if name == initdata.Stream {
-		go s.receiveInitData(ctx, c)
-		return
-	}
 	s.streams.add(name, c)
-}
-
-// Publish queues an asynchronous event for the shim; it never blocks.
-func (s *Service) Publish(ev wire.Event) {
-	select {
-	case s.events <- ev:
-	default:
-		log.G(context.Background()).WithField("type", ev.Type).Warn("dropping agent event: queue full")
-	}
-}
-
-func (s *Service) sendEvents(ctx context.Context, c net.Conn) {
-	defer c.Close()
-	enc := json.NewEncoder(c)
-	for ev := range s.events {
-		if err := enc.Encode(ev); err != nil {
-			log.G(ctx).WithError(err).Warn("events stream closed")
-			return
-		}
-	}
 }
 
 func (s *Service) reap() {
@@ -327,7 +305,7 @@ func (s *Service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 		return nil, errgrpc.ToGRPC(err)
 	}
 	rootfs := filepath.Join(c.bundle, "rootfs")
-	if err := os.MkdirAll(rootfs, 0o700); err != nil {
+	if err := makeRootDir(c.bundle, rootfs); err != nil {
 		return nil, errgrpc.ToGRPC(err)
 	}
 	if err := s.prepareRootfs(ctx, r.ID, r.Rootfs, rootfs); err != nil {
@@ -337,7 +315,9 @@ func (s *Service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 		return nil, errgrpc.ToGRPC(err)
 	}
 	applyPodPolicy(c, pod)
-	s.adaptSpec(c, rootfs)
+	if err := s.adaptSpec(c, rootfs); err != nil {
+		return nil, errgrpc.ToGRPC(fmt.Errorf("container %q: %w", r.ID, err))
+	}
 	b, err := json.Marshal(c.spec)
 	if err != nil {
 		return nil, errgrpc.ToGRPC(err)
@@ -381,9 +361,10 @@ func decodeSpec(a *ptypes.Any) (*specs.Spec, error) {
 }
 
 // adaptSpec turns the host's spec into one that runs in the guest: the
-// rootfs is the unpacked copy, host-only paths are dropped, namespaces of a
-// pod's containers point at its sandbox's in the guest.
-func (s *Service) adaptSpec(c *container, rootfs string) {
+// rootfs is the unpacked copy, mounts are what guestMounts makes of them
+// (node paths never resolve in the guest), namespaces of a pod's
+// containers point at its sandbox's in the guest.
+func (s *Service) adaptSpec(c *container, rootfs string) error {
 	spec := c.spec
 	spec.Root = &specs.Root{Path: rootfs, Readonly: spec.Root != nil && spec.Root.Readonly}
 	spec.Hooks = nil
@@ -391,18 +372,13 @@ func (s *Service) adaptSpec(c *container, rootfs string) {
 		spec.Process.ApparmorProfile = ""
 		spec.Process.SelinuxLabel = ""
 	}
-	var mounts []specs.Mount
-	for _, m := range spec.Mounts {
-		if m.Type == "bind" || hasOpt(m.Options, "bind") || hasOpt(m.Options, "rbind") {
-			if _, err := os.Stat(m.Source); err != nil {
-				continue // a host path that does not exist in the guest
-			}
-		}
-		mounts = append(mounts, m)
+	mounts, err := s.guestMounts(c)
+	if err != nil {
+		return err
 	}
 	spec.Mounts = mounts
 	if spec.Linux == nil {
-		return
+		return nil
 	}
 	spec.Linux.CgroupsPath = "/raksh/" + c.id
 	spec.Linux.MountLabel = ""
@@ -427,6 +403,7 @@ func (s *Service) adaptSpec(c *container, rootfs string) {
 			}
 		}
 	}
+	return nil
 }
 
 func hasNamespace(spec *specs.Spec, t specs.LinuxNamespaceType) bool {
@@ -512,7 +489,7 @@ func (s *Service) startProcess(ctx context.Context, p *process, stdin, stdout, s
 	}
 
 	if p.terminal {
-		sock, err := newConsoleSocket(filepath.Join(s.root, fmt.Sprintf(".console-%s-%s", p.id, p.execID)))
+		sock, err := newConsoleSocket(s.consoleSocketPath())
 		if err != nil {
 			return 0, err
 		}
@@ -887,7 +864,7 @@ func (s *Service) Stats(ctx context.Context, r *taskAPI.StatsRequest) (*taskAPI.
 
 // Connect returns the agent's and the container's pids.
 func (s *Service) Connect(ctx context.Context, r *taskAPI.ConnectRequest) (*taskAPI.ConnectResponse, error) {
-	resp := &taskAPI.ConnectResponse{ShimPid: uint32(os.Getpid()), Version: wire.Version}
+	resp := &taskAPI.ConnectResponse{ShimPid: uint32(os.Getpid()), Version: agentapi.Version}
 	if c, err := s.get(r.ID); err == nil && c.init != nil {
 		resp.TaskPid = uint32(c.init.pid)
 	}

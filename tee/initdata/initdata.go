@@ -216,8 +216,3 @@ func allZero(b []byte) bool {
 	}
 	return true
 }
-
-// Stream is the name of the shim→agent stream delivering the document:
-// a 4-byte big-endian length, the document; the agent answers "ok\n" or
-// "error: <reason>\n".
-const Stream = "raksh.init-data"

@@ -170,6 +170,12 @@ func (s *Service) ensureVM(ctx context.Context, cfg Config, spec *specs.Spec) (_
 		return nil, nil, err
 	}
 	log.G(ctx).WithField("agent", info.GetAgentVersion()).WithField("kernel", info.GetKernelRelease()).WithField("tee", info.GetTeeType()).Info("agent connected")
+	if cfg.PodInitData != nil {
+		if err := deliverInitData(ctx, v, cfg.PodInitData); err != nil {
+			v.Shutdown(ctx)
+			return nil, nil, err
+		}
+	}
 	if err := setupGuestNetwork(ctx, v, podNet); err != nil {
 		v.Shutdown(ctx)
 		return nil, nil, err

@@ -263,6 +263,7 @@ func (s *Service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 		return nil, errgrpc.ToGRPC(err)
 	}
 	applyPodPolicy(c, pod)
+	logHostHooks(ctx, r.ID, c.spec)
 	if err := s.adaptSpec(c, rootfs); err != nil {
 		return nil, errgrpc.ToGRPC(fmt.Errorf("container %q: %w", r.ID, err))
 	}

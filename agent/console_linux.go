@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"path/filepath"
+	"sync/atomic"
 
 	"github.com/containerd/console"
 	runc "github.com/containerd/go-runc"
@@ -57,4 +59,22 @@ type ptyConsole struct{ console.Console }
 
 func (c ptyConsole) Resize(w, h uint16) error {
 	return c.Console.Resize(console.WinSize{Width: w, Height: h})
+}
+
+// consoleSeq numbers console sockets: their path must be unique and short.
+var consoleSeq atomic.Uint64
+
+// maxSocketPath is the longest path a unix socket address holds (sun_path
+// is 108 bytes with its terminating NUL).
+const maxSocketPath = 107
+
+// consoleSocketPath returns a fresh path for a console socket. It is not
+// built from container or exec ids: with CRI's 64-character ids that would
+// exceed what a unix socket address holds ("bind: invalid argument").
+func (s *Service) consoleSocketPath() string {
+	name := fmt.Sprintf(".con%d", consoleSeq.Add(1))
+	if p := filepath.Join(s.root, name); len(p) <= maxSocketPath {
+		return p
+	}
+	return filepath.Join(os.TempDir(), fmt.Sprintf("raksh-%d%s", os.Getpid(), name))
 }

@@ -18,4 +18,4 @@ if [ ! -s "$SIMKEY" ] || [ ! -s "$SIMPUB" ]; then
 	"$OUT/bin/rakshctl" keys generate --alg ec-p384 --force --private "$SIMKEY" --public "$SIMPUB" >/dev/null
 fi
 "$OUT/bin/rakshctl" initrd build --agent "$OUT/bin/raksh-agent" --runc "$OUT/deps/bin/runc" \
-	--modules-dir "$OUT/deps/kernel/modules" --file "/etc/raksh/sim-platform-key.pem=$SIMKEY" -o "$OUT/initrd.img"
+	--modules-dir "$OUT/deps/kernel/modules" --file "/etc/raksh/sim-platform-key.pem=$SIMKEY" --out "$OUT/initrd.img"

@@ -3,7 +3,9 @@ package runtime
 import (
 	"context"
 	"crypto/rand"
+	"crypto/sha256"
 	"encoding/binary"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -175,9 +177,21 @@ func vsockCID() uint32 {
 	return 3 + binary.LittleEndian.Uint32(b[:])%(1<<30)
 }
 
+// vmDir is the state directory of the VM of shim id. It holds unix
+// sockets, whose paths must fit in 108 bytes: when state_dir/ns/id is too
+// long for that (64-character ids under a long state_dir), the directory
+// is named by a digest of the id instead.
 func vmDir(cfg Config, ns, id string) string {
-	return filepath.Join(cfg.StateDir, ns, id)
+	d := filepath.Join(cfg.StateDir, ns, id)
+	if len(d)+len("/agent.sock") <= maxSocketPath {
+		return d
+	}
+	sum := sha256.Sum256([]byte(id))
+	return filepath.Join(cfg.StateDir, ns, "h-"+hex.EncodeToString(sum[:10]))
 }
+
+// maxSocketPath is the longest path a unix socket address holds.
+const maxSocketPath = 107
 
 // NewQEMUVM is the VMFactory of the shim: a QEMU VM per shim.
 func NewQEMUVM(ctx context.Context, cfg Config, id string) (vm.Instance, error) {

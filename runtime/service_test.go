@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -42,9 +43,19 @@ type fakeVM struct {
 	client *ttrpc.Client
 	done   chan struct{}
 	once   sync.Once
+	ready  chan struct{} // closed once guest is set (or the guest end failed)
 	// opts, if set, returns extra agent options (proxy dialer, image keys)
 	// given the guest end of the session.
 	opts func(guest func() transport.Session) []agent.Opt
+	// agent is the agent's service once the guest end is up.
+	agent atomic.Pointer[agent.Service]
+	mu    sync.Mutex // guards guest, set once the guest end is up
+}
+
+func (f *fakeVM) guestSession() transport.Session {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.guest
 }
 
 func (f *fakeVM) Start(ctx context.Context) error {
@@ -54,21 +65,28 @@ func (f *fakeVM) Start(ctx context.Context) error {
 		return err
 	}
 	defer l.Close()
+	f.ready = make(chan struct{})
 	go func() {
 		c, err := l.Accept()
 		if err != nil {
+			close(f.ready)
 			return
 		}
 		s, err := transport.Server(ctx, c, 5*time.Millisecond)
 		if err != nil {
+			close(f.ready)
 			return
 		}
+		f.mu.Lock()
 		f.guest = s
+		f.mu.Unlock()
+		close(f.ready)
 		var opts []agent.Opt
 		if f.opts != nil {
 			opts = f.opts(func() transport.Session { return s })
 		}
 		svc := agent.NewService(filepath.Join(f.dir, "guest"), agenttest.NewHostRuntime(), opts...)
+		f.agent.Store(svc)
 		agent.Serve(context.Background(), s, svc)
 	}()
 	c, err := net.Dial("unix", sock)
@@ -84,6 +102,10 @@ func (f *fakeVM) Start(ctx context.Context) error {
 		return err
 	}
 	f.client = ttrpc.NewClient(ctrl)
+	<-f.ready
+	if f.guestSession() == nil {
+		return errors.New("fake VM: the guest end of the transport failed")
+	}
 	go func() {
 		<-f.sess.Done()
 		f.once.Do(func() { close(f.done) })
@@ -108,7 +130,7 @@ func (f *fakeVM) Pid() int              { return os.Getpid() }
 
 // kill simulates the VM dying under the shim.
 func (f *fakeVM) kill() {
-	f.guest.Close()
+	f.guestSession().Close()
 	f.sess.Close()
 }
 
@@ -307,7 +329,9 @@ func TestVMDeathEndsTasks(t *testing.T) {
 	if w.ExitStatus == 0 {
 		t.Fatal("task in a dead VM exited 0")
 	}
-	// A new container cannot be created in the dead VM.
+	// A new container cannot be created in the dead VM. (Wait may answer
+	// from the agent's lost Wait call a moment before the VM reports Done.)
+	<-e.vm.Done()
 	b2 := e.bundle(t, "c4", nil, "/bin/true")
 	_, err = e.svc.Create(e.ctx, &taskAPI.CreateTaskRequest{ID: "c4", Bundle: b2})
 	if !errdefs.IsFailedPrecondition(errgrpc.ToNative(err)) {
@@ -367,11 +391,8 @@ func TestProxyAllowList(t *testing.T) {
 		t.Fatal(err)
 	}
 	go serveProxy(ctx, fv, map[string]string{"echo": l.Addr().String()})
-	for fv.guest == nil {
-		time.Sleep(5 * time.Millisecond)
-	}
 	// Allowed: bytes round-trip through the host service.
-	c, err := fv.guest.Open(ctx, "proxy/echo")
+	c, err := fv.guestSession().Open(ctx, "proxy/echo")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -382,7 +403,7 @@ func TestProxyAllowList(t *testing.T) {
 		t.Fatalf("echo through proxy: %q", b)
 	}
 	// Not allow-listed: the stream is closed without data.
-	c, err = fv.guest.Open(ctx, "proxy/elsewhere")
+	c, err = fv.guestSession().Open(ctx, "proxy/elsewhere")
 	if err != nil {
 		t.Fatal(err)
 	}

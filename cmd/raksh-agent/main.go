@@ -118,6 +118,11 @@ func run(ctx context.Context) error {
 	if err := os.MkdirAll(stateRoot, 0o700); err != nil {
 		return err
 	}
+	if os.Getpid() == 1 {
+		if err := agent.MountStateRoot(stateRoot); err != nil {
+			return err
+		}
+	}
 	rt := agent.NewRunc(runcBinary, runcStateDir)
 	kbs := kbssession.New(func(ctx context.Context, target string) (net.Conn, error) {
 		return sess.Open(ctx, wire.ProxyPrefix+target)
@@ -136,10 +141,13 @@ func run(ctx context.Context) error {
 	var svc *agent.Service
 	svc = agent.NewService(stateRoot, rt, append(imageKeys,
 		agent.WithStats(agent.CgroupStats),
+		agent.WithVersion(agentVersion()),
+		agent.WithTEEType(teeType),
 		agent.WithProxyDialer(func(ctx context.Context, target string) (net.Conn, error) {
 			return sess.Open(ctx, wire.ProxyPrefix+target)
 		}),
 		agent.WithKeySource(kbs.KeySource()),
+		agent.WithInitData(kbs),
 		agent.WithCreated(func(ctx context.Context, id string) { svc.WatchOOM(ctx, id) }),
 		agent.WithShutdown(func() {
 			log.G(ctx).Info("shutdown requested")

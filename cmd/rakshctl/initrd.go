@@ -3,6 +3,8 @@ package main
 import (
 	"fmt"
 	"os"
+	"strings"
+	"time"
 
 	"github.com/urfave/cli/v2"
 
@@ -21,10 +23,15 @@ var initrdCommand = &cli.Command{
 			&cli.StringFlag{Name: "modules-dir", Usage: "kernel modules directory (lib/modules/<version>)"},
 			&cli.StringSliceFlag{Name: "module", Usage: "kernel module to include (repeatable; default: virtio, vsock, overlay)"},
 			&cli.StringSliceFlag{Name: "file", Usage: "extra file DEST=SRC (repeatable)"},
-			&cli.StringFlag{Name: "output", Aliases: []string{"o"}, Usage: "output path", Required: true},
+			&cli.StringFlag{Name: "out", Usage: "initrd file to write", Required: true},
 			&cli.BoolFlag{Name: "gzip", Usage: "gzip the archive (smaller; slower to boot under TCG)"},
+			outputFlag("text", "text", "json"),
 		},
 		Action: func(c *cli.Context) error {
+			format, err := checkOutput(c, "text", "json")
+			if err != nil {
+				return err
+			}
 			files := map[string]string{}
 			for _, f := range c.StringSlice("file") {
 				dst, src, ok := cutEq(f)
@@ -40,8 +47,25 @@ var initrdCommand = &cli.Command{
 			o := initrd.Options{
 				Agent: c.String("agent"), Runc: c.String("runc"),
 				ModulesDir: c.String("modules-dir"), Modules: mods,
-				Files: files, Output: c.String("output"), Gzip: c.Bool("gzip"),
+				Files: files, Output: c.String("out"), Gzip: c.Bool("gzip"),
 			}
+			progress := c.App.ErrWriter
+			if progress == nil {
+				progress = os.Stderr
+			}
+			start := time.Now()
+			fmt.Fprintf(progress, "initrd: /init from %s (%s), /bin/runc from %s (%s)\n", o.Agent, fileSize(o.Agent), o.Runc, fileSize(o.Runc))
+			if o.ModulesDir != "" {
+				order, err := initrd.ModuleOrder(o.ModulesDir, o.Modules)
+				if err != nil {
+					return err
+				}
+				fmt.Fprintf(progress, "initrd: %d kernel module(s) from %s (%s with dependencies)\n", len(order), o.ModulesDir, strings.Join(o.Modules, ", "))
+			}
+			if len(files) > 0 {
+				fmt.Fprintf(progress, "initrd: %d extra file(s)\n", len(files))
+			}
+			fmt.Fprintf(progress, "initrd: writing the cpio archive (gzip: %v)\n", o.Gzip)
 			if err := initrd.Build(o); err != nil {
 				return err
 			}
@@ -49,7 +73,10 @@ var initrdCommand = &cli.Command{
 			if err != nil {
 				return err
 			}
-			fmt.Fprintf(c.App.Writer, "wrote %s (%d bytes)\n", o.Output, st.Size())
+			if format == "json" {
+				return printJSON(c.App.Writer, map[string]any{"out": o.Output, "bytes": st.Size(), "gzip": o.Gzip, "seconds": time.Since(start).Seconds()})
+			}
+			fmt.Fprintf(c.App.Writer, "wrote %s (%d bytes) in %.1fs\n", o.Output, st.Size(), time.Since(start).Seconds())
 			return nil
 		},
 	}},
@@ -62,4 +89,13 @@ func cutEq(s string) (string, string, bool) {
 		}
 	}
 	return "", "", false
+}
+
+// fileSize is a file's size for progress lines.
+func fileSize(p string) string {
+	st, err := os.Stat(p)
+	if err != nil {
+		return "missing"
+	}
+	return fmt.Sprintf("%.1f MB", float64(st.Size())/1e6)
 }

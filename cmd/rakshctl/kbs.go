@@ -32,8 +32,12 @@ var kbsCommand = &cli.Command{
 				Name:      "set",
 				Usage:     "upload a resource (e.g. a workload private key) to repo/type/tag",
 				ArgsUsage: "REPO/TYPE/TAG",
-				Flags:     append([]cli.Flag{&cli.StringFlag{Name: "file", Usage: "resource content file", Required: true}}, kbsFlags...),
+				Flags:     append([]cli.Flag{&cli.StringFlag{Name: "file", Usage: "resource content file", Required: true}, outputFlag("text", "text", "json")}, kbsFlags...),
 				Action: func(c *cli.Context) error {
+					format, err := checkOutput(c, "text", "json")
+					if err != nil {
+						return err
+					}
 					path, err := kbs.ParseResourcePath(c.Args().First())
 					if err != nil || c.NArg() != 1 {
 						return fmt.Errorf("want one REPO/TYPE/TAG argument: %w", errdefs.ErrInvalidArgument)
@@ -48,6 +52,9 @@ var kbsCommand = &cli.Command{
 					}
 					if err := a.SetResource(c.Context, path, data); err != nil {
 						return err
+					}
+					if format == "json" {
+						return printJSON(c.App.Writer, map[string]any{"resource": path, "kid": "kbs:///" + path, "bytes": len(data)})
 					}
 					fmt.Fprintf(c.App.Writer, "resource %s set (kid kbs:///%s)\n", path, path)
 					return nil
@@ -67,14 +74,19 @@ var kbsCommand = &cli.Command{
 						if err != nil {
 							return err
 						}
-						if _, err := kbs.ParsePolicy(doc); err != nil {
+						p, err := kbs.ParsePolicy(doc)
+						if err != nil {
 							return err
 						}
 						a, err := adminClient(c)
 						if err != nil {
 							return err
 						}
-						return a.SetPolicy(c.Context, doc)
+						if err := a.SetPolicy(c.Context, doc); err != nil {
+							return err
+						}
+						fmt.Fprintf(c.App.Writer, "policy set: %d rule(s)\n", len(p.Rules))
+						return nil
 					},
 				},
 				{

@@ -7,12 +7,15 @@ import (
 	"os"
 
 	"github.com/urfave/cli/v2"
+
+	"github.com/raksh-project/raksh/internal/version"
 )
 
 func newApp() *cli.App {
 	return &cli.App{
-		Name:  "rakshctl",
-		Usage: "confidential containers: keys, sealing and guest images",
+		Name:    "rakshctl",
+		Usage:   "confidential containers: keys, sealing, images, node audit and the guest initrd",
+		Version: version.Version,
 		Commands: []*cli.Command{
 			keysCommand,
 			kbsCommand,
@@ -28,6 +31,7 @@ func newApp() *cli.App {
 }
 
 func main() {
+	// Commands with their own exit codes (audit) exit through cli.ExitCoder.
 	if err := newApp().Run(os.Args); err != nil {
 		fmt.Fprintln(os.Stderr, "rakshctl:", err)
 		os.Exit(1)

@@ -27,7 +27,7 @@ working directory, chosen secret files and optionally image reference into an en
 (JWE, sealed to --recipient) stored in the pod annotation io.raksh.envelope/<container>.
 The visible fields become the placeholder "raksh-sealed" and runtimeClassName is set.
 Other documents pass through unchanged, in the same order.`,
-	Flags: []cli.Flag{
+	Flags: append([]cli.Flag{
 		&cli.StringFlag{Name: "file", Aliases: []string{"f"}, Usage: "manifest file (multi-document YAML; - for stdin)", Required: true},
 		&cli.StringFlag{Name: "recipient", Usage: "workload public key (PEM or JWK)", Required: true},
 		&cli.StringFlag{Name: "kid", Usage: "KBS resource URI of the workload private key (kbs:///repo/type/tag)", Required: true},
@@ -40,7 +40,7 @@ Other documents pass through unchanged, in the same order.`,
 		&cli.BoolFlag{Name: "allow-logs", Usage: "sealed policy: let container output reach the node"},
 		&cli.StringFlag{Name: "out", Usage: "output file (default stdout)"},
 		outputFlag("yaml", "yaml", "json"),
-	},
+	}, dryRunFlags...),
 	Action: sealAction,
 }
 
@@ -80,6 +80,13 @@ func sealAction(c *cli.Context) error {
 	sealed, err := kube.Seal(in, opts)
 	if err != nil {
 		return err
+	}
+	if c.Bool("dry-run") {
+		format := "text"
+		if out == "json" {
+			format = "json"
+		}
+		return sealDryRun(c, in, sealed, format)
 	}
 	if out == "json" {
 		if sealed, err = docsToJSON(sealed); err != nil {

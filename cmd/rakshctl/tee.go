@@ -20,8 +20,13 @@ report: SHA-384 over kernel, initrd and kernel command line, as the shim compute
 on this host. Put it in the key broker's resource policy ("measurements": [...]).`,
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "runtime-config", Value: launch.DefaultConfigPath, Usage: "the shim's runtime.toml"},
+			outputFlag("text", "text", "json"),
 		},
 		Action: func(c *cli.Context) error {
+			format, err := checkOutput(c, "text", "json")
+			if err != nil {
+				return err
+			}
 			cfg, err := launch.LoadConfig(c.String("runtime-config"))
 			if err != nil {
 				return err
@@ -29,6 +34,9 @@ on this host. Put it in the key broker's resource policy ("measurements": [...])
 			m, err := launch.LaunchMeasurement(cfg)
 			if err != nil {
 				return err
+			}
+			if format == "json" {
+				return printJSON(c.App.Writer, map[string]string{"tee": string(cfg.TEE), "measurement": hex.EncodeToString(m)})
 			}
 			fmt.Fprintln(c.App.Writer, hex.EncodeToString(m))
 			return nil

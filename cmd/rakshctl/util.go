@@ -70,7 +70,14 @@ func writeOutput(c *cli.Context, path string, data []byte, private bool) error {
 	if private {
 		mode = 0o600
 	}
-	return os.WriteFile(path, data, mode)
+	if err := os.WriteFile(path, data, mode); err != nil {
+		return err
+	}
+	// The data went to a file: say so, on stderr so pipelines stay clean.
+	if w := c.App.ErrWriter; w != nil {
+		fmt.Fprintf(w, "wrote %s (%d bytes)\n", path, len(data))
+	}
+	return nil
 }
 
 func readPrivateKey(path string) (crypto.PrivateKey, error) {

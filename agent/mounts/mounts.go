@@ -1,0 +1,121 @@
+// Package mounts decides how the mounts of a container spec written on the
+// node reach the guest.
+//
+// The node is untrusted and writes every bind mount's source as a path on
+// the node. The guest's own filesystem at that path (the agent's state and
+// bundles under /run, the initrd's keys under /etc/raksh) is never what the
+// container gets: a bind mount is either delivered (its content was copied
+// into the guest by the shim, or it is a guest-side replacement such as the
+// pod's shared /dev/shm) or refused with an error naming it. Filesystems the
+// guest kernel creates for the container (proc, sysfs, tmpfs, ...) are kept;
+// any other mount kind is refused.
+package mounts
+
+import (
+	"fmt"
+	"path"
+	"slices"
+	"strings"
+
+	"github.com/containerd/errdefs"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+)
+
+// guestFS are the filesystem types the guest kernel creates afresh for a
+// container: their source is only a label, nothing of the node or of the
+// guest's own files is reached through them.
+var guestFS = map[string]bool{
+	"proc": true, "sysfs": true, "devpts": true, "mqueue": true, "tmpfs": true,
+	"cgroup": true, "cgroup2": true,
+}
+
+// ShmDestination is where CRI binds the pod's shared memory directory.
+const ShmDestination = "/dev/shm"
+
+// DefaultShmSize is the size of a container's own /dev/shm when the pod
+// provides none (runc's and containerd's default).
+const DefaultShmSize = "65536k"
+
+// Resolver returns the guest directory or file that holds what was
+// delivered for the bind mount m (copied kubelet volumes, the pod's
+// emptyDirs and /dev/shm), and whether there is one.
+type Resolver func(m specs.Mount) (guestPath string, ok bool)
+
+// IsBind reports whether m is a bind mount, whose source is a path.
+func IsBind(m specs.Mount) bool {
+	return m.Type == "bind" || slices.Contains(m.Options, "bind") || slices.Contains(m.Options, "rbind")
+}
+
+// Describe names a mount in errors and logs: "bind mount of /etc/raksh at /x".
+func Describe(m specs.Mount) string {
+	kind := m.Type
+	if IsBind(m) {
+		kind = "bind"
+	}
+	if kind == "" {
+		kind = "untyped"
+	}
+	return fmt.Sprintf("%s mount of %q at %q", kind, m.Source, m.Destination)
+}
+
+// Rewrite returns the mounts of a node-written spec as the guest runs them.
+// Guest-created filesystems are kept (their source set to their type);
+// every bind mount is replaced by a bind of the guest path resolve returns
+// for it, or, for /dev/shm with nothing resolved, by a private tmpfs; any
+// other bind mount and any other mount kind is refused with an
+// errdefs.ErrInvalidArgument error naming each refused mount. The source
+// of a bind mount is never looked up in the guest's filesystem.
+func Rewrite(ms []specs.Mount, resolve Resolver) ([]specs.Mount, error) {
+	var (
+		out     []specs.Mount
+		refused []string
+	)
+	for _, m := range ms {
+		if !path.IsAbs(m.Destination) {
+			refused = append(refused, fmt.Sprintf("%s: destination is not an absolute path", Describe(m)))
+			continue
+		}
+		switch {
+		case IsBind(m):
+			if p, ok := resolveMount(resolve, m); ok {
+				out = append(out, specs.Mount{Destination: m.Destination, Type: "bind", Source: p, Options: bindOptions(m.Options)})
+				continue
+			}
+			if path.Clean(m.Destination) == ShmDestination {
+				out = append(out, specs.Mount{Destination: m.Destination, Type: "tmpfs", Source: "shm",
+					Options: []string{"nosuid", "noexec", "nodev", "mode=1777", "size=" + DefaultShmSize}})
+				continue
+			}
+			refused = append(refused, fmt.Sprintf("%s: a node path cannot reach the guest (only kubelet volumes, CRI's files and emptyDir are delivered; see docs/volumes.md)", Describe(m)))
+		case guestFS[m.Type]:
+			m.Source = m.Type
+			out = append(out, m)
+		default:
+			refused = append(refused, fmt.Sprintf("%s: mount type %q is not supported in the guest", Describe(m), m.Type))
+		}
+	}
+	if len(refused) > 0 {
+		return nil, fmt.Errorf("refusing %s: %w", strings.Join(refused, "; "), errdefs.ErrInvalidArgument)
+	}
+	return out, nil
+}
+
+func resolveMount(resolve Resolver, m specs.Mount) (string, bool) {
+	if resolve == nil {
+		return "", false
+	}
+	return resolve(m)
+}
+
+// bindOptions keeps the options of a bind mount that make sense for a
+// guest copy: read-only, bind/rbind, propagation and nosuid/nodev/noexec.
+func bindOptions(opts []string) []string {
+	out := []string{"rbind"}
+	for _, o := range opts {
+		switch o {
+		case "ro", "rro", "nosuid", "nodev", "noexec", "rprivate", "private", "rslave", "slave":
+			out = append(out, o)
+		}
+	}
+	return out
+}

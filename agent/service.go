@@ -28,6 +28,7 @@ import (
 	"github.com/raksh-project/raksh/agent/image"
 	agentapi "github.com/raksh-project/raksh/api/agent/v1"
 	"github.com/raksh-project/raksh/internal/wire"
+	"github.com/raksh-project/raksh/tee/initdata"
 )
 
 const streamTimeout = 30 * time.Second
@@ -62,6 +63,8 @@ type Service struct {
 	imageKeys image.KeyProvider
 	// pullOpts are extra options of guest pulls (rootfs.go).
 	pullOpts []image.PullOpt
+	// initData is the pod's init data (initdata.go); nil if none.
+	initData InitData
 }
 
 // WithProxyDialer sets how the agent reaches host-side services (key broker,
@@ -121,6 +124,8 @@ type container struct {
 	// (seal.go). They are added after the node's mounts are rewritten:
 	// their sources are guest paths, never node ones.
 	sealedMounts []specs.Mount
+	// pod is the policy of the pod's init data (initdata.go).
+	pod initdata.Policy
 	// sealed is set once the container's envelope was opened: runtime
 	// errors about it are withheld (runtimeErr).
 	sealed bool
@@ -240,6 +245,10 @@ func (s *Service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 		}
 	}()
 
+	pod, err := s.podPolicy(ctx, c)
+	if err != nil {
+		return nil, errgrpc.ToGRPC(err)
+	}
 	rootfs := filepath.Join(c.bundle, "rootfs")
 	if err := makeRootDir(c.bundle, rootfs); err != nil {
 		return nil, errgrpc.ToGRPC(err)
@@ -250,6 +259,7 @@ func (s *Service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 	if err := s.unseal(ctx, c, rootfs); err != nil {
 		return nil, errgrpc.ToGRPC(err)
 	}
+	applyPodPolicy(c, pod)
 	if err := s.adaptSpec(c, rootfs); err != nil {
 		return nil, errgrpc.ToGRPC(fmt.Errorf("container %q: %w", r.ID, err))
 	}

@@ -155,6 +155,12 @@ func (s *Service) ensureVM(ctx context.Context, cfg Config) (vm.Instance, taskAP
 		return nil, nil, err
 	}
 	log.G(ctx).WithField("agent", info.GetAgentVersion()).WithField("kernel", info.GetKernelRelease()).WithField("tee", info.GetTeeType()).Info("agent connected")
+	if cfg.PodInitData != nil {
+		if err := deliverInitData(ctx, v, cfg.PodInitData); err != nil {
+			v.Shutdown(ctx)
+			return nil, nil, err
+		}
+	}
 	agent = taskAPI.NewTTRPCTaskClient(v.Client())
 	s.mu.Lock()
 	s.vm, s.agent = v, agent

@@ -123,6 +123,10 @@ type container struct {
 	// noLogs discards the container's output: its envelope's policy does
 	// not allow logs (seal.go).
 	noLogs bool
+	// sealedMounts bind the sealed files the agent wrote in the guest
+	// (seal.go). They are added after the node's mounts are rewritten:
+	// their sources are guest paths, never node ones.
+	sealedMounts []specs.Mount
 	// pod is the policy of the pod's init data (initdata.go).
 	pod initdata.Policy
 	// sealed is set once the container's envelope was opened: runtime

@@ -27,6 +27,7 @@ import (
 	"github.com/containerd/errdefs"
 	"github.com/containerd/log"
 
+	"github.com/raksh-project/raksh/agent/scratch"
 	"github.com/raksh-project/raksh/runtime/launch"
 	"github.com/raksh-project/raksh/runtime/vm"
 	"github.com/raksh-project/raksh/runtime/vm/qemu"
@@ -224,6 +225,13 @@ func NewQEMUVM(ctx context.Context, cfg Config, id string, nics []qemu.NIC) (vm.
 	}
 	qc.VsockCID, qc.Name = cid, "raksh-"+id
 	qc.NICs = nics
+	if cfg.PodScratchDiskMiB > 0 {
+		f, err := openScratch(cfg.ScratchDir, cfg.PodScratchDiskMiB)
+		if err != nil {
+			return nil, err
+		}
+		qc.Disks = append(qc.Disks, qemu.Disk{File: f, Serial: scratch.Serial})
+	}
 	return vm.NewQEMU(vm.QEMUOptions{
 		Config:          qc,
 		Dir:             vmDir(cfg, ns, id),

@@ -22,6 +22,8 @@ import (
 var DefaultModules = []string{
 	"virtio_pci", "virtio_console", "virtio-rng",
 	"vmw_vsock_virtio_transport", "overlay", "virtio_net",
+	// The encrypted scratch disk (agent/scratch).
+	"virtio_blk", "dm_mod", "dm_crypt", "dm_integrity", "authenc", "xts", "ecb",
 }
 
 // Options describe an initrd.

@@ -97,22 +97,43 @@ type Config struct {
 	// and the broker's policy decides whether they are released. Empty: the
 	// agent uses the key files baked into its initrd (/etc/raksh/image-keys).
 	ImageKeys []string `toml:"image_keys"`
+	// MemoryMaxMiB caps a VM's memory: memory_mib plus the pod's memory
+	// limit (see PodMemoryMiB and docs/storage.md). 0: no pod-sized
+	// memory, every VM gets memory_mib.
+	MemoryMaxMiB uint `toml:"memory_max_mib"`
+	// ScratchDiskMiB is the size of each pod's encrypted scratch disk
+	// (swap in the guest, see docs/storage.md); 0 (the default) gives none.
+	// The io.raksh.scratch-disk-mib pod annotation overrides it up to
+	// ScratchDiskMaxMiB.
+	ScratchDiskMiB uint `toml:"scratch_disk_mib"`
+	// ScratchDiskMaxMiB caps the annotation.
+	ScratchDiskMaxMiB uint `toml:"scratch_disk_max_mib"`
+	// ScratchDir holds the scratch disks' files (never named: opened
+	// O_TMPFILE, so they vanish with the last process holding them). Put
+	// it on a disk, not a tmpfs.
+	ScratchDir string `toml:"scratch_dir"`
+	// PodScratchDiskMiB is the scratch disk of the pod whose VM is launched
+	// (ScratchDiskMiB), set by the shim per pod; not a TOML key.
+	PodScratchDiskMiB uint `toml:"-"`
 }
 
 // DefaultConfig returns the configuration used for unset fields.
 func DefaultConfig() Config {
 	return Config{
-		QEMUPath:        "qemu-system-x86_64",
-		Kernel:          "/usr/share/raksh/vmlinuz",
-		Initrd:          "/usr/share/raksh/initrd.img",
-		Machine:         "pc",
-		Accel:           "auto",
-		MemoryMiB:       512,
-		VCPUs:           1,
-		BootTimeout:     Duration{2 * time.Minute},
-		KVMProbeTimeout: Duration{15 * time.Second},
-		StateDir:        "/run/raksh",
-		Transport:       "auto",
+		QEMUPath:          "qemu-system-x86_64",
+		Kernel:            "/usr/share/raksh/vmlinuz",
+		Initrd:            "/usr/share/raksh/initrd.img",
+		Machine:           "pc",
+		Accel:             "auto",
+		MemoryMiB:         512,
+		VCPUs:             1,
+		BootTimeout:       Duration{2 * time.Minute},
+		KVMProbeTimeout:   Duration{15 * time.Second},
+		StateDir:          "/run/raksh",
+		Transport:         "auto",
+		MemoryMaxMiB:      8192,
+		ScratchDiskMaxMiB: 65536,
+		ScratchDir:        "/var/lib/raksh/scratch",
 	}
 }
 
@@ -155,6 +176,9 @@ func LoadConfig(path string) (Config, error) {
 		return cfg, fmt.Errorf("runtime config %s: %w", path, err)
 	}
 	if err := validImageKeys(cfg); err != nil {
+		return cfg, fmt.Errorf("runtime config %s: %w", path, err)
+	}
+	if err := validStorage(cfg); err != nil {
 		return cfg, fmt.Errorf("runtime config %s: %w", path, err)
 	}
 	return cfg, nil

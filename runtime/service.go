@@ -58,13 +58,13 @@ type Service struct {
 
 	events chan any
 
-	vmMu       sync.Mutex // serializes VM boots
-	mu         sync.Mutex
-	cfg        *Config
-	vm         vm.Instance
-	agent      taskAPI.TTRPCTaskService
+	vmMu  sync.Mutex // serializes VM boots
+	mu    sync.Mutex
+	cfg   *Config
+	vm    vm.Instance
+	agent taskAPI.TTRPCTaskService
 	// initData is the init data bound into the VM when it booted.
-	initData []byte
+	initData   []byte
 	containers map[string]*hostContainer
 	// net is the pod netns attached to the VM (nil: no pod network).
 	net *network.Network

@@ -58,14 +58,14 @@ type Service struct {
 
 	events chan any
 
-	vmMu  sync.Mutex // serializes VM boots
-	mu    sync.Mutex
-	cfg   *Config
-	vm    vm.Instance
-	agent taskAPI.TTRPCTaskService
-	// initData is the init data bound into the VM when it booted.
-	initData   []byte
+	vmMu       sync.Mutex // serializes VM boots
+	mu         sync.Mutex
+	cfg        *Config
+	vm         vm.Instance
+	agent      taskAPI.TTRPCTaskService
 	containers map[string]*hostContainer
+	// initData is the init data bound into the VM when it booted.
+	initData []byte
 	// net is the pod netns attached to the VM (nil: no pod network).
 	net *network.Network
 }
@@ -75,6 +75,7 @@ type hostContainer struct {
 	rootfs     string // host mount point, while mounted
 	init       *hostProcess
 	execs      map[string]*hostProcess
+	hooks      *hostHooks // host-side OCI hooks (hooks.go), or nil
 }
 
 // NewService returns the task service of a shim.
@@ -317,6 +318,22 @@ func (s *Service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 	if cfg.PodInitData, err = launch.PodInitData(cfg, spec.Annotations); err != nil {
 		return nil, errgrpc.ToGRPC(fmt.Errorf("pod init data: %w", err))
 	}
+	// Host-side OCI hooks (hooks.go) run in the shim: those that set up a new
+	// network namespace's network before the VM boots, so it is attached.
+	hooks, err := newHostHooks(r.ID, r.Bundle, &spec)
+	if err != nil {
+		return nil, errgrpc.ToGRPC(err)
+	}
+	defer func() {
+		if retErr != nil {
+			hooks.stop()
+		}
+	}()
+	if hooks != nil && hooks.holder != nil {
+		if err := hooks.create(ctx, 0); err != nil {
+			return nil, errgrpc.ToGRPC(err)
+		}
+	}
 	v, agent, err := s.ensureVM(ctx, cfg, &spec)
 	if err != nil {
 		return nil, errgrpc.ToGRPC(err)
@@ -324,13 +341,18 @@ func (s *Service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 	if err := s.checkInitData(r.ID, &spec, cfg.PodInitData); err != nil {
 		return nil, errgrpc.ToGRPC(err)
 	}
+	if hooks != nil && hooks.holder == nil {
+		if err := hooks.create(ctx, int(s.vmPid())); err != nil {
+			return nil, errgrpc.ToGRPC(err)
+		}
+	}
 
 	s.mu.Lock()
 	if _, ok := s.containers[r.ID]; ok {
 		s.mu.Unlock()
 		return nil, errgrpc.ToGRPCf(errdefs.ErrAlreadyExists, "container %q", r.ID)
 	}
-	c := &hostContainer{id: r.ID, bundle: r.Bundle, execs: map[string]*hostProcess{}}
+	c := &hostContainer{id: r.ID, bundle: r.Bundle, execs: map[string]*hostProcess{}, hooks: hooks}
 	s.containers[r.ID] = c
 	s.mu.Unlock()
 	defer func() {
@@ -548,6 +570,7 @@ func (s *Service) Delete(ctx context.Context, r *taskAPI.DeleteRequest) (*taskAP
 	s.mu.Unlock()
 	if r.ExecID == "" {
 		s.unmountRootfs(ctx, c)
+		c.hooks.deleted(ctx, int(s.vmPid()))
 		s.send(&eventstypes.TaskDelete{ContainerID: r.ID, Pid: pi.pid, ExitStatus: pi.status, ExitedAt: protobuf.ToTimestamp(pi.exitedAt)})
 	}
 	return &taskAPI.DeleteResponse{Pid: pi.pid, ExitStatus: pi.status, ExitedAt: protobuf.ToTimestamp(pi.exitedAt)}, nil

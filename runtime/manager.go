@@ -3,9 +3,7 @@ package runtime
 import (
 	"context"
 	"crypto/rand"
-	"crypto/sha256"
 	"encoding/binary"
-	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -156,7 +154,13 @@ func (m manager) Stop(ctx context.Context, id string) (shim.StopStatus, error) {
 				}
 			}
 		}
-		os.RemoveAll(dir)
+		if cfg.Debug {
+			// Keep the console log for debugging; the sockets go.
+			os.Remove(filepath.Join(dir, "agent.sock"))
+			os.Remove(filepath.Join(dir, "qmp.sock"))
+		} else if err := os.RemoveAll(dir); err != nil {
+			log.G(ctx).WithError(err).WithField("dir", dir).Warn("failed to remove the VM's state directory")
+		}
 	}
 	return shim.StopStatus{ExitedAt: time.Now(), ExitStatus: 128 + int(syscall.SIGKILL)}, nil
 }
@@ -177,21 +181,11 @@ func vsockCID() uint32 {
 	return 3 + binary.LittleEndian.Uint32(b[:])%(1<<30)
 }
 
-// vmDir is the state directory of the VM of shim id. It holds unix
-// sockets, whose paths must fit in 108 bytes: when state_dir/ns/id is too
-// long for that (64-character ids under a long state_dir), the directory
-// is named by a digest of the id instead.
-func vmDir(cfg Config, ns, id string) string {
-	d := filepath.Join(cfg.StateDir, ns, id)
-	if len(d)+len("/agent.sock") <= maxSocketPath {
-		return d
-	}
-	sum := sha256.Sum256([]byte(id))
-	return filepath.Join(cfg.StateDir, ns, "h-"+hex.EncodeToString(sum[:10]))
-}
+// vmDir is the state directory of the VM of shim id (launch.VMDir).
+func vmDir(cfg Config, ns, id string) string { return launch.VMDir(cfg.StateDir, ns, id) }
 
 // maxSocketPath is the longest path a unix socket address holds.
-const maxSocketPath = 107
+const maxSocketPath = launch.MaxSocketPath
 
 // NewQEMUVM is the VMFactory of the shim: a QEMU VM per shim.
 func NewQEMUVM(ctx context.Context, cfg Config, id string) (vm.Instance, error) {
@@ -224,6 +218,7 @@ func NewQEMUVM(ctx context.Context, cfg Config, id string) (vm.Instance, error) 
 	return vm.NewQEMU(vm.QEMUOptions{
 		Config:          qc,
 		Dir:             vmDir(cfg, ns, id),
+		KeepDir:         cfg.Debug,
 		BootTimeout:     cfg.BootTimeout.Duration,
 		KVMProbeTimeout: cfg.KVMProbeTimeout.Duration,
 		AccelCache:      filepath.Join(cfg.StateDir, "accel"),

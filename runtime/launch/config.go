@@ -56,7 +56,9 @@ type Config struct {
 	BootTimeout Duration `toml:"boot_timeout"`
 	// KVMProbeTimeout bounds the KVM probe boot.
 	KVMProbeTimeout Duration `toml:"kvm_probe_timeout"`
-	// StateDir holds per-VM sockets and console logs.
+	// StateDir holds per-VM sockets and console logs; each VM's directory
+	// is removed with the VM unless Debug is set. At most 73 bytes, so
+	// that VM sockets fit in a unix socket address (see VMDir).
 	StateDir string `toml:"state_dir"`
 	// Transport is "auto" (vsock when /dev/vhost-vsock exists), "vsock" or
 	// "serial" (virtio-serial multiplexed with yamux).
@@ -64,7 +66,8 @@ type Config struct {
 	// RequireEnvelope refuses non-sandbox containers without a sealed
 	// envelope (set it on nodes where every workload must be sealed).
 	RequireEnvelope bool `toml:"require_envelope"`
-	// Debug keeps the guest console log and raises the agent's log level.
+	// Debug keeps each VM's state directory (its guest console log) after
+	// the pod and raises the agent's log level.
 	Debug bool `toml:"debug"`
 	// TEE is the trusted execution environment each VM is launched in:
 	// "none" (or empty, the default), "sim" (the simulated and INSECURE
@@ -147,6 +150,9 @@ func LoadConfig(path string) (Config, error) {
 	case "auto", "vsock", "serial":
 	default:
 		return cfg, fmt.Errorf("runtime config %s: transport %q is not auto, vsock or serial", path, cfg.Transport)
+	}
+	if err := validStateDir(cfg.StateDir); err != nil {
+		return cfg, fmt.Errorf("runtime config %s: %w", path, err)
 	}
 	if err := validTEE(&cfg, &md); err != nil {
 		return cfg, fmt.Errorf("runtime config %s: %w", path, err)

@@ -21,10 +21,11 @@ import (
 	"github.com/containerd/containerd/v2/defaults"
 	"github.com/containerd/containerd/v2/pkg/namespaces"
 	"github.com/containerd/containerd/v2/pkg/shim"
-	"github.com/containerd/containerd/v2/version"
 	"github.com/containerd/errdefs"
 	"github.com/containerd/log"
+	"github.com/containerd/typeurl/v2"
 
+	"github.com/raksh-project/raksh/internal/version"
 	"github.com/raksh-project/raksh/runtime/launch"
 	"github.com/raksh-project/raksh/runtime/vm"
 )
@@ -165,12 +166,22 @@ func (m manager) Stop(ctx context.Context, id string) (shim.StopStatus, error) {
 	return shim.StopStatus{ExitedAt: time.Now(), ExitStatus: 128 + int(syscall.SIGKILL)}, nil
 }
 
-// Info reports the runtime's name and version.
+// Info reports the runtime's name, Raksh's version and what a container
+// in the guest supports (guestFeatures), for containerd's runtime
+// introspection.
 func (m manager) Info(ctx context.Context, optionsR io.Reader) (*types.RuntimeInfo, error) {
-	return &types.RuntimeInfo{
+	info := &types.RuntimeInfo{
 		Name:    m.name,
 		Version: &types.RuntimeVersion{Version: version.Version, Revision: version.Revision},
-	}, nil
+	}
+	f, err := guestFeatures()
+	if err != nil {
+		return nil, err
+	}
+	if info.Features, err = typeurl.MarshalAnyToProto(f); err != nil {
+		return nil, fmt.Errorf("marshal %T: %w", f, err)
+	}
+	return info, nil
 }
 
 // vsockCID picks a guest CID for a new VM: random above the reserved

@@ -27,7 +27,11 @@ func (s *Service) guestMounts(c *container) ([]specs.Mount, error) {
 		}
 		in = append(in, m)
 	}
-	return mounts.Rewrite(in, nil)
+	out, err := mounts.Rewrite(in, nil)
+	if err != nil {
+		return nil, err
+	}
+	return append(out, c.sealedMounts...), nil
 }
 
 // makeRootDir creates a container's bundle (0700, the agent's) and its

@@ -72,6 +72,9 @@ func (s *Service) outputStreams(ctx context.Context, c *container, terminal bool
 // checkExec refuses an exec into c unless its envelope allows it.
 // Containers without an envelope allow exec.
 func checkExec(c *container) error {
+	if c.pod.DenyExec {
+		return fmt.Errorf("exec into container %q: %w", c.id, ErrPodExecDenied)
+	}
 	if c.noExec {
 		return fmt.Errorf("exec into sealed container %q: %w", c.id, ErrExecDenied)
 	}
@@ -162,7 +165,7 @@ func (s *Service) mountSealedFiles(c *container, files []envelope.File) error {
 	}
 	for _, f := range files {
 		p := path.Clean("/" + f.Path)
-		c.spec.Mounts = append(c.spec.Mounts, specs.Mount{
+		c.sealedMounts = append(c.sealedMounts, specs.Mount{
 			Destination: p, Type: "bind", Source: filepath.Join(dir, filepath.FromSlash(p)),
 			Options: []string{"rbind", "ro", "nosuid", "nodev", "noexec"},
 		})

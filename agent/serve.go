@@ -22,6 +22,8 @@ func Serve(ctx context.Context, sess transport.Session, svc *Service) error {
 	taskAPI.RegisterTTRPCTaskService(server, svc)
 	agentapi.RegisterAgentService(server, &agentService{svc})
 	agentapi.RegisterEventsService(server, &eventsService{svc})
+	agentapi.RegisterInitDataService(server, &initDataService{svc})
+	agentapi.RegisterNetworkService(server, &networkService{svc})
 	l := newChanListener()
 	go func() {
 		defer l.Close()

@@ -10,6 +10,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -28,6 +29,7 @@ import (
 	"github.com/raksh-project/raksh/agent/image"
 	agentapi "github.com/raksh-project/raksh/api/agent/v1"
 	"github.com/raksh-project/raksh/internal/wire"
+	"github.com/raksh-project/raksh/tee/initdata"
 )
 
 const streamTimeout = 30 * time.Second
@@ -62,6 +64,10 @@ type Service struct {
 	imageKeys image.KeyProvider
 	// pullOpts are extra options of guest pulls (rootfs.go).
 	pullOpts []image.PullOpt
+	// initData is the pod's init data (initdata.go); nil if none.
+	initData InitData
+	// net is the pod network of the guest (podnet.go).
+	net podNet
 }
 
 // WithProxyDialer sets how the agent reaches host-side services (key broker,
@@ -117,6 +123,12 @@ type container struct {
 	// noLogs discards the container's output: its envelope's policy does
 	// not allow logs (seal.go).
 	noLogs bool
+	// sealedMounts bind the sealed files the agent wrote in the guest
+	// (seal.go). They are added after the node's mounts are rewritten:
+	// their sources are guest paths, never node ones.
+	sealedMounts []specs.Mount
+	// pod is the policy of the pod's init data (initdata.go).
+	pod initdata.Policy
 	// sealed is set once the container's envelope was opened: runtime
 	// errors about it are withheld (runtimeErr).
 	sealed bool
@@ -139,6 +151,10 @@ type consoleResizer interface {
 
 // HandleStream passes a stream opened by the shim to the service.
 func (s *Service) HandleStream(ctx context.Context, name string, c net.Conn) {
+	if strings.HasPrefix(name, PortForwardPrefix) {
+		go s.portForward(ctx, name, c)
+		return
+	}
 	s.streams.add(name, c)
 }
 
@@ -236,6 +252,10 @@ func (s *Service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 		}
 	}()
 
+	pod, err := s.podPolicy(ctx, c)
+	if err != nil {
+		return nil, errgrpc.ToGRPC(err)
+	}
 	rootfs := filepath.Join(c.bundle, "rootfs")
 	if err := makeRootDir(c.bundle, rootfs); err != nil {
 		return nil, errgrpc.ToGRPC(err)
@@ -246,8 +266,13 @@ func (s *Service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 	if err := s.unseal(ctx, c, rootfs); err != nil {
 		return nil, errgrpc.ToGRPC(err)
 	}
+	applyPodPolicy(c, pod)
+	logHostHooks(ctx, r.ID, c.spec)
 	if err := s.adaptSpec(c, rootfs); err != nil {
 		return nil, errgrpc.ToGRPC(fmt.Errorf("container %q: %w", r.ID, err))
+	}
+	if err := s.shareVMNetwork(ctx, c.spec); err != nil {
+		return nil, errgrpc.ToGRPC(err)
 	}
 	b, err := json.Marshal(c.spec)
 	if err != nil {

@@ -34,7 +34,9 @@ import (
 	"github.com/raksh-project/raksh/internal/wire"
 	"github.com/raksh-project/raksh/policy/guard"
 	"github.com/raksh-project/raksh/runtime/launch"
+	"github.com/raksh-project/raksh/runtime/network"
 	"github.com/raksh-project/raksh/runtime/vm"
+	"github.com/raksh-project/raksh/runtime/vm/qemu"
 )
 
 // exitVMGone is the exit status reported for processes whose VM died.
@@ -43,8 +45,9 @@ const exitVMGone = 255
 // drainTimeout bounds how long Wait waits for output after an exit.
 const drainTimeout = 30 * time.Second
 
-// VMFactory creates the VM of a shim; tests substitute a fake.
-type VMFactory func(ctx context.Context, cfg Config, id string) (vm.Instance, error)
+// VMFactory creates the VM of a shim, with a virtio-net device on each of
+// nics; tests substitute a fake.
+type VMFactory func(ctx context.Context, cfg Config, id string, nics []qemu.NIC) (vm.Instance, error)
 
 // Service is the shim's task service.
 type Service struct {
@@ -61,6 +64,8 @@ type Service struct {
 	vm         vm.Instance
 	agent      taskAPI.TTRPCTaskService
 	containers map[string]*hostContainer
+	// net is the pod netns attached to the VM (nil: no pod network).
+	net *network.Network
 }
 
 type hostContainer struct {
@@ -127,7 +132,7 @@ func (s *Service) config(opts *ptypes.Any) (Config, error) {
 
 // ensureVM boots the pod's VM on first use. Boots are serialized by vmMu;
 // s.mu is not held while the VM boots, so other calls are not blocked.
-func (s *Service) ensureVM(ctx context.Context, cfg Config) (vm.Instance, taskAPI.TTRPCTaskService, error) {
+func (s *Service) ensureVM(ctx context.Context, cfg Config, spec *specs.Spec) (_ vm.Instance, _ taskAPI.TTRPCTaskService, retErr error) {
 	s.vmMu.Lock()
 	defer s.vmMu.Unlock()
 	s.mu.Lock()
@@ -141,7 +146,17 @@ func (s *Service) ensureVM(ctx context.Context, cfg Config) (vm.Instance, taskAP
 		}
 		return v, agent, nil
 	}
-	v, err := s.newVM(ctx, cfg, s.id)
+	// The pod's NICs must exist when the VM boots: attach its netns first.
+	podNet, nics, err := attachNetwork(ctx, spec)
+	if err != nil {
+		return nil, nil, err
+	}
+	defer func() {
+		if retErr != nil {
+			podNet.Detach(context.WithoutCancel(ctx))
+		}
+	}()
+	v, err = s.newVM(ctx, cfg, s.id, nics)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -155,6 +170,22 @@ func (s *Service) ensureVM(ctx context.Context, cfg Config) (vm.Instance, taskAP
 		return nil, nil, err
 	}
 	log.G(ctx).WithField("agent", info.GetAgentVersion()).WithField("kernel", info.GetKernelRelease()).WithField("tee", info.GetTeeType()).Info("agent connected")
+	if cfg.PodInitData != nil {
+		if err := deliverInitData(ctx, v, cfg.PodInitData); err != nil {
+			v.Shutdown(ctx)
+			return nil, nil, err
+		}
+	}
+	if err := setupGuestNetwork(ctx, v, podNet); err != nil {
+		v.Shutdown(ctx)
+		return nil, nil, err
+	}
+	s.mu.Lock()
+	s.net = podNet
+	s.mu.Unlock()
+	if podNet != nil && len(podNet.Endpoints) > 0 {
+		go newPortForwarder(podNet.NetnsPath, v).run(context.WithoutCancel(ctx))
+	}
 	agent = taskAPI.NewTTRPCTaskClient(v.Client())
 	s.mu.Lock()
 	s.vm, s.agent = v, agent
@@ -281,7 +312,7 @@ func (s *Service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 	if cfg.PodInitData, err = launch.PodInitData(cfg, spec.Annotations); err != nil {
 		return nil, errgrpc.ToGRPC(fmt.Errorf("pod init data: %w", err))
 	}
-	v, agent, err := s.ensureVM(ctx, cfg)
+	v, agent, err := s.ensureVM(ctx, cfg, &spec)
 	if err != nil {
 		return nil, errgrpc.ToGRPC(err)
 	}
@@ -640,4 +671,5 @@ func (s *Service) stopVM(ctx context.Context) {
 	if err := v.Shutdown(ctx); err != nil && !errors.Is(err, context.Canceled) {
 		log.G(ctx).WithError(err).Warn("VM shutdown")
 	}
+	s.detachNetwork(ctx)
 }

@@ -17,7 +17,7 @@ func main() {
 	app := &cli.App{
 		Name:    "raksh-kbs",
 		Usage:   "key broker speaking the Trustee KBS protocol (RCAR)",
-		Version: version.String("raksh-kbs"),
+		Version: version.Version,
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "config", Aliases: []string{"c"}, Usage: "TOML configuration file (optional)"},
 			&cli.StringFlag{Name: "address", Usage: "listen address (default 127.0.0.1:8080)"},

@@ -233,8 +233,8 @@ func NewQEMUVM(ctx context.Context, cfg Config, id string, nics []qemu.NIC) (vm.
 		Config:          qc,
 		Dir:             vmDir(cfg, ns, id),
 		KeepDir:         cfg.Debug,
-		BootTimeout:     cfg.BootTimeout.Duration,
-		KVMProbeTimeout: cfg.KVMProbeTimeout.Duration,
+		BootTimeout:     cfg.BootTimeout,
+		KVMProbeTimeout: cfg.KVMProbeTimeout,
 		AccelCache:      filepath.Join(cfg.StateDir, "accel"),
 	}), nil
 }

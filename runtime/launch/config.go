@@ -20,22 +20,6 @@ const DefaultConfigPath = "/etc/raksh/runtime.toml"
 // ConfigEnv overrides the configuration path.
 const ConfigEnv = "RAKSH_RUNTIME_CONFIG"
 
-// Duration is a time.Duration written as a string ("30s") in TOML.
-type Duration struct{ time.Duration }
-
-// UnmarshalText implements encoding.TextUnmarshaler.
-func (d *Duration) UnmarshalText(b []byte) error {
-	v, err := time.ParseDuration(string(b))
-	if err != nil {
-		return err
-	}
-	d.Duration = v
-	return nil
-}
-
-// MarshalText implements encoding.TextMarshaler.
-func (d Duration) MarshalText() ([]byte, error) { return []byte(d.String()), nil }
-
 // Config is the shim's configuration (/etc/raksh/runtime.toml).
 type Config struct {
 	// QEMUPath is the QEMU binary.
@@ -52,10 +36,11 @@ type Config struct {
 	// MemoryMiB and VCPUs size each VM.
 	MemoryMiB uint `toml:"memory_mib"`
 	VCPUs     uint `toml:"vcpus"`
-	// BootTimeout bounds a boot until the agent answers.
-	BootTimeout Duration `toml:"boot_timeout"`
-	// KVMProbeTimeout bounds the KVM probe boot.
-	KVMProbeTimeout Duration `toml:"kvm_probe_timeout"`
+	// BootTimeout bounds a boot until the agent answers ("2m" in TOML:
+	// the TOML library decodes durations natively).
+	BootTimeout time.Duration `toml:"boot_timeout"`
+	// KVMProbeTimeout bounds the KVM probe boot ("15s").
+	KVMProbeTimeout time.Duration `toml:"kvm_probe_timeout"`
 	// StateDir holds per-VM sockets and console logs; each VM's directory
 	// is removed with the VM unless Debug is set. At most 73 bytes, so
 	// that VM sockets fit in a unix socket address (see VMDir).
@@ -112,8 +97,8 @@ func DefaultConfig() Config {
 		Accel:           "auto",
 		MemoryMiB:       512,
 		VCPUs:           1,
-		BootTimeout:     Duration{2 * time.Minute},
-		KVMProbeTimeout: Duration{15 * time.Second},
+		BootTimeout:     2 * time.Minute,
+		KVMProbeTimeout: 15 * time.Second,
 		StateDir:        "/run/raksh",
 		Transport:       "auto",
 	}

@@ -73,6 +73,7 @@ type hostContainer struct {
 	rootfs     string // host mount point, while mounted
 	init       *hostProcess
 	execs      map[string]*hostProcess
+	hooks      *hostHooks // host-side OCI hooks (hooks.go), or nil
 }
 
 // NewService returns the task service of a shim.
@@ -312,9 +313,30 @@ func (s *Service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 	if cfg.PodInitData, err = launch.PodInitData(cfg, spec.Annotations); err != nil {
 		return nil, errgrpc.ToGRPC(fmt.Errorf("pod init data: %w", err))
 	}
+	// Host-side OCI hooks (hooks.go) run in the shim: those that set up a new
+	// network namespace's network before the VM boots, so it is attached.
+	hooks, err := newHostHooks(r.ID, r.Bundle, &spec)
+	if err != nil {
+		return nil, errgrpc.ToGRPC(err)
+	}
+	defer func() {
+		if retErr != nil {
+			hooks.stop()
+		}
+	}()
+	if hooks != nil && hooks.holder != nil {
+		if err := hooks.create(ctx, 0); err != nil {
+			return nil, errgrpc.ToGRPC(err)
+		}
+	}
 	v, agent, err := s.ensureVM(ctx, cfg, &spec)
 	if err != nil {
 		return nil, errgrpc.ToGRPC(err)
+	}
+	if hooks != nil && hooks.holder == nil {
+		if err := hooks.create(ctx, int(s.vmPid())); err != nil {
+			return nil, errgrpc.ToGRPC(err)
+		}
 	}
 
 	s.mu.Lock()
@@ -322,7 +344,7 @@ func (s *Service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 		s.mu.Unlock()
 		return nil, errgrpc.ToGRPCf(errdefs.ErrAlreadyExists, "container %q", r.ID)
 	}
-	c := &hostContainer{id: r.ID, bundle: r.Bundle, execs: map[string]*hostProcess{}}
+	c := &hostContainer{id: r.ID, bundle: r.Bundle, execs: map[string]*hostProcess{}, hooks: hooks}
 	s.containers[r.ID] = c
 	s.mu.Unlock()
 	defer func() {
@@ -334,7 +356,11 @@ func (s *Service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 		}
 	}()
 
-	agentRootfs, rootfsDone, err := s.sendRootfs(ctx, v, c, r.Rootfs)
+	agentRootfs, rootfsDesc, rootfsDone, err := s.sendRootfs(ctx, v, c, r.Rootfs)
+	if err != nil {
+		return nil, errgrpc.ToGRPC(err)
+	}
+	opts, err := typeurl.MarshalAnyToProto(&agentapi.CreateContainerOptions{Spec: specBytes, Rootfs: rootfsDesc})
 	if err != nil {
 		return nil, errgrpc.ToGRPC(err)
 	}
@@ -351,7 +377,7 @@ func (s *Service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 		Rootfs:   agentRootfs,
 		Terminal: r.Terminal,
 		Stdin:    in, Stdout: out, Stderr: errS,
-		Options: &ptypes.Any{TypeUrl: wire.SpecTypeURL, Value: specBytes},
+		Options: opts,
 	})
 	if rerr := <-rootfsDone; rerr != nil && err == nil {
 		err = rerr
@@ -464,9 +490,14 @@ func (s *Service) Exec(ctx context.Context, r *taskAPI.ExecProcessRequest) (*pty
 		return nil, errgrpc.ToGRPC(err)
 	}
 	in, out, errS := hio.StreamNames()
-	spec := r.Spec
-	if spec != nil {
-		spec = &ptypes.Any{TypeUrl: wire.SpecTypeURL, Value: spec.GetValue()}
+	if r.Spec == nil {
+		hio.Close()
+		return nil, errgrpc.ToGRPCf(errdefs.ErrInvalidArgument, "exec %q has no process spec", r.ExecID)
+	}
+	spec, err := typeurl.MarshalAnyToProto(&agentapi.ExecProcessOptions{Process: r.Spec.GetValue()})
+	if err != nil {
+		hio.Close()
+		return nil, errgrpc.ToGRPC(err)
 	}
 	if _, err := agent.Exec(ctx, &taskAPI.ExecProcessRequest{
 		ID: r.ID, ExecID: r.ExecID, Terminal: r.Terminal, Stdin: in, Stdout: out, Stderr: errS, Spec: spec,
@@ -531,6 +562,7 @@ func (s *Service) Delete(ctx context.Context, r *taskAPI.DeleteRequest) (*taskAP
 	s.mu.Unlock()
 	if r.ExecID == "" {
 		s.unmountRootfs(ctx, c)
+		c.hooks.deleted(ctx, int(s.vmPid()))
 		s.send(&eventstypes.TaskDelete{ContainerID: r.ID, Pid: pi.pid, ExitStatus: pi.status, ExitedAt: protobuf.ToTimestamp(pi.exitedAt)})
 	}
 	return &taskAPI.DeleteResponse{Pid: pi.pid, ExitStatus: pi.status, ExitedAt: protobuf.ToTimestamp(pi.exitedAt)}, nil

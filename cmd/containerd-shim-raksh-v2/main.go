@@ -19,6 +19,9 @@ func main() {
 		fmt.Println(version.String("containerd-shim-raksh-v2"))
 		return
 	}
+	if len(os.Args) == 2 && os.Args[1] == runtime.NetnsHolderArg {
+		runtime.HoldNetns()
+	}
 	runtime.Register()
 	shim.RunShim(context.Background(), runtime.NewManager(runtime.RuntimeName), func(c *shim.Config) {
 		c.NoReaper = false

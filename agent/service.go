@@ -172,7 +172,7 @@ func (s *Service) reap() {
 		}
 		s.mu.Unlock()
 		if ok {
-			log.L.WithField("id", p.id).WithField("exec", p.execID).WithField("pid", e.Pid).WithField("status", e.Status).Debug("process exited")
+			log.G(context.Background()).WithFields(log.Fields{"id": p.id, "exec": p.execID, "pid": e.Pid, "status": e.Status}).Debug("process exited")
 			p.setExited(e.Status)
 		}
 	}
@@ -226,12 +226,13 @@ func (s *Service) getProcess(id, execID string) (*container, *process, error) {
 }
 
 // Create creates a container from the spec carried in the request's
-// options and the rootfs archive streamed by the shim.
+// options (agentapi.CreateContainerOptions) and the rootfs archive streamed
+// by the shim, or the image the options' rootfs descriptor names.
 func (s *Service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *taskAPI.CreateTaskResponse, retErr error) {
 	if err := wire.ValidID(r.ID); err != nil {
 		return nil, errgrpc.ToGRPC(fmt.Errorf("%w: %w", err, errdefs.ErrInvalidArgument))
 	}
-	spec, err := decodeSpec(r.Options)
+	spec, desc, err := decodeCreateOptions(r.Options)
 	if err != nil {
 		return nil, errgrpc.ToGRPC(err)
 	}
@@ -260,13 +261,14 @@ func (s *Service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 	if err := makeRootDir(c.bundle, rootfs); err != nil {
 		return nil, errgrpc.ToGRPC(err)
 	}
-	if err := s.prepareRootfs(ctx, r.ID, r.Rootfs, rootfs); err != nil {
+	if err := s.prepareRootfs(ctx, r.ID, r.Rootfs, desc, rootfs); err != nil {
 		return nil, errgrpc.ToGRPC(err)
 	}
 	if err := s.unseal(ctx, c, rootfs); err != nil {
 		return nil, errgrpc.ToGRPC(err)
 	}
 	applyPodPolicy(c, pod)
+	logHostHooks(ctx, r.ID, c.spec)
 	if err := s.adaptSpec(c, rootfs); err != nil {
 		return nil, errgrpc.ToGRPC(fmt.Errorf("container %q: %w", r.ID, err))
 	}
@@ -301,20 +303,6 @@ func (s *Service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 		s.created(context.WithoutCancel(ctx), r.ID)
 	}
 	return &taskAPI.CreateTaskResponse{Pid: uint32(pid)}, nil
-}
-
-func decodeSpec(a *ptypes.Any) (*specs.Spec, error) {
-	if a == nil || a.GetTypeUrl() != wire.SpecTypeURL {
-		return nil, fmt.Errorf("create request carries no OCI spec: %w", errdefs.ErrInvalidArgument)
-	}
-	var spec specs.Spec
-	if err := json.Unmarshal(a.GetValue(), &spec); err != nil {
-		return nil, fmt.Errorf("decode OCI spec: %v: %w", err, errdefs.ErrInvalidArgument)
-	}
-	if spec.Process == nil {
-		return nil, fmt.Errorf("OCI spec has no process: %w", errdefs.ErrInvalidArgument)
-	}
-	return &spec, nil
 }
 
 // adaptSpec turns the host's spec into one that runs in the guest: the
@@ -525,7 +513,7 @@ func (s *Service) startProcess(ctx context.Context, p *process, stdin, stdout, s
 		go func() {
 			defer p.ioDone.Done()
 			n, err := io.Copy(c, r)
-			log.G(ctx).WithField("id", p.id).WithField("exec", p.execID).WithField("bytes", n).WithError(err).Debug("output copied")
+			log.G(ctx).WithFields(log.Fields{"id": p.id, "exec": p.execID, "bytes": n}).WithError(err).Debug("output copied")
 			r.Close()
 			closeWrite(c)
 		}()
@@ -605,8 +593,9 @@ func (s *Service) Exec(ctx context.Context, r *taskAPI.ExecProcessRequest) (*pty
 	if err != nil {
 		return nil, errgrpc.ToGRPC(err)
 	}
-	if r.Spec == nil {
-		return nil, errgrpc.ToGRPCf(errdefs.ErrInvalidArgument, "exec %q has no process spec", r.ExecID)
+	proc, err := decodeExecOptions(r.Spec)
+	if err != nil {
+		return nil, errgrpc.ToGRPC(fmt.Errorf("exec %q: %w", r.ExecID, err))
 	}
 	if err := checkExec(c); err != nil {
 		return nil, errgrpc.ToGRPC(err)
@@ -617,7 +606,7 @@ func (s *Service) Exec(ctx context.Context, r *taskAPI.ExecProcessRequest) (*pty
 		return nil, errgrpc.ToGRPCf(errdefs.ErrAlreadyExists, "exec %q", r.ExecID)
 	}
 	p := newProcess(r.ID, r.ExecID, r.Terminal)
-	p.spec = r.Spec.GetValue()
+	p.spec = proc
 	p.stdio = [3]string{r.Stdin, r.Stdout, r.Stderr}
 	c.execs[r.ExecID] = p
 	return &ptypes.Empty{}, nil
@@ -807,7 +796,7 @@ func (s *Service) Update(ctx context.Context, r *taskAPI.UpdateTaskRequest) (*pt
 		return nil, errgrpc.ToGRPCf(errdefs.ErrInvalidArgument, "update without resources")
 	}
 	if err := json.Unmarshal(r.Resources.GetValue(), &res); err != nil {
-		return nil, errgrpc.ToGRPCf(errdefs.ErrInvalidArgument, "decode resources: %v", err)
+		return nil, errgrpc.ToGRPC(fmt.Errorf("decode resources: %w: %w", err, errdefs.ErrInvalidArgument))
 	}
 	if err := s.rt.Update(ctx, c.id, &res); err != nil {
 		return nil, errgrpc.ToGRPC(err)

@@ -13,6 +13,7 @@ COMMANDS := $(filter-out raksh-agent,$(notdir $(wildcard cmd/*)))
 TEST_COMMANDS := $(notdir $(wildcard internal/cmd/*))
 
 .PHONY: help deps build test-tools initrd test test-unit test-integration test-critest fuzz bench demo check clean
+.PHONY: protos check-protos
 
 help: ## list targets with their one-line description
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -32,7 +33,7 @@ test-tools: ## build the test/demo tools (raksh-registry, raksh-testimage) into 
 initrd: ## rebuild the guest agent and initrd
 	hack/build-guest.sh
 
-test: deps build test-unit test-integration test-critest fuzz ## everything CI runs: unit, root/VM integration, critest and brief fuzzing
+test: check-protos deps build test-unit test-integration test-critest fuzz ## everything CI runs: unit, root/VM integration, critest and brief fuzzing
 	@echo "make test: all passed"
 
 test-unit: ## unit tests (no root, no VM): go test ./...
@@ -43,6 +44,12 @@ test-integration: ## root tests against real containerd, runc, QEMU and the gues
 	RAKSH_KERNEL=$(OUTPUT_DIR)/deps/kernel/vmlinuz RAKSH_INITRD=$(OUTPUT_DIR)/initrd.img \
 		$(GO) test -count=1 -p 1 -tags integration -timeout $(INTEGRATION_TIMEOUT) \
 		$$(hack/integration-packages.sh)
+
+protos: ## regenerate the agent API's Go code (api/agent/v1) with pinned tools from the module proxy
+	hack/protos.sh
+
+check-protos: ## fail, naming them, if the committed generated code in api/agent/v1 is stale
+	hack/protos.sh check
 
 test-critest: ## critest (CRI validation) on runc and raksh side by side; table in _output/critest.txt (RAKSH_CRITEST_ALLOWLISTED=1 runs allow-listed tests too)
 	@if [ "$$(id -u)" != 0 ]; then echo "test-critest needs root" >&2; exit 1; fi

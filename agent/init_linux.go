@@ -12,10 +12,11 @@ import (
 	"time"
 
 	"github.com/containerd/cgroups/v3/cgroup2"
+	eventstypes "github.com/containerd/containerd/api/events"
 	"github.com/containerd/log"
 	"golang.org/x/sys/unix"
 
-	"github.com/raksh-project/raksh/internal/wire"
+	agentapi "github.com/raksh-project/raksh/api/agent/v1"
 )
 
 // ModulesOrder is the file in the initrd listing kernel modules, one path
@@ -176,7 +177,7 @@ func (s *Service) WatchOOM(ctx context.Context, id string) {
 			case ev := <-evc:
 				if ev.OOMKill > last {
 					last = ev.OOMKill
-					s.Publish(wire.Event{Type: "oom", ContainerID: id})
+					s.Publish(ctx, agentapi.TopicTaskOOM, &eventstypes.TaskOOM{ContainerID: id})
 				}
 			case <-errc:
 				return

@@ -7,6 +7,7 @@ import (
 	taskAPI "github.com/containerd/containerd/api/runtime/task/v3"
 	"github.com/containerd/ttrpc"
 
+	agentapi "github.com/raksh-project/raksh/api/agent/v1"
 	"github.com/raksh-project/raksh/internal/transport"
 )
 
@@ -19,6 +20,8 @@ func Serve(ctx context.Context, sess transport.Session, svc *Service) error {
 	}
 	defer server.Close()
 	taskAPI.RegisterTTRPCTaskService(server, svc)
+	agentapi.RegisterAgentService(server, &agentService{svc})
+	agentapi.RegisterEventsService(server, &eventsService{svc})
 	l := newChanListener()
 	go func() {
 		defer l.Close()

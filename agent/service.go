@@ -15,6 +15,7 @@ import (
 	"time"
 
 	taskAPI "github.com/containerd/containerd/api/runtime/task/v3"
+	"github.com/containerd/containerd/api/types"
 	"github.com/containerd/containerd/api/types/task"
 	"github.com/containerd/containerd/v2/pkg/protobuf"
 	ptypes "github.com/containerd/containerd/v2/pkg/protobuf/types"
@@ -25,6 +26,7 @@ import (
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
 	"github.com/raksh-project/raksh/agent/image"
+	agentapi "github.com/raksh-project/raksh/api/agent/v1"
 	"github.com/raksh-project/raksh/internal/wire"
 )
 
@@ -41,7 +43,11 @@ type Service struct {
 	byPid      map[int]*process
 	early      map[int]int // exits reaped before their pid was known
 
-	events chan wire.Event
+	events chan *types.Envelope
+	// version is the agent version Info reports.
+	version string
+	// teeType returns the TEE type Info reports; nil reports "none".
+	teeType func(ctx context.Context) string
 	// Stats returns cgroup metrics of a container; nil disables Stats.
 	stats func(id string) (any, error)
 	// shutdown is called after Shutdown has answered.
@@ -88,7 +94,7 @@ func NewService(root string, rt Runtime, opts ...Opt) *Service {
 		containers: map[string]*container{},
 		byPid:      map[int]*process{},
 		early:      map[int]int{},
-		events:     make(chan wire.Event, 64),
+		events:     make(chan *types.Envelope, 64),
 	}
 	for _, o := range opts {
 		o(s)
@@ -155,31 +161,7 @@ type consoleResizer interface {
 
 // HandleStream passes a stream opened by the shim to the service.
 func (s *Service) HandleStream(ctx context.Context, name string, c net.Conn) {
-	if name == wire.EventsStream {
-		go s.sendEvents(ctx, c)
-		return
-	}
 	s.streams.add(name, c)
-}
-
-// Publish queues an asynchronous event for the shim; it never blocks.
-func (s *Service) Publish(ev wire.Event) {
-	select {
-	case s.events <- ev:
-	default:
-		log.G(context.Background()).WithField("type", ev.Type).Warn("dropping agent event: queue full")
-	}
-}
-
-func (s *Service) sendEvents(ctx context.Context, c net.Conn) {
-	defer c.Close()
-	enc := json.NewEncoder(c)
-	for ev := range s.events {
-		if err := enc.Encode(ev); err != nil {
-			log.G(ctx).WithError(err).Warn("events stream closed")
-			return
-		}
-	}
 }
 
 func (s *Service) reap() {
@@ -872,7 +854,7 @@ func (s *Service) Stats(ctx context.Context, r *taskAPI.StatsRequest) (*taskAPI.
 
 // Connect returns the agent's and the container's pids.
 func (s *Service) Connect(ctx context.Context, r *taskAPI.ConnectRequest) (*taskAPI.ConnectResponse, error) {
-	resp := &taskAPI.ConnectResponse{ShimPid: uint32(os.Getpid()), Version: wire.Version}
+	resp := &taskAPI.ConnectResponse{ShimPid: uint32(os.Getpid()), Version: agentapi.Version}
 	if c, err := s.get(r.ID); err == nil && c.init != nil {
 		resp.TaskPid = uint32(c.init.pid)
 	}

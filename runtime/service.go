@@ -4,7 +4,6 @@
 package runtime
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
@@ -31,6 +30,7 @@ import (
 	"github.com/containerd/typeurl/v2"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
+	agentapi "github.com/raksh-project/raksh/api/agent/v1"
 	"github.com/raksh-project/raksh/internal/wire"
 	"github.com/raksh-project/raksh/policy/guard"
 	"github.com/raksh-project/raksh/runtime/launch"
@@ -160,13 +160,17 @@ func (s *Service) ensureVM(ctx context.Context, cfg Config) (vm.Instance, taskAP
 		v.Shutdown(ctx)
 		return nil, nil, fmt.Errorf("start VM: %w", err)
 	}
+	info, err := checkAgent(ctx, agentapi.NewAgentClient(v.Client()))
+	if err != nil {
+		v.Shutdown(ctx)
+		return nil, nil, err
+	}
+	log.G(ctx).WithField("agent", info.GetAgentVersion()).WithField("kernel", info.GetKernelRelease()).WithField("tee", info.GetTeeType()).Info("agent connected")
 	agent = taskAPI.NewTTRPCTaskClient(v.Client())
 	s.mu.Lock()
 	s.vm, s.agent = v, agent
 	s.mu.Unlock()
-	if ev, err := v.StartStream(ctx, wire.EventsStream); err == nil {
-		go s.agentEvents(ctx, ev)
-	}
+	go s.agentEvents(ctx, v)
 	go s.watchVM(ctx, v)
 	go serveProxy(context.WithoutCancel(ctx), v, cfg.Proxy)
 	return v, agent, nil
@@ -184,22 +188,6 @@ func configPath(opts *ptypes.Any) string {
 		}
 	}
 	return ""
-}
-
-// agentEvents publishes the agent's asynchronous events.
-func (s *Service) agentEvents(ctx context.Context, c interface {
-	Read([]byte) (int, error)
-}) {
-	sc := bufio.NewScanner(c)
-	for sc.Scan() {
-		var ev wire.Event
-		if err := json.Unmarshal(sc.Bytes(), &ev); err != nil {
-			continue
-		}
-		if ev.Type == "oom" {
-			s.send(&eventstypes.TaskOOM{ContainerID: ev.ContainerID})
-		}
-	}
 }
 
 // watchVM ends every process when the VM dies under them.
@@ -654,7 +642,7 @@ func (s *Service) Stats(ctx context.Context, r *taskAPI.StatsRequest) (*taskAPI.
 
 // Connect returns the shim's pid and the VM's pid as the task's.
 func (s *Service) Connect(ctx context.Context, r *taskAPI.ConnectRequest) (*taskAPI.ConnectResponse, error) {
-	return &taskAPI.ConnectResponse{ShimPid: uint32(os.Getpid()), TaskPid: s.vmPid(), Version: wire.Version}, nil
+	return &taskAPI.ConnectResponse{ShimPid: uint32(os.Getpid()), TaskPid: s.vmPid(), Version: agentapi.Version}, nil
 }
 
 // Shutdown stops the VM and the shim once no container is left.

@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -45,6 +46,15 @@ type fakeVM struct {
 	// opts, if set, returns extra agent options (proxy dialer, image keys)
 	// given the guest end of the session.
 	opts func(guest func() transport.Session) []agent.Opt
+	// agent is the agent's service once the guest end is up.
+	agent atomic.Pointer[agent.Service]
+	mu    sync.Mutex // guards guest, set once the guest end is up
+}
+
+func (f *fakeVM) guestSession() transport.Session {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.guest
 }
 
 func (f *fakeVM) Start(ctx context.Context) error {
@@ -63,12 +73,15 @@ func (f *fakeVM) Start(ctx context.Context) error {
 		if err != nil {
 			return
 		}
+		f.mu.Lock()
 		f.guest = s
+		f.mu.Unlock()
 		var opts []agent.Opt
 		if f.opts != nil {
 			opts = f.opts(func() transport.Session { return s })
 		}
 		svc := agent.NewService(filepath.Join(f.dir, "guest"), agenttest.NewHostRuntime(), opts...)
+		f.agent.Store(svc)
 		agent.Serve(context.Background(), s, svc)
 	}()
 	c, err := net.Dial("unix", sock)
@@ -108,7 +121,7 @@ func (f *fakeVM) Pid() int              { return os.Getpid() }
 
 // kill simulates the VM dying under the shim.
 func (f *fakeVM) kill() {
-	f.guest.Close()
+	f.guestSession().Close()
 	f.sess.Close()
 }
 
@@ -367,11 +380,11 @@ func TestProxyAllowList(t *testing.T) {
 		t.Fatal(err)
 	}
 	go serveProxy(ctx, fv, map[string]string{"echo": l.Addr().String()})
-	for fv.guest == nil {
+	for fv.guestSession() == nil {
 		time.Sleep(5 * time.Millisecond)
 	}
 	// Allowed: bytes round-trip through the host service.
-	c, err := fv.guest.Open(ctx, "proxy/echo")
+	c, err := fv.guestSession().Open(ctx, "proxy/echo")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -382,7 +395,7 @@ func TestProxyAllowList(t *testing.T) {
 		t.Fatalf("echo through proxy: %q", b)
 	}
 	// Not allow-listed: the stream is closed without data.
-	c, err = fv.guest.Open(ctx, "proxy/elsewhere")
+	c, err = fv.guestSession().Open(ctx, "proxy/elsewhere")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -141,6 +141,8 @@ func run(ctx context.Context) error {
 	var svc *agent.Service
 	svc = agent.NewService(stateRoot, rt, append(imageKeys,
 		agent.WithStats(agent.CgroupStats),
+		agent.WithVersion(agentVersion()),
+		agent.WithTEEType(teeType),
 		agent.WithProxyDialer(func(ctx context.Context, target string) (net.Conn, error) {
 			return sess.Open(ctx, wire.ProxyPrefix+target)
 		}),

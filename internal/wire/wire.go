@@ -9,10 +9,6 @@ import (
 	"strings"
 )
 
-// Version is the protocol version the shim and the agent speak. It is
-// checked at connect time.
-const Version = "raksh.agent/v1"
-
 // SpecTypeURL is the type URL of the Any in CreateTaskRequest.Options and
 // ExecProcessRequest.Spec carrying JSON (an OCI runtime spec or process).
 const SpecTypeURL = "raksh.io/oci+json"
@@ -41,18 +37,6 @@ const DescriptorOption = "raksh.descriptor="
 // layer order, one after the other; the guest checks every blob's digest.
 func BlobStream(containerID, digest string, n int) string {
 	return fmt.Sprintf("blob/%s/%s/%d", containerID, digest, n)
-}
-
-// EventsStream is the stream on which the agent publishes asynchronous
-// events (OOM) as JSON lines.
-const EventsStream = "events"
-
-// Event is one asynchronous agent event.
-type Event struct {
-	// Type is "oom".
-	Type string `json:"type"`
-	// ContainerID is the container the event concerns.
-	ContainerID string `json:"container_id"`
 }
 
 // StdioStream returns the name of a stdio stream of a process. fd is

@@ -26,6 +26,7 @@ import (
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
 	"github.com/raksh-project/raksh/agent/image"
+	"github.com/raksh-project/raksh/agent/volumes"
 	agentapi "github.com/raksh-project/raksh/api/agent/v1"
 	"github.com/raksh-project/raksh/internal/wire"
 )
@@ -37,6 +38,8 @@ type Service struct {
 	root    string
 	rt      Runtime
 	streams *streams
+	// volumes holds the volumes the shim delivered (guestmounts.go).
+	volumes *volumes.Store
 
 	mu         sync.Mutex
 	containers map[string]*container
@@ -95,6 +98,7 @@ func NewService(root string, rt Runtime, opts ...Opt) *Service {
 		byPid:      map[int]*process{},
 		early:      map[int]int{},
 		events:     make(chan *types.Envelope, 64),
+		volumes:    volumes.NewStore(root+"-volumes", volumes.DefaultLimits),
 	}
 	for _, o := range opts {
 		o(s)
@@ -723,6 +727,7 @@ func (s *Service) Delete(ctx context.Context, r *taskAPI.DeleteRequest) (*taskAP
 	if err := os.RemoveAll(c.bundle); err != nil {
 		log.G(ctx).WithError(err).Warn("failed to remove bundle")
 	}
+	s.removeVolumes(ctx, c)
 	return &taskAPI.DeleteResponse{Pid: uint32(p.pid), ExitStatus: uint32(p.status), ExitedAt: protobuf.ToTimestamp(p.exitedAt)}, nil
 }
 

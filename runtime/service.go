@@ -35,6 +35,7 @@ import (
 	"github.com/raksh-project/raksh/policy/guard"
 	"github.com/raksh-project/raksh/runtime/launch"
 	"github.com/raksh-project/raksh/runtime/vm"
+	"github.com/raksh-project/raksh/runtime/volumes"
 )
 
 // exitVMGone is the exit status reported for processes whose VM died.
@@ -61,6 +62,8 @@ type Service struct {
 	vm         vm.Instance
 	agent      taskAPI.TTRPCTaskService
 	containers map[string]*hostContainer
+	// volumes delivers containers' volumes into the VM (volumes.go).
+	volumes *volumes.Syncer
 }
 
 type hostContainer struct {
@@ -334,6 +337,15 @@ func (s *Service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 		}
 	}()
 
+	if err := s.deliverVolumes(ctx, v, cfg, r.ID, &spec); err != nil {
+		return nil, errgrpc.ToGRPC(fmt.Errorf("container %q: %w", r.ID, err))
+	}
+	defer func() {
+		if retErr != nil {
+			s.stopVolumes(ctx, r.ID)
+		}
+	}()
+
 	agentRootfs, rootfsDone, err := s.sendRootfs(ctx, v, c, r.Rootfs)
 	if err != nil {
 		return nil, errgrpc.ToGRPC(err)
@@ -531,6 +543,7 @@ func (s *Service) Delete(ctx context.Context, r *taskAPI.DeleteRequest) (*taskAP
 	s.mu.Unlock()
 	if r.ExecID == "" {
 		s.unmountRootfs(ctx, c)
+		s.stopVolumes(ctx, r.ID)
 		s.send(&eventstypes.TaskDelete{ContainerID: r.ID, Pid: p.pid, ExitStatus: p.status, ExitedAt: protobuf.ToTimestamp(p.exitedAt)})
 	}
 	return &taskAPI.DeleteResponse{Pid: p.pid, ExitStatus: p.status, ExitedAt: protobuf.ToTimestamp(p.exitedAt)}, nil

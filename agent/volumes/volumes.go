@@ -96,13 +96,18 @@ type Store struct {
 	limits Limits
 
 	mu   sync.Mutex
-	vols map[string]map[string]string // container -> destination -> guest path
-	pods map[string]bool              // pods with guest directories
+	vols map[string]map[string]delivered // container -> destination
+	pods map[string]bool                 // pods with guest directories
+}
+
+type delivered struct {
+	path string
+	kind Kind
 }
 
 // NewStore returns a store keeping volumes under root.
 func NewStore(root string, limits Limits) *Store {
-	return &Store{root: root, limits: limits, vols: map[string]map[string]string{}, pods: map[string]bool{}}
+	return &Store{root: root, limits: limits, vols: map[string]map[string]delivered{}, pods: map[string]bool{}}
 }
 
 func digest(s string) string {
@@ -143,18 +148,19 @@ func (s *Store) Put(v Volume) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.vols[v.Container] == nil {
-		s.vols[v.Container] = map[string]string{}
+		s.vols[v.Container] = map[string]delivered{}
 	}
-	s.vols[v.Container][v.Destination] = guest
+	s.vols[v.Container][v.Destination] = delivered{guest, v.Kind}
 	return nil
 }
 
-// Lookup returns the guest path delivered for a container's mount.
-func (s *Store) Lookup(container, destination string) (string, bool) {
+// Lookup returns the guest path delivered for a container's mount and
+// its kind.
+func (s *Store) Lookup(container, destination string) (string, Kind, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	p, ok := s.vols[container][path.Clean(destination)]
-	return p, ok
+	d, ok := s.vols[container][path.Clean(destination)]
+	return d.path, d.kind, ok
 }
 
 // RemoveContainer removes a container's copies (not its pod's emptyDirs).

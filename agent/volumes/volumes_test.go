@@ -75,7 +75,7 @@ func TestPutTreeUpdate(t *testing.T) {
 	if err := s.Put(v); err != nil {
 		t.Fatal(err)
 	}
-	dir, ok := s.Lookup("c1", "/etc/config")
+	dir, _, ok := s.Lookup("c1", "/etc/config")
 	if !ok || !strings.HasPrefix(dir, s.root) {
 		t.Fatalf("lookup: %q %v", dir, ok)
 	}
@@ -103,7 +103,7 @@ func TestPutTreeUpdate(t *testing.T) {
 	if _, err := os.Stat(dir); !os.IsNotExist(err) {
 		t.Fatal("copy left after RemoveContainer")
 	}
-	if _, ok := s.Lookup("c1", "/etc/config"); ok {
+	if _, _, ok := s.Lookup("c1", "/etc/config"); ok {
 		t.Fatal("lookup after RemoveContainer")
 	}
 }
@@ -116,7 +116,7 @@ func TestPutFileKeepsInode(t *testing.T) {
 	if err := s.Put(v); err != nil {
 		t.Fatal(err)
 	}
-	p, _ := s.Lookup("c1", "/etc/hosts")
+	p, _, _ := s.Lookup("c1", "/etc/hosts")
 	before, _ := os.Stat(p)
 	v.Entries[0].Data = []byte("127.0.0.1 localhost\n")
 	if err := s.Put(v); err != nil {

@@ -12,7 +12,7 @@ COMMANDS := $(filter-out raksh-agent,$(notdir $(wildcard cmd/*)))
 # Test and demo tools (a loopback registry, the test image writer): never shipped by `make build`.
 TEST_COMMANDS := $(notdir $(wildcard internal/cmd/*))
 
-.PHONY: help deps build test-tools initrd test test-unit test-integration test-critest fuzz bench demo check clean
+.PHONY: help deps build test-tools initrd test test-unit test-integration test-critest fuzz bench demo test-demo check clean
 .PHONY: protos check-protos
 
 help: ## list targets with their one-line description
@@ -33,11 +33,11 @@ test-tools: ## build the test/demo tools (raksh-registry, raksh-testimage) into 
 initrd: ## rebuild the guest agent and initrd
 	hack/build-guest.sh
 
-test: check-protos deps build test-unit test-integration test-critest fuzz ## everything CI runs: unit, root/VM integration, critest and brief fuzzing
+test: check-protos deps build test-unit test-integration test-critest test-demo fuzz ## everything CI runs: unit, root/VM integration, critest and brief fuzzing
 	@echo "make test: all passed"
 
-test-unit: ## unit tests (no root, no VM): go test ./...
-	$(GO) test -count=1 ./...
+test-unit: ## unit tests (no root, no VM) under the race detector: go test -race ./...
+	$(GO) test -race -count=1 ./...
 
 test-integration: ## root tests against real containerd, runc, QEMU and the guest kernel
 	@if [ "$$(id -u)" != 0 ]; then echo "test-integration needs root" >&2; exit 1; fi
@@ -63,8 +63,13 @@ fuzz: ## run every fuzz target briefly (FUZZTIME, default 5s)
 bench: deps build ## benchmarks: raksh vs runc, boot time, RSS, component benchmarks (see docs/benchmarks.md)
 	hack/bench.sh
 
-demo: deps build ## a plain and a sealed container (sim TEE, raksh-kbs) through a private containerd; shows the host saw no secret
+demo: deps build ## plain, owner-sealed, encrypted-image, guest-pulled and NRI-sealed containers through a private containerd; rakshctl audit shows what the node holds
 	hack/demo.sh
+
+test-demo: ## make demo as a smoke test (root): fails on any step that does not hold
+	@if [ "$$(id -u)" != 0 ]; then echo "test-demo needs root" >&2; exit 1; fi
+	hack/demo.sh >$(OUTPUT_DIR)/demo.txt 2>&1 || { tail -40 $(OUTPUT_DIR)/demo.txt; exit 1; }
+	@echo "test-demo: passed (transcript in $(OUTPUT_DIR)/demo.txt)"
 
 check: ## gofmt, go vet (with integration tag)
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi

@@ -72,6 +72,9 @@ func (s *Service) outputStreams(ctx context.Context, c *container, terminal bool
 // checkExec refuses an exec into c unless its envelope allows it.
 // Containers without an envelope allow exec.
 func checkExec(c *container) error {
+	if c.pod.DenyExec {
+		return fmt.Errorf("exec into container %q: %w", c.id, ErrPodExecDenied)
+	}
 	if c.noExec {
 		return fmt.Errorf("exec into sealed container %q: %w", c.id, ErrExecDenied)
 	}

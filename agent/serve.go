@@ -23,6 +23,7 @@ func Serve(ctx context.Context, sess transport.Session, svc *Service) error {
 	agentapi.RegisterAgentService(server, &agentService{svc})
 	agentapi.RegisterEventsService(server, &eventsService{svc})
 	agentapi.RegisterVolumesService(server, &volumesService{svc})
+	agentapi.RegisterInitDataService(server, &initDataService{svc})
 	l := newChanListener()
 	go func() {
 		defer l.Close()

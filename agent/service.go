@@ -29,6 +29,7 @@ import (
 	"github.com/raksh-project/raksh/agent/volumes"
 	agentapi "github.com/raksh-project/raksh/api/agent/v1"
 	"github.com/raksh-project/raksh/internal/wire"
+	"github.com/raksh-project/raksh/tee/initdata"
 )
 
 const streamTimeout = 30 * time.Second
@@ -65,6 +66,8 @@ type Service struct {
 	imageKeys image.KeyProvider
 	// pullOpts are extra options of guest pulls (rootfs.go).
 	pullOpts []image.PullOpt
+	// initData is the pod's init data (initdata.go); nil if none.
+	initData InitData
 }
 
 // WithProxyDialer sets how the agent reaches host-side services (key broker,
@@ -121,6 +124,8 @@ type container struct {
 	// noLogs discards the container's output: its envelope's policy does
 	// not allow logs (seal.go).
 	noLogs bool
+	// pod is the policy of the pod's init data (initdata.go).
+	pod initdata.Policy
 	// sealed is set once the container's envelope was opened: runtime
 	// errors about it are withheld (runtimeErr).
 	sealed bool
@@ -135,28 +140,6 @@ func runtimeErr(c *container, op string, err error) error {
 	}
 	return fmt.Errorf("%s container %q: %w", op, c.id, err)
 }
-
-type process struct {
-	id, execID string
-	pid        int
-	terminal   bool
-	started    bool
-
-	mu       sync.Mutex
-	stdin    io.WriteCloser
-	console  consoleResizer
-	exited   chan struct{}
-	status   int
-	exitedAt time.Time
-	ioDone   sync.WaitGroup
-	closers  []io.Closer
-
-	// spec and stdio of an exec between Exec and Start.
-	spec  []byte
-	stdio [3]string
-}
-
-func (p *process) pendingSpec() []byte { return p.spec }
 
 type consoleResizer interface {
 	Resize(w, h uint16) error
@@ -192,7 +175,7 @@ func (s *Service) reap() {
 // before the pid was known.
 func (s *Service) track(p *process, pid int) {
 	s.mu.Lock()
-	p.pid = pid
+	p.setPid(pid)
 	status, exited := s.early[pid]
 	if exited {
 		delete(s.early, pid)
@@ -202,46 +185,6 @@ func (s *Service) track(p *process, pid int) {
 	s.mu.Unlock()
 	if exited {
 		p.setExited(status)
-	}
-}
-
-func newProcess(id, execID string, terminal bool) *process {
-	return &process{id: id, execID: execID, terminal: terminal, exited: make(chan struct{})}
-}
-
-func (p *process) setExited(status int) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	select {
-	case <-p.exited:
-		return
-	default:
-	}
-	p.status = status
-	p.exitedAt = time.Now()
-	close(p.exited)
-}
-
-func (p *process) hasExited() bool {
-	select {
-	case <-p.exited:
-		return true
-	default:
-		return false
-	}
-}
-
-// closeIO releases the process's stdio once its output is drained.
-func (p *process) closeIO() {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	for _, c := range p.closers {
-		c.Close()
-	}
-	p.closers = nil
-	if p.stdin != nil {
-		p.stdin.Close()
-		p.stdin = nil
 	}
 }
 
@@ -260,11 +203,14 @@ func (s *Service) getProcess(id, execID string) (*container, *process, error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	if execID == "" {
-		return c, c.init, nil
-	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if execID == "" {
+		if c.init == nil {
+			return nil, nil, fmt.Errorf("container %q is being created: %w", id, errdefs.ErrNotFound)
+		}
+		return c, c.init, nil
+	}
 	p, ok := c.execs[execID]
 	if !ok {
 		return nil, nil, fmt.Errorf("exec %q in container %q: %w", execID, id, errdefs.ErrNotFound)
@@ -299,6 +245,10 @@ func (s *Service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 		}
 	}()
 
+	pod, err := s.podPolicy(ctx, c)
+	if err != nil {
+		return nil, errgrpc.ToGRPC(err)
+	}
 	rootfs := filepath.Join(c.bundle, "rootfs")
 	if err := makeRootDir(c.bundle, rootfs); err != nil {
 		return nil, errgrpc.ToGRPC(err)
@@ -309,6 +259,7 @@ func (s *Service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 	if err := s.unseal(ctx, c, rootfs); err != nil {
 		return nil, errgrpc.ToGRPC(err)
 	}
+	applyPodPolicy(c, pod)
 	if err := s.adaptSpec(c, rootfs); err != nil {
 		return nil, errgrpc.ToGRPC(fmt.Errorf("container %q: %w", r.ID, err))
 	}
@@ -331,9 +282,11 @@ func (s *Service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 	if err != nil {
 		return nil, errgrpc.ToGRPC(runtimeErr(c, "create", err))
 	}
+	s.mu.Lock()
 	c.init = p
+	s.mu.Unlock()
 	s.track(p, pid)
-	log.G(ctx).WithField("id", r.ID).WithField("pid", pid).Info("container created")
+	log.G(ctx).WithFields(log.Fields{"id": r.ID, "pid": pid}).Info("container created")
 	if s.created != nil {
 		s.created(context.WithoutCancel(ctx), r.ID)
 	}
@@ -425,7 +378,7 @@ func (s *Service) sandboxPid(spec *specs.Spec) int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if c, ok := s.containers[sb]; ok && c.init != nil && !c.init.hasExited() {
-		return c.init.pid
+		return c.init.getPid()
 	}
 	return 0
 }
@@ -508,10 +461,14 @@ func (s *Service) startProcess(ctx context.Context, p *process, stdin, stdout, s
 			con.Close()
 			return 0, r.err
 		}
-		p.console = con
 		cleanup = append(cleanup, con)
+		p.mu.Lock()
+		p.console = con
 		if in != nil {
 			p.stdin = nopCloseWriter{con}
+		}
+		p.mu.Unlock()
+		if in != nil {
 			go func() { io.Copy(con, in) }()
 		}
 		if out != nil {
@@ -522,7 +479,9 @@ func (s *Service) startProcess(ctx context.Context, p *process, stdin, stdout, s
 				closeWrite(out)
 			}()
 		}
+		p.mu.Lock()
 		p.closers = cleanup
+		p.mu.Unlock()
 		ok = true
 		return r.pid, nil
 	}
@@ -537,7 +496,9 @@ func (s *Service) startProcess(ctx context.Context, p *process, stdin, stdout, s
 		}
 		if toChild {
 			child = append(child, r)
+			p.mu.Lock()
 			p.stdin = w
+			p.mu.Unlock()
 			go func() {
 				io.Copy(w, c)
 				p.mu.Lock()
@@ -573,7 +534,9 @@ func (s *Service) startProcess(ctx context.Context, p *process, stdin, stdout, s
 	if err != nil {
 		return 0, err
 	}
+	p.mu.Lock()
 	p.closers = cleanup
+	p.mu.Unlock()
 	ok = true
 	return pid, nil
 }
@@ -593,33 +556,34 @@ func (s *Service) Start(ctx context.Context, r *taskAPI.StartRequest) (*taskAPI.
 	if err != nil {
 		return nil, errgrpc.ToGRPC(err)
 	}
+	// beginStart lets one Start through; a second one is refused.
+	if err := p.beginStart(); err != nil {
+		return nil, errgrpc.ToGRPC(err)
+	}
 	if r.ExecID != "" {
-		if p.started {
-			return nil, errgrpc.ToGRPCf(errdefs.ErrFailedPrecondition, "exec %q already started", r.ExecID)
-		}
 		var proc specs.Process
 		if err := json.Unmarshal(p.pendingSpec(), &proc); err != nil {
-			return nil, errgrpc.ToGRPC(err)
+			p.endStart(false)
+			return nil, errgrpc.ToGRPC(fmt.Errorf("decode the process of exec %q: %w: %w", r.ExecID, err, errdefs.ErrInvalidArgument))
 		}
 		pid, err := s.startProcess(ctx, p, p.stdio[0], p.stdio[1], p.stdio[2], func(stdio Stdio, console string) (int, error) {
 			return s.rt.Exec(ctx, c.id, r.ExecID, &proc, stdio, console)
 		})
 		if err != nil {
+			p.endStart(false)
 			return nil, errgrpc.ToGRPC(fmt.Errorf("exec %q in %q: %w", r.ExecID, c.id, err))
 		}
-		p.started = true
 		s.track(p, pid)
-		log.G(ctx).WithField("id", c.id).WithField("exec", r.ExecID).WithField("pid", pid).Debug("exec started")
+		p.endStart(true)
+		log.G(ctx).WithFields(log.Fields{"id": c.id, "exec": r.ExecID, "pid": pid}).Debug("exec started")
 		return &taskAPI.StartResponse{Pid: uint32(pid)}, nil
 	}
-	if p.started {
-		return nil, errgrpc.ToGRPCf(errdefs.ErrFailedPrecondition, "container %q already started", r.ID)
-	}
 	if err := s.rt.Start(ctx, r.ID); err != nil {
+		p.endStart(false)
 		return nil, errgrpc.ToGRPC(runtimeErr(c, "start", err))
 	}
-	p.started = true
-	return &taskAPI.StartResponse{Pid: uint32(p.pid)}, nil
+	p.endStart(true)
+	return &taskAPI.StartResponse{Pid: uint32(p.getPid())}, nil
 }
 
 // Exec registers an additional process; Start runs it.
@@ -660,10 +624,11 @@ func (s *Service) Wait(ctx context.Context, r *taskAPI.WaitRequest) (*taskAPI.Wa
 	case <-ctx.Done():
 		return nil, errgrpc.ToGRPC(ctx.Err())
 	}
-	log.G(ctx).WithField("id", r.ID).WithField("exec", r.ExecID).Debug("wait: exited, draining output")
+	log.G(ctx).WithFields(log.Fields{"id": r.ID, "exec": r.ExecID}).Debug("wait: exited, draining output")
 	p.ioDone.Wait()
 	p.closeIO()
-	return &taskAPI.WaitResponse{ExitStatus: uint32(p.status), ExitedAt: protobuf.ToTimestamp(p.exitedAt)}, nil
+	st := p.snapshot()
+	return &taskAPI.WaitResponse{ExitStatus: uint32(st.status), ExitedAt: protobuf.ToTimestamp(st.exitedAt)}, nil
 }
 
 // Kill signals a process.
@@ -673,10 +638,11 @@ func (s *Service) Kill(ctx context.Context, r *taskAPI.KillRequest) (*ptypes.Emp
 		return nil, errgrpc.ToGRPC(err)
 	}
 	if r.ExecID != "" {
-		if p.pid == 0 || p.hasExited() {
+		pid := p.getPid()
+		if pid == 0 || p.hasExited() {
 			return nil, errgrpc.ToGRPCf(errdefs.ErrNotFound, "exec %q is not running", r.ExecID)
 		}
-		if err := syscall.Kill(p.pid, syscall.Signal(r.Signal)); err != nil {
+		if err := syscall.Kill(pid, syscall.Signal(r.Signal)); err != nil {
 			return nil, errgrpc.ToGRPC(fmt.Errorf("signal exec %q: %w", r.ExecID, err))
 		}
 		return &ptypes.Empty{}, nil
@@ -697,14 +663,15 @@ func (s *Service) Delete(ctx context.Context, r *taskAPI.DeleteRequest) (*taskAP
 		return nil, errgrpc.ToGRPC(err)
 	}
 	if r.ExecID != "" {
-		if p.started && !p.hasExited() {
+		if st := p.snapshot(); st.state != procCreated && st.state != procStopped {
 			return nil, errgrpc.ToGRPCf(errdefs.ErrFailedPrecondition, "exec %q is still running", r.ExecID)
 		}
 		s.mu.Lock()
 		delete(c.execs, r.ExecID)
 		s.mu.Unlock()
 		p.closeIO()
-		return &taskAPI.DeleteResponse{Pid: uint32(p.pid), ExitStatus: uint32(p.status), ExitedAt: protobuf.ToTimestamp(p.exitedAt)}, nil
+		st := p.snapshot()
+		return &taskAPI.DeleteResponse{Pid: uint32(st.pid), ExitStatus: uint32(st.status), ExitedAt: protobuf.ToTimestamp(st.exitedAt)}, nil
 	}
 	if err := s.rt.Delete(ctx, c.id, true); err != nil {
 		log.G(ctx).WithError(err).WithField("id", c.id).Warn("runc delete failed")
@@ -725,10 +692,11 @@ func (s *Service) Delete(ctx context.Context, r *taskAPI.DeleteRequest) (*taskAP
 	}
 	s.mu.Unlock()
 	if err := os.RemoveAll(c.bundle); err != nil {
-		log.G(ctx).WithError(err).Warn("failed to remove bundle")
+		log.G(ctx).WithError(err).WithField("id", c.id).Warn("failed to remove bundle")
 	}
 	s.removeVolumes(ctx, c)
-	return &taskAPI.DeleteResponse{Pid: uint32(p.pid), ExitStatus: uint32(p.status), ExitedAt: protobuf.ToTimestamp(p.exitedAt)}, nil
+	st := p.snapshot()
+	return &taskAPI.DeleteResponse{Pid: uint32(st.pid), ExitStatus: uint32(st.status), ExitedAt: protobuf.ToTimestamp(st.exitedAt)}, nil
 }
 
 // State reports a process's state.
@@ -737,16 +705,17 @@ func (s *Service) State(ctx context.Context, r *taskAPI.StateRequest) (*taskAPI.
 	if err != nil {
 		return nil, errgrpc.ToGRPC(err)
 	}
+	ps := p.snapshot()
 	st := task.Status_CREATED
-	switch {
-	case p.hasExited():
+	switch ps.state {
+	case procStopped:
 		st = task.Status_STOPPED
-	case p.started:
+	case procRunning:
 		st = task.Status_RUNNING
 	}
 	resp := &taskAPI.StateResponse{
-		ID: r.ID, ExecID: r.ExecID, Bundle: c.bundle, Pid: uint32(p.pid), Status: st,
-		Terminal: p.terminal, ExitStatus: uint32(p.status), ExitedAt: protobuf.ToTimestamp(p.exitedAt),
+		ID: r.ID, ExecID: r.ExecID, Bundle: c.bundle, Pid: uint32(ps.pid), Status: st,
+		Terminal: p.terminal, ExitStatus: uint32(ps.status), ExitedAt: protobuf.ToTimestamp(ps.exitedAt),
 	}
 	return resp, nil
 }
@@ -860,8 +829,8 @@ func (s *Service) Stats(ctx context.Context, r *taskAPI.StatsRequest) (*taskAPI.
 // Connect returns the agent's and the container's pids.
 func (s *Service) Connect(ctx context.Context, r *taskAPI.ConnectRequest) (*taskAPI.ConnectResponse, error) {
 	resp := &taskAPI.ConnectResponse{ShimPid: uint32(os.Getpid()), Version: agentapi.Version}
-	if c, err := s.get(r.ID); err == nil && c.init != nil {
-		resp.TaskPid = uint32(c.init.pid)
+	if _, p, err := s.getProcess(r.ID, ""); err == nil {
+		resp.TaskPid = uint32(p.getPid())
 	}
 	return resp, nil
 }

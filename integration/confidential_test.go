@@ -7,6 +7,7 @@ import (
 	"context"
 	"crypto/ed25519"
 	"crypto/rand"
+	"crypto/tls"
 	"crypto/x509"
 	"encoding/hex"
 	"encoding/pem"
@@ -38,6 +39,19 @@ type kbsProcess struct {
 // generated here. It stops at test end.
 func startKBS(t *testing.T) *kbsProcess {
 	t.Helper()
+	return startKBSWith(t, nil)
+}
+
+// kbsTLS makes startKBSWith serve HTTPS with a certificate and key (PEM
+// files); Client is the TLS configuration the test's admin client uses.
+type kbsTLS struct {
+	CertFile, KeyFile string
+	Client            *tls.Config
+}
+
+// startKBSWith is startKBS, serving HTTPS when tc is not nil.
+func startKBSWith(t *testing.T, tc *kbsTLS) *kbsProcess {
+	t.Helper()
 	simPub := filepath.Join(harness.Output(), "keys", "sim-platform.pub")
 	if _, err := os.Stat(simPub); err != nil {
 		t.Fatalf("sim platform key not generated (run hack/build-guest.sh): %v", err)
@@ -55,9 +69,16 @@ func startKBS(t *testing.T) *kbsProcess {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command(harness.Bin(t, "raksh-kbs"), "--address", "127.0.0.1:0",
+	args := []string{"--address", "127.0.0.1:0",
 		"--resource-dir", filepath.Join(dir, "resources"), "--policy", filepath.Join(dir, "policy.json"),
-		"--admin-public-key", adminPub, "--sim-platform-keys", simPub)
+		"--admin-public-key", adminPub, "--sim-platform-keys", simPub}
+	scheme := "http://"
+	var adminTLS *tls.Config
+	if tc != nil {
+		args = append(args, "--tls-cert", tc.CertFile, "--tls-key", tc.KeyFile)
+		scheme, adminTLS = "https://", tc.Client
+	}
+	cmd := exec.Command(harness.Bin(t, "raksh-kbs"), args...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := cmd.Start(); err != nil {
@@ -73,7 +94,7 @@ func startKBS(t *testing.T) *kbsProcess {
 	for k.URL == "" {
 		b, _ := os.ReadFile(k.Log)
 		if m := addrRe.FindSubmatch(b); m != nil {
-			k.URL = "http://" + string(m[1])
+			k.URL = scheme + string(m[1])
 			break
 		}
 		if time.Now().After(deadline) {
@@ -81,7 +102,7 @@ func startKBS(t *testing.T) *kbsProcess {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	if k.Admin, err = client.NewAdmin(k.URL, priv, nil); err != nil {
+	if k.Admin, err = client.NewAdmin(k.URL, priv, adminTLS); err != nil {
 		t.Fatal(err)
 	}
 	return k
@@ -94,7 +115,9 @@ func (k *kbsProcess) setPolicy(t *testing.T, doc string) {
 	}
 }
 
-func (k *kbsProcess) hostPort() string { return strings.TrimPrefix(k.URL, "http://") }
+func (k *kbsProcess) hostPort() string {
+	return strings.TrimPrefix(strings.TrimPrefix(k.URL, "http://"), "https://")
+}
 
 // randomSecret returns a value that cannot occur anywhere by chance.
 func randomSecret(t *testing.T, prefix string) string {

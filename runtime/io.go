@@ -30,6 +30,7 @@ type hostIO struct {
 	cmd            *exec.Cmd
 	streamNames    [3]string
 	stdinCloseOnce sync.Once
+	closeOnce      sync.Once
 }
 
 // newHostIO opens the process's streams to the VM and its host stdio.
@@ -218,14 +219,15 @@ func (h *hostIO) Drain(timeout time.Duration) bool {
 	}
 }
 
-// Close releases everything; output not yet drained is lost.
+// Close releases everything; output not yet drained is lost. It is safe to
+// call more than once and concurrently (the VM's death and Delete both do).
 func (h *hostIO) Close() {
-	for _, c := range h.closers {
-		c.Close()
-	}
-	h.closers = nil
-	if h.cmd != nil {
-		go h.cmd.Wait()
-		h.cmd = nil
-	}
+	h.closeOnce.Do(func() {
+		for _, c := range h.closers {
+			c.Close()
+		}
+		if h.cmd != nil {
+			go h.cmd.Wait()
+		}
+	})
 }

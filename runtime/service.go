@@ -73,17 +73,6 @@ type hostContainer struct {
 	execs      map[string]*hostProcess
 }
 
-type hostProcess struct {
-	id, execID string
-	io         *hostIO
-	pid        uint32
-	started    bool
-
-	exited   chan struct{}
-	status   uint32
-	exitedAt time.Time
-}
-
 // NewService returns the task service of a shim.
 func NewService(ctx context.Context, id string, publisher shim.Publisher, sd shutdown.Service, newVM VMFactory) *Service {
 	s := &Service{
@@ -169,6 +158,12 @@ func (s *Service) ensureVM(ctx context.Context, cfg Config) (vm.Instance, taskAP
 		return nil, nil, err
 	}
 	log.G(ctx).WithField("agent", info.GetAgentVersion()).WithField("kernel", info.GetKernelRelease()).WithField("tee", info.GetTeeType()).Info("agent connected")
+	if cfg.PodInitData != nil {
+		if err := deliverInitData(ctx, v, cfg.PodInitData); err != nil {
+			v.Shutdown(ctx)
+			return nil, nil, err
+		}
+	}
 	agent = taskAPI.NewTTRPCTaskClient(v.Client())
 	s.mu.Lock()
 	s.vm, s.agent = v, agent
@@ -208,36 +203,16 @@ func (s *Service) watchVM(ctx context.Context, v vm.Instance) {
 	}
 	s.mu.Unlock()
 	for _, p := range procs {
-		if p.started && p.setExited(exitVMGone, time.Now()) {
-			log.G(ctx).WithField("id", p.id).WithField("exec", p.execID).Error("VM stopped; process reported as exited")
+		// Processes that were only created end too: their VM is gone.
+		if p.setExited(exitVMGone, time.Now()) {
+			log.G(ctx).WithFields(log.Fields{"id": p.id, "exec": p.execID}).Error("VM stopped; process reported as exited")
 			if p.io != nil {
 				p.io.Close()
 			}
-			s.send(&eventstypes.TaskExit{ContainerID: p.id, ID: p.eventID(), Pid: p.pid, ExitStatus: exitVMGone, ExitedAt: protobuf.ToTimestamp(p.exitedAt)})
+			pi := p.info()
+			s.send(&eventstypes.TaskExit{ContainerID: p.id, ID: p.eventID(), Pid: pi.pid, ExitStatus: exitVMGone, ExitedAt: protobuf.ToTimestamp(pi.exitedAt)})
 		}
 	}
-}
-
-func (p *hostProcess) eventID() string {
-	if p.execID == "" {
-		return p.id
-	}
-	return p.execID
-}
-
-func (p *hostProcess) setExited(status uint32, at time.Time) bool {
-	select {
-	case <-p.exited:
-		return false
-	default:
-	}
-	p.status, p.exitedAt = status, at
-	close(p.exited)
-	return true
-}
-
-func newHostProcess(id, execID string) *hostProcess {
-	return &hostProcess{id: id, execID: execID, exited: make(chan struct{})}
 }
 
 func (s *Service) container(id string) (*hostContainer, error) {
@@ -374,16 +349,17 @@ func (s *Service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 		return nil, errgrpc.ToGRPC(fmt.Errorf("create %q in VM: %w", r.ID, errgrpc.ToNative(err)))
 	}
 	_ = resp
-	p.pid = s.vmPid()
+	pid := s.vmPid()
+	p.setPid(pid)
 	s.mu.Lock()
 	c.init = p
 	s.mu.Unlock()
 	s.send(&eventstypes.TaskCreate{
 		ContainerID: r.ID, Bundle: r.Bundle, Rootfs: r.Rootfs,
 		IO:  &eventstypes.TaskIO{Stdin: r.Stdin, Stdout: r.Stdout, Stderr: r.Stderr, Terminal: r.Terminal},
-		Pid: p.pid,
+		Pid: pid,
 	})
-	return &taskAPI.CreateTaskResponse{Pid: p.pid}, nil
+	return &taskAPI.CreateTaskResponse{Pid: pid}, nil
 }
 
 // Start starts a container or exec and watches for its exit.
@@ -396,20 +372,24 @@ func (s *Service) Start(ctx context.Context, r *taskAPI.StartRequest) (*taskAPI.
 	if err != nil {
 		return nil, errgrpc.ToGRPC(err)
 	}
-	if _, err := agent.Start(ctx, r); err != nil {
-		return nil, err
+	if err := p.beginStart(); err != nil {
+		return nil, errgrpc.ToGRPC(err)
 	}
-	p.started = true
-	if p.pid == 0 {
-		p.pid = s.vmPid()
+	_, err = agent.Start(ctx, r)
+	if !p.endStart(s.vmPid(), err) {
+		if err != nil {
+			return nil, err
+		}
+		return nil, errgrpc.ToGRPCf(errdefs.ErrFailedPrecondition, "process %s: the pod's VM stopped while it started", p.eventID())
 	}
+	pid := p.info().pid
 	if r.ExecID == "" {
-		s.send(&eventstypes.TaskStart{ContainerID: r.ID, Pid: p.pid})
+		s.send(&eventstypes.TaskStart{ContainerID: r.ID, Pid: pid})
 	} else {
-		s.send(&eventstypes.TaskExecStarted{ContainerID: r.ID, ExecID: r.ExecID, Pid: p.pid})
+		s.send(&eventstypes.TaskExecStarted{ContainerID: r.ID, ExecID: r.ExecID, Pid: pid})
 	}
 	go s.waitExit(ctx, agent, p)
-	return &taskAPI.StartResponse{Pid: p.pid}, nil
+	return &taskAPI.StartResponse{Pid: pid}, nil
 }
 
 // waitExit waits for a process in the VM to exit and its output to be
@@ -421,13 +401,13 @@ func (s *Service) waitExit(ctx context.Context, agent taskAPI.TTRPCTaskService, 
 	if err == nil {
 		status, at = resp.ExitStatus, protobuf.FromTimestamp(resp.ExitedAt)
 	} else {
-		log.G(ctx).WithError(err).WithField("id", p.id).Warn("lost the process in the VM")
+		log.G(ctx).WithError(err).WithFields(log.Fields{"id": p.id, "exec": p.execID}).Warn("lost the process in the VM")
 	}
 	if p.io != nil && !p.io.Drain(drainTimeout) {
-		log.G(ctx).WithField("id", p.id).Warn("output not drained in time")
+		log.G(ctx).WithFields(log.Fields{"id": p.id, "exec": p.execID}).Warn("output not drained in time")
 	}
 	if p.setExited(status, at) {
-		s.send(&eventstypes.TaskExit{ContainerID: p.id, ID: p.eventID(), Pid: p.pid, ExitStatus: status, ExitedAt: protobuf.ToTimestamp(at)})
+		s.send(&eventstypes.TaskExit{ContainerID: p.id, ID: p.eventID(), Pid: p.info().pid, ExitStatus: status, ExitedAt: protobuf.ToTimestamp(at)})
 	}
 }
 
@@ -442,7 +422,8 @@ func (s *Service) Wait(ctx context.Context, r *taskAPI.WaitRequest) (*taskAPI.Wa
 	case <-ctx.Done():
 		return nil, errgrpc.ToGRPC(ctx.Err())
 	}
-	return &taskAPI.WaitResponse{ExitStatus: p.status, ExitedAt: protobuf.ToTimestamp(p.exitedAt)}, nil
+	pi := p.info()
+	return &taskAPI.WaitResponse{ExitStatus: pi.status, ExitedAt: protobuf.ToTimestamp(pi.exitedAt)}, nil
 }
 
 // Exec registers an additional process in a container.
@@ -516,12 +497,9 @@ func (s *Service) Delete(ctx context.Context, r *taskAPI.DeleteRequest) (*taskAP
 	if err != nil {
 		return nil, errgrpc.ToGRPC(err)
 	}
-	if p.started {
-		select {
-		case <-p.exited:
-		default:
-			return nil, errgrpc.ToGRPCf(errdefs.ErrFailedPrecondition, "process %s is still running", p.eventID())
-		}
+	pi, err := p.beginDelete()
+	if err != nil {
+		return nil, errgrpc.ToGRPC(err)
 	}
 	if agent, err := s.agentClient(); err == nil && s.vmAlive() {
 		if _, err := agent.Delete(ctx, r); err != nil && !errdefs.IsNotFound(errgrpc.ToNative(err)) {
@@ -530,9 +508,6 @@ func (s *Service) Delete(ctx context.Context, r *taskAPI.DeleteRequest) (*taskAP
 	}
 	if p.io != nil {
 		p.io.Close()
-	}
-	if !p.started {
-		p.setExited(128+9, time.Now())
 	}
 	s.mu.Lock()
 	if r.ExecID != "" {
@@ -544,9 +519,9 @@ func (s *Service) Delete(ctx context.Context, r *taskAPI.DeleteRequest) (*taskAP
 	if r.ExecID == "" {
 		s.unmountRootfs(ctx, c)
 		s.stopVolumes(ctx, r.ID)
-		s.send(&eventstypes.TaskDelete{ContainerID: r.ID, Pid: p.pid, ExitStatus: p.status, ExitedAt: protobuf.ToTimestamp(p.exitedAt)})
+		s.send(&eventstypes.TaskDelete{ContainerID: r.ID, Pid: pi.pid, ExitStatus: pi.status, ExitedAt: protobuf.ToTimestamp(pi.exitedAt)})
 	}
-	return &taskAPI.DeleteResponse{Pid: p.pid, ExitStatus: p.status, ExitedAt: protobuf.ToTimestamp(p.exitedAt)}, nil
+	return &taskAPI.DeleteResponse{Pid: pi.pid, ExitStatus: pi.status, ExitedAt: protobuf.ToTimestamp(pi.exitedAt)}, nil
 }
 
 func (s *Service) vmAlive() bool {
@@ -569,14 +544,13 @@ func (s *Service) State(ctx context.Context, r *taskAPI.StateRequest) (*taskAPI.
 	if err != nil {
 		return nil, errgrpc.ToGRPC(err)
 	}
-	resp := &taskAPI.StateResponse{ID: r.ID, ExecID: r.ExecID, Bundle: c.bundle, Pid: p.pid, Status: task.Status_CREATED}
-	select {
-	case <-p.exited:
+	pi := p.info()
+	resp := &taskAPI.StateResponse{ID: r.ID, ExecID: r.ExecID, Bundle: c.bundle, Pid: pi.pid, Status: task.Status_CREATED}
+	if pi.state == stateStopped || pi.state == stateDeleted {
 		resp.Status = task.Status_STOPPED
-		resp.ExitStatus = p.status
-		resp.ExitedAt = protobuf.ToTimestamp(p.exitedAt)
+		resp.ExitStatus = pi.status
+		resp.ExitedAt = protobuf.ToTimestamp(pi.exitedAt)
 		return resp, nil
-	default:
 	}
 	agent, err := s.agentClient()
 	if err != nil {

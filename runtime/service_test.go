@@ -43,6 +43,7 @@ type fakeVM struct {
 	client *ttrpc.Client
 	done   chan struct{}
 	once   sync.Once
+	ready  chan struct{} // closed once guest is set (or the guest end failed)
 	// opts, if set, returns extra agent options (proxy dialer, image keys)
 	// given the guest end of the session.
 	opts func(guest func() transport.Session) []agent.Opt
@@ -64,18 +65,22 @@ func (f *fakeVM) Start(ctx context.Context) error {
 		return err
 	}
 	defer l.Close()
+	f.ready = make(chan struct{})
 	go func() {
 		c, err := l.Accept()
 		if err != nil {
+			close(f.ready)
 			return
 		}
 		s, err := transport.Server(ctx, c, 5*time.Millisecond)
 		if err != nil {
+			close(f.ready)
 			return
 		}
 		f.mu.Lock()
 		f.guest = s
 		f.mu.Unlock()
+		close(f.ready)
 		var opts []agent.Opt
 		if f.opts != nil {
 			opts = f.opts(func() transport.Session { return s })
@@ -97,6 +102,10 @@ func (f *fakeVM) Start(ctx context.Context) error {
 		return err
 	}
 	f.client = ttrpc.NewClient(ctrl)
+	<-f.ready
+	if f.guestSession() == nil {
+		return errors.New("fake VM: the guest end of the transport failed")
+	}
 	go func() {
 		<-f.sess.Done()
 		f.once.Do(func() { close(f.done) })
@@ -320,7 +329,9 @@ func TestVMDeathEndsTasks(t *testing.T) {
 	if w.ExitStatus == 0 {
 		t.Fatal("task in a dead VM exited 0")
 	}
-	// A new container cannot be created in the dead VM.
+	// A new container cannot be created in the dead VM. (Wait may answer
+	// from the agent's lost Wait call a moment before the VM reports Done.)
+	<-e.vm.Done()
 	b2 := e.bundle(t, "c4", nil, "/bin/true")
 	_, err = e.svc.Create(e.ctx, &taskAPI.CreateTaskRequest{ID: "c4", Bundle: b2})
 	if !errdefs.IsFailedPrecondition(errgrpc.ToNative(err)) {
@@ -380,9 +391,6 @@ func TestProxyAllowList(t *testing.T) {
 		t.Fatal(err)
 	}
 	go serveProxy(ctx, fv, map[string]string{"echo": l.Addr().String()})
-	for fv.guestSession() == nil {
-		time.Sleep(5 * time.Millisecond)
-	}
 	// Allowed: bytes round-trip through the host service.
 	c, err := fv.guestSession().Open(ctx, "proxy/echo")
 	if err != nil {

@@ -54,6 +54,15 @@ type Claims struct {
 	Extra map[string]any `json:"extra,omitempty"`
 }
 
+// InitDataReporter is implemented by Attesters that can read, from their
+// own report, the init-data digest bound at launch (SNP HOST_DATA, TDX
+// MRCONFIGID, the PEF sealed command line, the sim evidence). An all-zero
+// or empty digest means none was bound. The guest checks the init data it
+// is handed against it before using any of it.
+type InitDataReporter interface {
+	InitDataDigest(ctx context.Context) ([]byte, error)
+}
+
 // Verifier checks evidence on the key broker's side.
 type Verifier interface {
 	// Type returns the TEE type this verifier accepts.

@@ -24,17 +24,37 @@ import (
 type HostRuntime struct {
 	mu    sync.Mutex
 	cmds  map[string]*exec.Cmd
+	gates map[string]*gate
 	exits chan agent.Exit
+}
+
+// gate holds back the exit of a container's process until Start (or Kill,
+// or Delete), as runc's created state would: a created container's process
+// cannot exit on its own.
+type gate struct {
+	once sync.Once
+	ch   chan struct{}
+}
+
+func (g *gate) open() { g.once.Do(func() { close(g.ch) }) }
+
+func (h *HostRuntime) openGate(id string) {
+	h.mu.Lock()
+	g := h.gates[id]
+	h.mu.Unlock()
+	if g != nil {
+		g.open()
+	}
 }
 
 // NewHostRuntime returns a HostRuntime.
 func NewHostRuntime() *HostRuntime {
-	return &HostRuntime{cmds: map[string]*exec.Cmd{}, exits: make(chan agent.Exit, 64)}
+	return &HostRuntime{cmds: map[string]*exec.Cmd{}, gates: map[string]*gate{}, exits: make(chan agent.Exit, 64)}
 }
 
 var _ agent.Runtime = (*HostRuntime)(nil)
 
-func (h *HostRuntime) run(key string, p *specs.Process, dir string, stdio agent.Stdio) (int, error) {
+func (h *HostRuntime) run(key string, p *specs.Process, dir string, stdio agent.Stdio, g *gate) (int, error) {
 	if p == nil || len(p.Args) == 0 {
 		return 0, fmt.Errorf("process has no args: %w", errdefs.ErrInvalidArgument)
 	}
@@ -48,9 +68,15 @@ func (h *HostRuntime) run(key string, p *specs.Process, dir string, stdio agent.
 	}
 	h.mu.Lock()
 	h.cmds[key] = cmd
+	if g != nil {
+		h.gates[key] = g
+	}
 	h.mu.Unlock()
 	go func() {
 		cmd.Wait()
+		if g != nil {
+			<-g.ch
+		}
 		status := cmd.ProcessState.ExitCode()
 		if ws, ok := cmd.ProcessState.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
 			status = 128 + int(ws.Signal())
@@ -60,7 +86,8 @@ func (h *HostRuntime) run(key string, p *specs.Process, dir string, stdio agent.
 	return cmd.Process.Pid, nil
 }
 
-// Create starts the process right away (it has no created state).
+// Create starts the process right away; its exit is reported only after
+// Start, Kill or Delete, as a created runc container cannot exit on its own.
 func (h *HostRuntime) Create(ctx context.Context, id, bundle string, stdio agent.Stdio, console string) (int, error) {
 	if console != "" {
 		return 0, fmt.Errorf("host runtime has no terminals: %w", errdefs.ErrNotImplemented)
@@ -73,15 +100,18 @@ func (h *HostRuntime) Create(ctx context.Context, id, bundle string, stdio agent
 	if err := json.Unmarshal(b, &spec); err != nil {
 		return 0, err
 	}
-	return h.run(id, spec.Process, filepath.Join(bundle, "rootfs"), stdio)
+	return h.run(id, spec.Process, filepath.Join(bundle, "rootfs"), stdio, &gate{ch: make(chan struct{})})
 }
 
-// Start does nothing: Create started the process.
-func (h *HostRuntime) Start(ctx context.Context, id string) error { return nil }
+// Start lets the process's exit be reported: Create started the process.
+func (h *HostRuntime) Start(ctx context.Context, id string) error {
+	h.openGate(id)
+	return nil
+}
 
 // Exec runs an additional host process.
 func (h *HostRuntime) Exec(ctx context.Context, id, execID string, p *specs.Process, stdio agent.Stdio, console string) (int, error) {
-	return h.run(id+"/"+execID, p, "", stdio)
+	return h.run(id+"/"+execID, p, "", stdio, nil)
 }
 
 // Kill signals the container's process.
@@ -92,17 +122,20 @@ func (h *HostRuntime) Kill(ctx context.Context, id string, sig int, all bool) er
 	if !ok {
 		return errdefs.ErrNotFound
 	}
+	h.openGate(id)
 	return cmd.Process.Signal(syscall.Signal(sig))
 }
 
 // Delete forgets the container, killing it if needed.
 func (h *HostRuntime) Delete(ctx context.Context, id string, force bool) error {
+	h.openGate(id)
 	h.mu.Lock()
 	cmd, ok := h.cmds[id]
 	delete(h.cmds, id)
+	delete(h.gates, id)
 	h.mu.Unlock()
-	if ok && force && cmd.ProcessState == nil {
-		cmd.Process.Kill()
+	if ok && force {
+		cmd.Process.Kill() // fails harmlessly if it has exited
 	}
 	return nil
 }

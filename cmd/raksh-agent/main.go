@@ -147,6 +147,7 @@ func run(ctx context.Context) error {
 			return sess.Open(ctx, wire.ProxyPrefix+target)
 		}),
 		agent.WithKeySource(kbs.KeySource()),
+		agent.WithInitData(kbs),
 		agent.WithCreated(func(ctx context.Context, id string) { svc.WatchOOM(ctx, id) }),
 		agent.WithShutdown(func() {
 			log.G(ctx).Info("shutdown requested")

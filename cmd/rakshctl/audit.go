@@ -9,6 +9,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"regexp"
 	"runtime"
 	"slices"
 	"sort"
@@ -456,8 +457,23 @@ func yesNo(b bool) string {
 	return "-"
 }
 
-func printAudit(w io.Writer, rep auditReport) error {
-	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+// longID matches the 64-hex ids in paths, shortened in text output.
+var longID = regexp.MustCompile(`\b([0-9a-f]{12})[0-9a-f]{52}\b`)
+
+// shortIDs is w with 64-hex ids cut to 12 characters.
+type shortIDs struct{ w io.Writer }
+
+func (s shortIDs) Write(p []byte) (int, error) {
+	if _, err := s.w.Write(longID.ReplaceAll(p, []byte("${1}…"))); err != nil {
+		return 0, err
+	}
+	return len(p), nil
+}
+
+func printAudit(out io.Writer, rep auditReport) error {
+	w := shortIDs{out}
+	table := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+	tw := shortIDs{table}
 	if len(rep.Containers) == 0 {
 		fmt.Fprintln(tw, "no raksh containers found")
 	}
@@ -504,7 +520,7 @@ func printAudit(w io.Writer, rep auditReport) error {
 		}
 		fmt.Fprintln(tw)
 	}
-	if err := tw.Flush(); err != nil {
+	if err := table.Flush(); err != nil {
 		return err
 	}
 	fmt.Fprintf(w, "searched for: %s\n", strings.Join(rep.Searched, ", "))

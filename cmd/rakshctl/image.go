@@ -19,6 +19,7 @@ import (
 	"github.com/containerd/errdefs"
 	"github.com/containers/ocicrypt"
 	encconfig "github.com/containers/ocicrypt/config"
+	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/empty"
@@ -183,7 +184,7 @@ func imageEncrypt(c *cli.Context) error {
 		return fmt.Errorf("dest %q: %v: %w", dst, err, errdefs.ErrInvalidArgument)
 	}
 	fmt.Fprintf(w, "pushing %s\n", ref)
-	if err := remote.Write(ref, enc, remote.WithContext(c.Context)); err != nil {
+	if err := remote.Write(ref, enc, remote.WithContext(c.Context), remote.WithAuthFromKeychain(authn.DefaultKeychain)); err != nil {
 		return fmt.Errorf("push %s: %w", ref, err)
 	}
 	d, err := enc.Digest()
@@ -277,7 +278,7 @@ func loadImage(c *cli.Context, src string) (v1.Image, error) {
 	if err != nil {
 		return nil, fmt.Errorf("--platform: %v: %w", err, errdefs.ErrInvalidArgument)
 	}
-	img, err := remote.Image(ref, remote.WithContext(c.Context), remote.WithPlatform(*plat))
+	img, err := remote.Image(ref, remote.WithContext(c.Context), remote.WithPlatform(*plat), remote.WithAuthFromKeychain(authn.DefaultKeychain))
 	if err != nil {
 		return nil, fmt.Errorf("pull %s: %w", ref, err)
 	}

@@ -13,6 +13,7 @@ import (
 	"encoding/pem"
 	"fmt"
 	"os"
+	"strings"
 
 	"github.com/containerd/errdefs"
 	jose "github.com/go-jose/go-jose/v4"
@@ -212,4 +213,30 @@ func (v *Verifier) Verify(_ context.Context, evidence []byte, reportData [tee.Re
 		return c, nil
 	}
 	return nil, ErrSignature
+}
+
+var _ tee.InitDataReporter = (*Attester)(nil)
+
+// CmdlinePath is the kernel command line the PEF attester reads the
+// init-data digest from.
+var CmdlinePath = "/proc/cmdline"
+
+// InitDataDigest implements tee.InitDataReporter: the raksh.init_data
+// parameter of the kernel command line, whose SHA-512 the ultravisor
+// checked against the ESM blob before entering secure mode.
+func (a *Attester) InitDataDigest(context.Context) ([]byte, error) {
+	b, err := os.ReadFile(CmdlinePath)
+	if err != nil {
+		return nil, fmt.Errorf("pef: kernel command line: %w", err)
+	}
+	for _, f := range strings.Fields(string(b)) {
+		if v, ok := strings.CutPrefix(f, InitDataParam+"="); ok {
+			d, err := hex.DecodeString(v)
+			if err != nil {
+				return nil, fmt.Errorf("pef: %s is not hex: %w", InitDataParam, errdefs.ErrInvalidArgument)
+			}
+			return d, nil
+		}
+	}
+	return nil, nil
 }

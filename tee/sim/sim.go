@@ -251,6 +251,14 @@ func NewAttesterFromFiles(keyPath, cmdlinePath string, opts ...AttesterOpt) (*At
 // Type implements tee.Attester.
 func (a *Attester) Type() tee.Type { return tee.Sim }
 
+var _ tee.InitDataReporter = (*Attester)(nil)
+
+// InitDataDigest implements tee.InitDataReporter: the digest the evidence
+// carries.
+func (a *Attester) InitDataDigest(context.Context) ([]byte, error) {
+	return bytes.Clone(a.initData), nil
+}
+
 // Evidence implements tee.Attester.
 func (a *Attester) Evidence(ctx context.Context, reportData [tee.ReportDataSize]byte) ([]byte, error) {
 	payload, err := json.Marshal(evidence{

@@ -9,6 +9,7 @@ import (
 	"github.com/google/go-configfs-tsm/configfs/configfsi"
 	"github.com/google/go-configfs-tsm/configfs/linuxtsm"
 	"github.com/google/go-configfs-tsm/report"
+	"github.com/google/go-sev-guest/abi"
 	sevclient "github.com/google/go-sev-guest/client"
 
 	"github.com/raksh-project/raksh/tee"
@@ -96,4 +97,23 @@ func (a *Attester) Evidence(ctx context.Context, reportData [tee.ReportDataSize]
 		return nil, err
 	}
 	return b, nil
+}
+
+var _ tee.InitDataReporter = (*Attester)(nil)
+
+// InitDataDigest implements tee.InitDataReporter: the HOST_DATA of a fresh
+// report (the firmware copies it from the launch into every report).
+func (a *Attester) InitDataDigest(ctx context.Context) ([]byte, error) {
+	rep, _, _, err := a.src(ctx, [tee.ReportDataSize]byte{})
+	if err != nil {
+		return nil, err
+	}
+	if len(rep) < abi.ReportSize {
+		return nil, fmt.Errorf("snp: report is %d bytes: %w", len(rep), errdefs.ErrInvalidArgument)
+	}
+	p, err := abi.ReportToProto(rep[:abi.ReportSize])
+	if err != nil {
+		return nil, fmt.Errorf("snp: report: %v: %w", err, errdefs.ErrInvalidArgument)
+	}
+	return p.GetHostData(), nil
 }

@@ -57,3 +57,19 @@ func (a *Attester) Evidence(_ context.Context, reportData [tee.ReportDataSize]by
 	}
 	return (&Evidence{Version: EvidenceVersion, Quote: resp.OutBlob, Provider: "configfs:" + ConfigfsProvider}).Marshal()
 }
+
+var _ tee.InitDataReporter = (*Attester)(nil)
+
+// InitDataDigest implements tee.InitDataReporter: the MRCONFIGID of a
+// fresh quote's TD report (set by the VMM at launch).
+func (a *Attester) InitDataDigest(ctx context.Context) ([]byte, error) {
+	ev, err := a.Evidence(ctx, [tee.ReportDataSize]byte{})
+	if err != nil {
+		return nil, err
+	}
+	_, q, err := ParseEvidence(ev)
+	if err != nil {
+		return nil, err
+	}
+	return q.GetTdQuoteBody().GetMrConfigId(), nil
+}

@@ -26,6 +26,7 @@ import (
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
 	"github.com/raksh-project/raksh/agent/image"
+	"github.com/raksh-project/raksh/agent/mounts"
 	"github.com/raksh-project/raksh/agent/volumes"
 	agentapi "github.com/raksh-project/raksh/api/agent/v1"
 	"github.com/raksh-project/raksh/internal/wire"
@@ -314,7 +315,15 @@ func decodeSpec(a *ptypes.Any) (*specs.Spec, error) {
 func (s *Service) adaptSpec(c *container, rootfs string) error {
 	spec := c.spec
 	spec.Root = &specs.Root{Path: rootfs, Readonly: spec.Root != nil && spec.Root.Readonly}
+	if n := mounts.HookCount(spec.Hooks); n > 0 {
+		// Hooks are node programs (nerdctl's network hook, ...): they do
+		// not exist in the guest. Documented in docs/volumes.md.
+		log.G(context.TODO()).WithField("id", c.id).WithField("hooks", n).Warn("OCI hooks are not run in the guest: dropped")
+	}
 	spec.Hooks = nil
+	if err := mounts.CheckDevices(spec.Linux); err != nil {
+		return err
+	}
 	if spec.Process != nil {
 		spec.Process.ApparmorProfile = ""
 		spec.Process.SelinuxLabel = ""

@@ -132,3 +132,27 @@ func bindOptions(opts []string) []string {
 	}
 	return out
 }
+
+// CheckDevices refuses the device nodes a spec asks for (linux.devices):
+// they name the node's devices by path and number, and the same numbers in
+// the guest are the guest's own devices (its virtio ports and disks). The
+// error names each device.
+func CheckDevices(l *specs.Linux) error {
+	if l == nil || len(l.Devices) == 0 {
+		return nil
+	}
+	var names []string
+	for _, d := range l.Devices {
+		names = append(names, fmt.Sprintf("%s (%s %d:%d)", d.Path, d.Type, d.Major, d.Minor))
+	}
+	return fmt.Errorf("refusing node devices %s: a node device cannot reach the guest, and its numbers there name the guest's own devices: %w",
+		strings.Join(names, ", "), errdefs.ErrInvalidArgument)
+}
+
+// HookCount returns how many OCI hooks a spec carries.
+func HookCount(h *specs.Hooks) int {
+	if h == nil {
+		return 0
+	}
+	return len(h.Prestart) + len(h.CreateRuntime) + len(h.CreateContainer) + len(h.StartContainer) + len(h.Poststart) + len(h.Poststop)
+}

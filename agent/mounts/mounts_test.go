@@ -90,3 +90,13 @@ func TestRewrite(t *testing.T) {
 		t.Fatalf("got\n%+v\nwant\n%+v", got, want)
 	}
 }
+
+func TestCheckDevices(t *testing.T) {
+	if err := CheckDevices(&specs.Linux{}); err != nil {
+		t.Fatal(err)
+	}
+	err := CheckDevices(&specs.Linux{Devices: []specs.LinuxDevice{{Path: "/dev/vport0p1", Type: "c", Major: 246, Minor: 1}}})
+	if !errdefs.IsInvalidArgument(err) || !strings.Contains(err.Error(), "/dev/vport0p1 (c 246:1)") {
+		t.Fatalf("got %v", err)
+	}
+}

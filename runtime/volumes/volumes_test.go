@@ -13,6 +13,7 @@ import (
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
 	agentapi "github.com/raksh-project/raksh/api/agent/v1"
+	"github.com/raksh-project/raksh/runtime/launch"
 )
 
 func TestClassify(t *testing.T) {
@@ -176,5 +177,16 @@ func TestLimits(t *testing.T) {
 	}
 	if _, err := read(v, Config{MaxBytes: 500, MaxFiles: 5}); err != nil {
 		t.Errorf("at the limits: %v", err)
+	}
+}
+
+// TestContribConfig: the shipped runtime.toml's [volumes] table loads.
+func TestContribConfig(t *testing.T) {
+	cfg, err := launch.LoadConfig(filepath.Join("..", "..", "contrib", "raksh", "runtime.toml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Volumes.MaxBytes != 16<<20 || cfg.Volumes.MaxFiles != 1024 || cfg.Volumes.PollInterval.Duration != time.Second {
+		t.Fatalf("[volumes] = %+v", cfg.Volumes)
 	}
 }

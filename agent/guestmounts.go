@@ -58,7 +58,12 @@ func (s *Service) guestMounts(c *container) ([]specs.Mount, error) {
 	if shmErr != nil {
 		log.G(context.TODO()).WithError(shmErr).WithField("id", c.id).Warn("pod /dev/shm unavailable: the container gets its own")
 	}
-	return ms, err
+	if err != nil {
+		return nil, err
+	}
+	// The sealed files the agent wrote itself (seal.go), added after
+	// the node's mounts were rewritten.
+	return append(ms, c.sealedMounts...), nil
 }
 
 // removeVolumes drops a deleted container's copies, and its pod's shared

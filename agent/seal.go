@@ -165,7 +165,7 @@ func (s *Service) mountSealedFiles(c *container, files []envelope.File) error {
 	}
 	for _, f := range files {
 		p := path.Clean("/" + f.Path)
-		c.spec.Mounts = append(c.spec.Mounts, specs.Mount{
+		c.sealedMounts = append(c.sealedMounts, specs.Mount{
 			Destination: p, Type: "bind", Source: filepath.Join(dir, filepath.FromSlash(p)),
 			Options: []string{"rbind", "ro", "nosuid", "nodev", "noexec"},
 		})

@@ -136,8 +136,14 @@ func TestUnsealCtrContainer(t *testing.T) {
 		t.Errorf("rootfs written: %v", ents)
 	}
 	want := specs.Mount{Destination: "/run/secrets/token", Type: "bind", Source: src, Options: []string{"rbind", "ro", "nosuid", "nodev", "noexec"}}
-	if n := len(c.spec.Mounts); n != 1 || !reflect.DeepEqual(c.spec.Mounts[0], want) {
-		t.Errorf("mounts %+v, want %+v", c.spec.Mounts, want)
+	if n := len(c.sealedMounts); n != 1 || !reflect.DeepEqual(c.sealedMounts[0], want) {
+		t.Errorf("mounts %+v, want %+v", c.sealedMounts, want)
+	}
+	// The guest's binds of sealed files survive the rewrite that refuses
+	// node bind mounts (their sources are guest paths).
+	got, err := withKeys(unseal.StaticKeys{testKID: key}).guestMounts(c)
+	if err != nil || len(got) == 0 || !reflect.DeepEqual(got[len(got)-1], want) {
+		t.Errorf("guestMounts %+v (%v), want the sealed file's bind last", got, err)
 	}
 }
 
@@ -211,7 +217,7 @@ func TestUnsealRefused(t *testing.T) {
 			if tc.noKeyCall && keys.calls != 0 {
 				t.Errorf("%d key fetches before the binding was checked", keys.calls)
 			}
-			if _, err := os.Stat(filepath.Join(tc.c.bundle, sealedFilesDir)); err == nil || len(tc.c.spec.Mounts) != 0 {
+			if _, err := os.Stat(filepath.Join(tc.c.bundle, sealedFilesDir)); err == nil || len(tc.c.sealedMounts) != 0 {
 				t.Error("secret files written or mounted for a refused container")
 			}
 		})

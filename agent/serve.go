@@ -24,6 +24,7 @@ func Serve(ctx context.Context, sess transport.Session, svc *Service) error {
 	agentapi.RegisterEventsService(server, &eventsService{svc})
 	agentapi.RegisterVolumesService(server, &volumesService{svc})
 	agentapi.RegisterInitDataService(server, &initDataService{svc})
+	agentapi.RegisterNetworkService(server, &networkService{svc})
 	l := newChanListener()
 	go func() {
 		defer l.Close()

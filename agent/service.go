@@ -10,6 +10,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -69,6 +70,8 @@ type Service struct {
 	pullOpts []image.PullOpt
 	// initData is the pod's init data (initdata.go); nil if none.
 	initData InitData
+	// net is the pod network of the guest (podnet.go).
+	net podNet
 }
 
 // WithProxyDialer sets how the agent reaches host-side services (key broker,
@@ -125,6 +128,10 @@ type container struct {
 	// noLogs discards the container's output: its envelope's policy does
 	// not allow logs (seal.go).
 	noLogs bool
+	// sealedMounts bind the sealed files the agent wrote in the guest
+	// (seal.go). They are added after the node's mounts are rewritten:
+	// their sources are guest paths, never node ones.
+	sealedMounts []specs.Mount
 	// pod is the policy of the pod's init data (initdata.go).
 	pod initdata.Policy
 	// sealed is set once the container's envelope was opened: runtime
@@ -149,6 +156,10 @@ type consoleResizer interface {
 
 // HandleStream passes a stream opened by the shim to the service.
 func (s *Service) HandleStream(ctx context.Context, name string, c net.Conn) {
+	if strings.HasPrefix(name, PortForwardPrefix) {
+		go s.portForward(ctx, name, c)
+		return
+	}
 	s.streams.add(name, c)
 }
 
@@ -263,6 +274,9 @@ func (s *Service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 	applyPodPolicy(c, pod)
 	if err := s.adaptSpec(c, rootfs); err != nil {
 		return nil, errgrpc.ToGRPC(fmt.Errorf("container %q: %w", r.ID, err))
+	}
+	if err := s.shareVMNetwork(ctx, c.spec); err != nil {
+		return nil, errgrpc.ToGRPC(err)
 	}
 	b, err := json.Marshal(c.spec)
 	if err != nil {

@@ -21,8 +21,13 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	cri "k8s.io/cri-api/pkg/apis/runtime/v1"
+
 	"github.com/raksh-project/raksh/envelope"
 	"github.com/raksh-project/raksh/integration/harness"
+	"github.com/raksh-project/raksh/integration/testimage"
 	rakshruntime "github.com/raksh-project/raksh/runtime"
 	"github.com/raksh-project/raksh/tee/initdata"
 )
@@ -230,4 +235,81 @@ func TestInitDataSim(t *testing.T) {
 		setConfig(t, strings.Replace(baseConfig, k.hostPort(), mitm.hostPort(), 1))
 		refused(t, "raksh-initdata-mitm", doc, "certificate signed by unknown authority")
 	})
+}
+
+// TestCRIInitData runs a pod through the CRI whose pod annotation carries
+// init data (the runtime handler's pod_annotations pass it to the sandbox):
+// the shim binds it into the sim TEE, the agent verifies it and enforces its
+// policy, so ExecSync into the pod's container is refused. A pod with an
+// invalid document is refused before any VM boots.
+func TestCRIInitData(t *testing.T) {
+	harness.RequiresRoot(t)
+	h := harness.StartContainerd(t, harness.Options{RuntimeConfig: "tee = \"sim\"\n"})
+	pause, err := testimage.Pause()
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.ImportImage(t, pause, testimage.PauseRef, "k8s.io")
+	bb, err := testimage.Busybox(nil, "/bin/sh")
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.ImportImage(t, bb, criBusybox, "k8s.io")
+	conn, err := grpc.NewClient("unix://"+h.Address, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	rs := cri.NewRuntimeServiceClient(conn)
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	podConfig := func(name, doc string) *cri.PodSandboxConfig {
+		return &cri.PodSandboxConfig{
+			Metadata:    &cri.PodSandboxMetadata{Name: name, Uid: "uid-" + name, Namespace: "raksh-test"},
+			Hostname:    name,
+			Annotations: map[string]string{initdata.Annotation: doc},
+			Linux: &cri.LinuxPodSandboxConfig{SecurityContext: &cri.LinuxSandboxSecurityContext{
+				NamespaceOptions: &cri.NamespaceOption{Network: cri.NamespaceMode_NODE},
+			}},
+		}
+	}
+
+	if _, err := rs.RunPodSandbox(ctx, &cri.RunPodSandboxRequest{Config: podConfig("bad-initdata", `{"version":"raksh.initdata/v1","polcy":{}}`), RuntimeHandler: "raksh"}); err == nil || !strings.Contains(err.Error(), "unknown field") {
+		t.Fatalf("pod with an invalid init-data document: %v", err)
+	}
+	if n := len(h.QEMUProcesses()); n != 0 {
+		t.Fatalf("%d QEMU processes after a refused pod", n)
+	}
+
+	start := time.Now()
+	pod := podConfig("initdata", `{"version":"raksh.initdata/v1","policy":{"deny_exec":true}}`)
+	sb, err := rs.RunPodSandbox(ctx, &cri.RunPodSandboxRequest{Config: pod, RuntimeHandler: "raksh"})
+	if err != nil {
+		t.Fatalf("RunPodSandbox: %v", err)
+	}
+	defer func() {
+		rs.StopPodSandbox(ctx, &cri.StopPodSandboxRequest{PodSandboxId: sb.PodSandboxId})
+		rs.RemovePodSandbox(ctx, &cri.RemovePodSandboxRequest{PodSandboxId: sb.PodSandboxId})
+		waitNoQEMU(t, h)
+	}()
+	c, err := rs.CreateContainer(ctx, &cri.CreateContainerRequest{
+		PodSandboxId: sb.PodSandboxId, SandboxConfig: pod,
+		Config: &cri.ContainerConfig{
+			Metadata: &cri.ContainerMetadata{Name: "app"},
+			Image:    &cri.ImageSpec{Image: criBusybox},
+			Command:  []string{"/bin/sh", "-c", "exec sleep 600"},
+			Linux:    &cri.LinuxContainerConfig{},
+		},
+	})
+	if err != nil {
+		t.Fatalf("CreateContainer: %v", err)
+	}
+	if _, err := rs.StartContainer(ctx, &cri.StartContainerRequest{ContainerId: c.ContainerId}); err != nil {
+		t.Fatalf("StartContainer: %v", err)
+	}
+	_, err = rs.ExecSync(ctx, &cri.ExecSyncRequest{ContainerId: c.ContainerId, Cmd: []string{"true"}, Timeout: 60})
+	if err == nil || !strings.Contains(err.Error(), "init data denies exec") {
+		t.Fatalf("ExecSync into a pod whose init data denies exec: %v", err)
+	}
+	t.Logf("pod with init data up and exec refused in %s: %v", time.Since(start).Round(100*time.Millisecond), err)
 }

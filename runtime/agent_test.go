@@ -64,7 +64,7 @@ func TestAgentInfoOverVM(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, _, err := e.svc.ensureVM(e.ctx, cfg); err != nil {
+	if _, _, err := e.svc.ensureVM(e.ctx, cfg, nil); err != nil {
 		t.Fatalf("shim and agent of the same version: %v", err)
 	}
 	_, err = agentapi.NewAgentClient(e.vm.Client()).Info(e.ctx, &agentapi.InfoRequest{ApiVersion: "raksh.agent.v2"})

@@ -29,6 +29,7 @@ import (
 
 	"github.com/raksh-project/raksh/runtime/launch"
 	"github.com/raksh-project/raksh/runtime/vm"
+	"github.com/raksh-project/raksh/runtime/vm/qemu"
 )
 
 // RuntimeName is the containerd runtime type of the Raksh shim.
@@ -193,8 +194,9 @@ func vmDir(cfg Config, ns, id string) string {
 // maxSocketPath is the longest path a unix socket address holds.
 const maxSocketPath = 107
 
-// NewQEMUVM is the VMFactory of the shim: a QEMU VM per shim.
-func NewQEMUVM(ctx context.Context, cfg Config, id string) (vm.Instance, error) {
+// NewQEMUVM is the VMFactory of the shim: a QEMU VM per shim, with a
+// virtio-net device on each of nics.
+func NewQEMUVM(ctx context.Context, cfg Config, id string, nics []qemu.NIC) (vm.Instance, error) {
 	ns, _ := namespaces.Namespace(ctx)
 	for what, p := range map[string]string{"kernel": cfg.Kernel, "initrd": cfg.Initrd} {
 		if _, err := os.Stat(p); err != nil {
@@ -221,6 +223,7 @@ func NewQEMUVM(ctx context.Context, cfg Config, id string) (vm.Instance, error) 
 		}
 	}
 	qc.VsockCID, qc.Name = cid, "raksh-"+id
+	qc.NICs = nics
 	return vm.NewQEMU(vm.QEMUOptions{
 		Config:          qc,
 		Dir:             vmDir(cfg, ns, id),

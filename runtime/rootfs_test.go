@@ -25,6 +25,7 @@ import (
 	"github.com/raksh-project/raksh/internal/transport"
 	"github.com/raksh-project/raksh/internal/wire"
 	"github.com/raksh-project/raksh/runtime/vm"
+	"github.com/raksh-project/raksh/runtime/vm/qemu"
 	"github.com/raksh-project/raksh/snapshotter/rootfs"
 )
 
@@ -51,7 +52,7 @@ func newImageEnv(t *testing.T, runtimeConfig string, keys image.KeyProvider) *en
 	cfgPath := filepath.Join(dir, "runtime.toml")
 	os.WriteFile(cfgPath, []byte("accel = \"tcg\"\n"+runtimeConfig), 0o644)
 	t.Setenv(ConfigEnv, cfgPath)
-	svc := NewService(ctx, "pod", rec, sd, func(context.Context, Config, string) (vm.Instance, error) { return fv, nil })
+	svc := NewService(ctx, "pod", rec, sd, func(context.Context, Config, string, []qemu.NIC) (vm.Instance, error) { return fv, nil })
 	return &env{svc: svc, vm: fv, rec: rec, dir: dir, ctx: ctx}
 }
 

@@ -34,7 +34,9 @@ import (
 	"github.com/raksh-project/raksh/internal/wire"
 	"github.com/raksh-project/raksh/policy/guard"
 	"github.com/raksh-project/raksh/runtime/launch"
+	"github.com/raksh-project/raksh/runtime/network"
 	"github.com/raksh-project/raksh/runtime/vm"
+	"github.com/raksh-project/raksh/runtime/vm/qemu"
 	"github.com/raksh-project/raksh/runtime/volumes"
 )
 
@@ -44,8 +46,9 @@ const exitVMGone = 255
 // drainTimeout bounds how long Wait waits for output after an exit.
 const drainTimeout = 30 * time.Second
 
-// VMFactory creates the VM of a shim; tests substitute a fake.
-type VMFactory func(ctx context.Context, cfg Config, id string) (vm.Instance, error)
+// VMFactory creates the VM of a shim, with a virtio-net device on each of
+// nics; tests substitute a fake.
+type VMFactory func(ctx context.Context, cfg Config, id string, nics []qemu.NIC) (vm.Instance, error)
 
 // Service is the shim's task service.
 type Service struct {
@@ -64,6 +67,8 @@ type Service struct {
 	containers map[string]*hostContainer
 	// volumes delivers containers' volumes into the VM (volumes.go).
 	volumes *volumes.Syncer
+	// net is the pod netns attached to the VM (nil: no pod network).
+	net *network.Network
 }
 
 type hostContainer struct {
@@ -130,7 +135,7 @@ func (s *Service) config(opts *ptypes.Any) (Config, error) {
 
 // ensureVM boots the pod's VM on first use. Boots are serialized by vmMu;
 // s.mu is not held while the VM boots, so other calls are not blocked.
-func (s *Service) ensureVM(ctx context.Context, cfg Config) (vm.Instance, taskAPI.TTRPCTaskService, error) {
+func (s *Service) ensureVM(ctx context.Context, cfg Config, spec *specs.Spec) (_ vm.Instance, _ taskAPI.TTRPCTaskService, retErr error) {
 	s.vmMu.Lock()
 	defer s.vmMu.Unlock()
 	s.mu.Lock()
@@ -144,7 +149,17 @@ func (s *Service) ensureVM(ctx context.Context, cfg Config) (vm.Instance, taskAP
 		}
 		return v, agent, nil
 	}
-	v, err := s.newVM(ctx, cfg, s.id)
+	// The pod's NICs must exist when the VM boots: attach its netns first.
+	podNet, nics, err := attachNetwork(ctx, spec)
+	if err != nil {
+		return nil, nil, err
+	}
+	defer func() {
+		if retErr != nil {
+			podNet.Detach(context.WithoutCancel(ctx))
+		}
+	}()
+	v, err = s.newVM(ctx, cfg, s.id, nics)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -163,6 +178,16 @@ func (s *Service) ensureVM(ctx context.Context, cfg Config) (vm.Instance, taskAP
 			v.Shutdown(ctx)
 			return nil, nil, err
 		}
+	}
+	if err := setupGuestNetwork(ctx, v, podNet); err != nil {
+		v.Shutdown(ctx)
+		return nil, nil, err
+	}
+	s.mu.Lock()
+	s.net = podNet
+	s.mu.Unlock()
+	if podNet != nil && len(podNet.Endpoints) > 0 {
+		go newPortForwarder(podNet.NetnsPath, v).run(context.WithoutCancel(ctx))
 	}
 	agent = taskAPI.NewTTRPCTaskClient(v.Client())
 	s.mu.Lock()
@@ -290,7 +315,7 @@ func (s *Service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 	if cfg.PodInitData, err = launch.PodInitData(cfg, spec.Annotations); err != nil {
 		return nil, errgrpc.ToGRPC(fmt.Errorf("pod init data: %w", err))
 	}
-	v, agent, err := s.ensureVM(ctx, cfg)
+	v, agent, err := s.ensureVM(ctx, cfg, &spec)
 	if err != nil {
 		return nil, errgrpc.ToGRPC(err)
 	}
@@ -659,4 +684,5 @@ func (s *Service) stopVM(ctx context.Context) {
 	if err := v.Shutdown(ctx); err != nil && !errors.Is(err, context.Canceled) {
 		log.G(ctx).WithError(err).Warn("VM shutdown")
 	}
+	s.detachNetwork(ctx)
 }

@@ -31,6 +31,7 @@ import (
 	"github.com/raksh-project/raksh/agent/agenttest"
 	"github.com/raksh-project/raksh/internal/transport"
 	"github.com/raksh-project/raksh/runtime/vm"
+	"github.com/raksh-project/raksh/runtime/vm/qemu"
 )
 
 // fakeVM runs the real agent service in-process, over a real transport on
@@ -186,7 +187,7 @@ func newEnv(t *testing.T) *env {
 	os.WriteFile(cfgPath, []byte("accel = \"tcg\"\n"), 0o644)
 	t.Setenv(ConfigEnv, cfgPath)
 	e := &env{vm: fv, rec: rec, dir: dir, ctx: ctx}
-	e.svc = NewService(ctx, "pod", rec, sd, func(context.Context, Config, string) (vm.Instance, error) {
+	e.svc = NewService(ctx, "pod", rec, sd, func(context.Context, Config, string, []qemu.NIC) (vm.Instance, error) {
 		e.vms++
 		return fv, nil
 	})

@@ -186,10 +186,11 @@ func image(extra map[string]file, user string, cmd []string, env ...string) (v1.
 
 // criImages builds the images critest v1.37.0 pulls, keyed by repository
 // path and tag (the registry host left out: every registry in registries
-// maps to the same path). nonewprivs is the built nonewprivs binary.
+// maps to the same path). nonewprivs and pause are the built commands of
+// the same names.
 // test-image-digest@sha256:9700f9... cannot be rebuilt (its digest names
 // Google's bytes), so the tests pulling it fail on every handler.
-func criImages(nonewprivs []byte) (map[string]v1.Image, error) {
+func criImages(nonewprivs, pause []byte) (map[string]v1.Image, error) {
 	imgs := map[string]v1.Image{}
 	var firstErr error
 	add := func(refs []string, img v1.Image, err error) {
@@ -233,10 +234,11 @@ func criImages(nonewprivs []byte) (map[string]v1.Image, error) {
 	}
 	// testimage.PauseRef is the sandbox image; critest pulls pause:3.9 and
 	// counts its tags, so the two differ.
-	pause, err := image(nil, "", []string{"sleep", "infinity"})
-	add([]string{strings.TrimPrefix(testimage.PauseRef, "registry.k8s.io/")}, pause, err)
-	pause39, err := image(map[string]file{"etc/pause-version": {mode: 0o644, content: "3.9\n"}}, "", []string{"sleep", "infinity"})
-	add([]string{"pause:3.9"}, pause39, err)
+	for ref, version := range map[string]string{strings.TrimPrefix(testimage.PauseRef, "registry.k8s.io/"): "3.10.2", "pause:3.9": "3.9"} {
+		img, err := image(map[string]file{"pause": {mode: 0o755, content: string(pause)},
+			"etc/pause-version": {mode: 0o644, content: version + "\n"}}, "", []string{"/pause"})
+		add([]string{ref}, img, err)
+	}
 	return imgs, firstErr
 }
 

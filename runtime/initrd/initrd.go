@@ -21,7 +21,7 @@ import (
 // kernel, where virtio drivers are modules. Dependencies are added.
 var DefaultModules = []string{
 	"virtio_pci", "virtio_console", "virtio-rng",
-	"vmw_vsock_virtio_transport", "overlay",
+	"vmw_vsock_virtio_transport", "overlay", "virtio_net",
 }
 
 // Options describe an initrd.

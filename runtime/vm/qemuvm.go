@@ -134,6 +134,7 @@ func (v *qemuVM) boot(ctx context.Context, cfg qemu.Config, timeout time.Duratio
 	os.Remove(cfg.AgentSocket)
 	os.Remove(cfg.QMPSocket)
 	os.Remove(cfg.ConsoleLog)
+	cfg.NICs = withVhost(cfg.NICs, cfg.Accel)
 	proc, err := qemu.Start(cfg)
 	if err != nil {
 		return err
@@ -196,6 +197,27 @@ func (v *qemuVM) boot(ctx context.Context, cfg qemu.Config, timeout time.Duratio
 		v.once.Do(func() { close(v.done) })
 	}()
 	return nil
+}
+
+// withVhost returns nics with the vhost-net backend asked for when the VM
+// runs under KVM and /dev/vhost-net opens (never under TCG).
+func withVhost(nics []qemu.NIC, accel string) []qemu.NIC {
+	if len(nics) == 0 {
+		return nics
+	}
+	vhost := false
+	if accel == qemu.AccelKVM {
+		if f, err := os.OpenFile("/dev/vhost-net", os.O_RDWR, 0); err == nil {
+			f.Close()
+			vhost = true
+		}
+	}
+	out := make([]qemu.NIC, len(nics))
+	for i, n := range nics {
+		n.Vhost = vhost
+		out[i] = n
+	}
+	return out
 }
 
 // VsockPort is the AF_VSOCK port the agent listens on.

@@ -300,13 +300,20 @@ func (s *Syncer) put(ctx context.Context, id, pod string, v Volume) error {
 // sandbox, or id) and starts polling the copied ones for updates until
 // Stop. It fails, naming the volume, on any volume it cannot deliver.
 func (s *Syncer) Deliver(ctx context.Context, id, pod string, vols []Volume) error {
-	var watched []Volume
+	var (
+		watched []Volume
+		prints  [][32]byte
+	)
 	for _, v := range vols {
+		// Fingerprinted before it is read: a change racing the read is
+		// sent at the first poll.
+		fp := fingerprint(v)
 		if err := s.put(ctx, id, pod, v); err != nil {
 			return err
 		}
 		if v.Kind != EmptyDir {
 			watched = append(watched, v)
+			prints = append(prints, fp)
 		}
 	}
 	if len(watched) == 0 {
@@ -319,15 +326,11 @@ func (s *Syncer) Deliver(ctx context.Context, id, pod string, vols []Volume) err
 	}
 	s.watches[id] = cancel
 	s.mu.Unlock()
-	go s.poll(wctx, id, pod, watched)
+	go s.poll(wctx, id, pod, watched, prints)
 	return nil
 }
 
-func (s *Syncer) poll(ctx context.Context, id, pod string, vols []Volume) {
-	prints := make([][32]byte, len(vols))
-	for i, v := range vols {
-		prints[i] = fingerprint(v)
-	}
+func (s *Syncer) poll(ctx context.Context, id, pod string, vols []Volume, prints [][32]byte) {
 	t := time.NewTicker(s.cfg.PollInterval)
 	defer t.Stop()
 	for {

@@ -6,6 +6,8 @@ package qemu
 import (
 	"errors"
 	"fmt"
+	"net"
+	"os"
 	"strconv"
 	"strings"
 
@@ -54,8 +56,31 @@ type Config struct {
 	PidFile string
 	// TEE are the confidential-computing options of the TEE backend.
 	TEE tee.LaunchArgs
+	// NICs are virtio-net devices, each on a tap queue the caller opened;
+	// Start passes them to QEMU as inherited file descriptors.
+	NICs []NIC
 	// Extra are further raw arguments.
 	Extra []string
+}
+
+// NIC is a virtio-net device on an open tap.
+type NIC struct {
+	// Tap is the tap queue (opened with IFF_TAP|IFF_NO_PI|IFF_VNET_HDR).
+	Tap *os.File
+	// MAC is the guest NIC's address ("02:42:...").
+	MAC string
+	// Vhost asks for the vhost-net kernel backend (KVM only).
+	Vhost bool
+}
+
+// ExtraFiles are the files QEMU inherits, in the order Args numbers them
+// (from fd 3).
+func (c *Config) ExtraFiles() []*os.File {
+	var fs []*os.File
+	for _, n := range c.NICs {
+		fs = append(fs, n.Tap)
+	}
+	return fs
 }
 
 // Validate checks the config is complete.
@@ -81,6 +106,14 @@ func (c *Config) Validate() error {
 	}
 	if c.VCPUs == 0 {
 		errs = append(errs, errors.New("vcpus is 0"))
+	}
+	for i, n := range c.NICs {
+		if n.Tap == nil {
+			errs = append(errs, fmt.Errorf("nic %d has no tap", i))
+		}
+		if hw, err := net.ParseMAC(n.MAC); err != nil || len(hw) != 6 {
+			errs = append(errs, fmt.Errorf("nic %d: %q is not an Ethernet MAC address", i, n.MAC))
+		}
 	}
 	return errors.Join(errs...)
 }
@@ -133,6 +166,15 @@ func (c *Config) Args() ([]string, error) {
 	}
 	if c.VsockCID != 0 {
 		args = append(args, "-device", fmt.Sprintf("vhost-vsock-pci,id=vsock0,guest-cid=%d", c.VsockCID))
+	}
+	for i, n := range c.NICs {
+		netdev := fmt.Sprintf("tap,id=net%d,fd=%d", i, 3+i)
+		if n.Vhost {
+			netdev += ",vhost=on"
+		}
+		// romfile= : no PXE option ROM, the kernel is booted directly.
+		args = append(args, "-netdev", netdev,
+			"-device", fmt.Sprintf("virtio-net-pci,id=nic%d,netdev=net%d,mac=%s,romfile=", i, i, n.MAC))
 	}
 	if c.QMPSocket != "" {
 		args = append(args, "-qmp", "unix:"+escape(c.QMPSocket)+",server=on,wait=off")

@@ -38,7 +38,9 @@ func TestArgsGolden(t *testing.T) {
 		Extra:          []string{"-bios", "/usr/share/ovmf/OVMF.fd"},
 		KernelParams:   []string{"raksh.tee=snp"},
 	}
-	for name, cfg := range map[string]Config{"tcg": base(), "kvm-vsock": kvm, "comma": comma, "tee": teeCfg} {
+	nics := base()
+	nics.NICs = []NIC{{Tap: os.Stdin, MAC: "02:42:0a:c7:26:02"}, {Tap: os.Stdin, MAC: "02:42:0a:c7:26:03", Vhost: true}}
+	for name, cfg := range map[string]Config{"tcg": base(), "kvm-vsock": kvm, "comma": comma, "tee": teeCfg, "nics": nics} {
 		t.Run(name, func(t *testing.T) {
 			args, err := cfg.Args()
 			if err != nil {
@@ -68,6 +70,8 @@ func TestValidate(t *testing.T) {
 		"no transport": func(c *Config) { c.AgentSocket = "" },
 		"tiny memory":  func(c *Config) { c.MemoryMiB = 16 },
 		"no cpus":      func(c *Config) { c.VCPUs = 0 },
+		"nic no tap":   func(c *Config) { c.NICs = []NIC{{MAC: "02:42:0a:c7:26:02"}} },
+		"nic bad mac":  func(c *Config) { c.NICs = []NIC{{Tap: os.Stdin, MAC: "02:42:0a:c7:26"}} },
 	} {
 		t.Run(name, func(t *testing.T) {
 			c := base()

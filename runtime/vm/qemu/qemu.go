@@ -32,6 +32,7 @@ func Start(cfg Config) (*Process, error) {
 	p.cmd = exec.Command(cfg.Path, args...)
 	p.cmd.Stdout = &p.out
 	p.cmd.Stderr = &p.out
+	p.cmd.ExtraFiles = cfg.ExtraFiles()
 	p.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL, Setpgid: true}
 	if err := p.cmd.Start(); err != nil {
 		return nil, fmt.Errorf("start qemu %s: %w", cfg.Path, err)

@@ -138,3 +138,27 @@ func splice(a, b net.Conn) {
 	go cp(b, a)
 	wg.Wait()
 }
+
+// logHostHooks logs the OCI hooks of a spec that the agent does not run:
+// hooks name host programs (prestart, createRuntime, createContainer,
+// startContainer, poststart, poststop) and never run in the guest; the
+// spec adaptation removes them.
+func logHostHooks(ctx context.Context, id string, spec *specs.Spec) {
+	h := spec.Hooks
+	if h == nil {
+		return
+	}
+	counts := map[string]int{
+		"prestart": len(h.Prestart), "createRuntime": len(h.CreateRuntime), "createContainer": len(h.CreateContainer),
+		"startContainer": len(h.StartContainer), "poststart": len(h.Poststart), "poststop": len(h.Poststop),
+	}
+	var dropped []string
+	for _, k := range []string{"prestart", "createRuntime", "createContainer", "startContainer", "poststart", "poststop"} {
+		if counts[k] > 0 {
+			dropped = append(dropped, fmt.Sprintf("%s(%d)", k, counts[k]))
+		}
+	}
+	if len(dropped) > 0 {
+		log.G(ctx).WithField("id", id).WithField("hooks", strings.Join(dropped, ",")).Warn("OCI hooks dropped: they name host programs and are not run in the guest")
+	}
+}

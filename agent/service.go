@@ -231,12 +231,13 @@ func (s *Service) getProcess(id, execID string) (*container, *process, error) {
 }
 
 // Create creates a container from the spec carried in the request's
-// options and the rootfs archive streamed by the shim.
+// options (agentapi.CreateContainerOptions) and the rootfs archive streamed
+// by the shim, or the image the options' rootfs descriptor names.
 func (s *Service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *taskAPI.CreateTaskResponse, retErr error) {
 	if err := wire.ValidID(r.ID); err != nil {
 		return nil, errgrpc.ToGRPC(fmt.Errorf("%w: %w", err, errdefs.ErrInvalidArgument))
 	}
-	spec, err := decodeSpec(r.Options)
+	spec, desc, err := decodeCreateOptions(r.Options)
 	if err != nil {
 		return nil, errgrpc.ToGRPC(err)
 	}
@@ -265,13 +266,14 @@ func (s *Service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 	if err := makeRootDir(c.bundle, rootfs); err != nil {
 		return nil, errgrpc.ToGRPC(err)
 	}
-	if err := s.prepareRootfs(ctx, r.ID, r.Rootfs, rootfs); err != nil {
+	if err := s.prepareRootfs(ctx, r.ID, r.Rootfs, desc, rootfs); err != nil {
 		return nil, errgrpc.ToGRPC(err)
 	}
 	if err := s.unseal(ctx, c, rootfs); err != nil {
 		return nil, errgrpc.ToGRPC(err)
 	}
 	applyPodPolicy(c, pod)
+	logHostHooks(ctx, r.ID, c.spec)
 	if err := s.adaptSpec(c, rootfs); err != nil {
 		return nil, errgrpc.ToGRPC(fmt.Errorf("container %q: %w", r.ID, err))
 	}
@@ -306,20 +308,6 @@ func (s *Service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 		s.created(context.WithoutCancel(ctx), r.ID)
 	}
 	return &taskAPI.CreateTaskResponse{Pid: uint32(pid)}, nil
-}
-
-func decodeSpec(a *ptypes.Any) (*specs.Spec, error) {
-	if a == nil || a.GetTypeUrl() != wire.SpecTypeURL {
-		return nil, fmt.Errorf("create request carries no OCI spec: %w", errdefs.ErrInvalidArgument)
-	}
-	var spec specs.Spec
-	if err := json.Unmarshal(a.GetValue(), &spec); err != nil {
-		return nil, fmt.Errorf("decode OCI spec: %v: %w", err, errdefs.ErrInvalidArgument)
-	}
-	if spec.Process == nil {
-		return nil, fmt.Errorf("OCI spec has no process: %w", errdefs.ErrInvalidArgument)
-	}
-	return &spec, nil
 }
 
 // adaptSpec turns the host's spec into one that runs in the guest: the
@@ -618,8 +606,9 @@ func (s *Service) Exec(ctx context.Context, r *taskAPI.ExecProcessRequest) (*pty
 	if err != nil {
 		return nil, errgrpc.ToGRPC(err)
 	}
-	if r.Spec == nil {
-		return nil, errgrpc.ToGRPCf(errdefs.ErrInvalidArgument, "exec %q has no process spec", r.ExecID)
+	proc, err := decodeExecOptions(r.Spec)
+	if err != nil {
+		return nil, errgrpc.ToGRPC(fmt.Errorf("exec %q: %w", r.ExecID, err))
 	}
 	if err := checkExec(c); err != nil {
 		return nil, errgrpc.ToGRPC(err)
@@ -630,7 +619,7 @@ func (s *Service) Exec(ctx context.Context, r *taskAPI.ExecProcessRequest) (*pty
 		return nil, errgrpc.ToGRPCf(errdefs.ErrAlreadyExists, "exec %q", r.ExecID)
 	}
 	p := newProcess(r.ID, r.ExecID, r.Terminal)
-	p.spec = r.Spec.GetValue()
+	p.spec = proc
 	p.stdio = [3]string{r.Stdin, r.Stdout, r.Stderr}
 	c.execs[r.ExecID] = p
 	return &ptypes.Empty{}, nil

@@ -11,6 +11,8 @@ res="$OUT/bench.txt"
 run() { echo "== $*" | tee -a "$res"; "$@" 2>&1 | grep -E '^(Benchmark|ok|FAIL|---|\s+\S+_test.go)' | tee -a "$res"; }
 # VM runtime (root): ctr run vs runc, boot to agent (TCG, KVM if it works), host RSS.
 run go test -tags integration -run '^$' -bench 'RunVsRunc|HostRSS' -benchtime 5x -timeout 30m ./integration/
+# Pod network (root): raksh vs runc pod on one CNI bridge, one run; pod start with and without a NIC.
+run go test -tags integration -run '^$' -bench 'PodNetwork' -benchtime 1x -timeout 20m ./integration/
 run go test -tags integration -run '^$' -bench 'BootToAgent' -benchtime 5x -timeout 30m ./runtime/vm/
 # Components.
 run go test -run '^$' -bench . -benchtime 200x ./envelope/ ./tee/sim/ ./kbs/...

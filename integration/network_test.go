@@ -45,7 +45,7 @@ type netEnv struct {
 	ctx context.Context
 }
 
-func startNetEnv(t *testing.T) *netEnv {
+func startNetEnv(t testing.TB) *netEnv {
 	h := harness.StartContainerd(t, harness.Options{CNI: testCNI})
 	pause, err := testimage.Pause()
 	if err != nil {
@@ -74,7 +74,7 @@ type testPod struct {
 
 // runPod starts a pod on handler ("" is runc) with the given containers
 // (name → shell command).
-func (e *netEnv) runPod(t *testing.T, name, handler string, ports []*cri.PortMapping, containers ...[2]string) (*testPod, []string) {
+func (e *netEnv) runPod(t testing.TB, name, handler string, ports []*cri.PortMapping, containers ...[2]string) (*testPod, []string) {
 	t.Helper()
 	cfg := &cri.PodSandboxConfig{
 		Metadata:     &cri.PodSandboxMetadata{Name: name, Uid: "uid-" + name, Namespace: "raksh-net"},
@@ -136,7 +136,7 @@ var webServer = fmt.Sprintf("mkdir -p /tmp/www && echo %s > /tmp/www/index.html 
 
 // fetch GETs url from the host with Go's client, retrying while the server
 // comes up.
-func fetch(t *testing.T, url string, within time.Duration) string {
+func fetch(t testing.TB, url string, within time.Duration) string {
 	t.Helper()
 	c := &http.Client{Timeout: 10 * time.Second}
 	deadline := time.Now().Add(within)
@@ -158,7 +158,7 @@ func fetch(t *testing.T, url string, within time.Duration) string {
 }
 
 // execOut runs cmd in container id and returns its stdout.
-func (e *netEnv) execOut(t *testing.T, id string, cmd string) string {
+func (e *netEnv) execOut(t testing.TB, id string, cmd string) string {
 	t.Helper()
 	r, err := e.rs.ExecSync(e.ctx, &cri.ExecSyncRequest{ContainerId: id, Cmd: []string{"/bin/sh", "-c", cmd}, Timeout: 90})
 	if err != nil {
@@ -178,7 +178,7 @@ func httpGetCmd(addr string) string {
 }
 
 // tapsAndFilters lists the raksh taps and ingress qdiscs in a netns.
-func tapsAndFilters(t *testing.T, nsPath string) (taps, ingress []string) {
+func tapsAndFilters(t testing.TB, nsPath string) (taps, ingress []string) {
 	ns, err := netns.GetFromPath(nsPath)
 	if err != nil {
 		return nil, nil // gone: nothing is left in it
@@ -205,7 +205,7 @@ func tapsAndFilters(t *testing.T, nsPath string) (taps, ingress []string) {
 }
 
 // sandboxNetns returns the pod's netns path from the sandbox's spec.
-func (e *netEnv) sandboxNetns(t *testing.T, p *testPod) string {
+func (e *netEnv) sandboxNetns(t testing.TB, p *testPod) string {
 	st, err := e.rs.PodSandboxStatus(e.ctx, &cri.PodSandboxStatusRequest{PodSandboxId: p.id, Verbose: true})
 	if err != nil {
 		t.Fatal(err)

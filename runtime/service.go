@@ -346,7 +346,11 @@ func (s *Service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 		}
 	}()
 
-	agentRootfs, rootfsDone, err := s.sendRootfs(ctx, v, c, r.Rootfs)
+	agentRootfs, rootfsDesc, rootfsDone, err := s.sendRootfs(ctx, v, c, r.Rootfs)
+	if err != nil {
+		return nil, errgrpc.ToGRPC(err)
+	}
+	opts, err := typeurl.MarshalAnyToProto(&agentapi.CreateContainerOptions{Spec: specBytes, Rootfs: rootfsDesc})
 	if err != nil {
 		return nil, errgrpc.ToGRPC(err)
 	}
@@ -363,7 +367,7 @@ func (s *Service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 		Rootfs:   agentRootfs,
 		Terminal: r.Terminal,
 		Stdin:    in, Stdout: out, Stderr: errS,
-		Options: &ptypes.Any{TypeUrl: wire.SpecTypeURL, Value: specBytes},
+		Options: opts,
 	})
 	if rerr := <-rootfsDone; rerr != nil && err == nil {
 		err = rerr
@@ -476,9 +480,14 @@ func (s *Service) Exec(ctx context.Context, r *taskAPI.ExecProcessRequest) (*pty
 		return nil, errgrpc.ToGRPC(err)
 	}
 	in, out, errS := hio.StreamNames()
-	spec := r.Spec
-	if spec != nil {
-		spec = &ptypes.Any{TypeUrl: wire.SpecTypeURL, Value: spec.GetValue()}
+	if r.Spec == nil {
+		hio.Close()
+		return nil, errgrpc.ToGRPCf(errdefs.ErrInvalidArgument, "exec %q has no process spec", r.ExecID)
+	}
+	spec, err := typeurl.MarshalAnyToProto(&agentapi.ExecProcessOptions{Process: r.Spec.GetValue()})
+	if err != nil {
+		hio.Close()
+		return nil, errgrpc.ToGRPC(err)
 	}
 	if _, err := agent.Exec(ctx, &taskAPI.ExecProcessRequest{
 		ID: r.ID, ExecID: r.ExecID, Terminal: r.Terminal, Stdin: in, Stdout: out, Stderr: errS, Spec: spec,

@@ -127,17 +127,17 @@ func run(ctx context.Context) error {
 	kbs := kbssession.New(func(ctx context.Context, target string) (net.Conn, error) {
 		return sess.Open(ctx, wire.ProxyPrefix+target)
 	})
-	var imageKeys []agent.Opt
+	var paths []string
 	if v, ok := args[kbssession.ImageKeysArg]; ok {
-		// Image keys from the key broker; without the parameter the agent
-		// keeps using the key files baked into the initrd.
-		paths, err := kbssession.ParseImageKeys(v)
-		if err != nil {
+		// Image keys from the key broker (so do the pod's init data's);
+		// with neither the agent keeps using the key files baked into the
+		// initrd.
+		if paths, err = kbssession.ParseImageKeys(v); err != nil {
 			return err
 		}
-		imageKeys = append(imageKeys, agent.WithImageKeys(kbssession.NewImageKeys(paths, kbs.Resources)))
 		log.G(ctx).WithField("resources", paths).Info("image decryption keys come from the key broker")
 	}
+	imageKeys := []agent.Opt{agent.WithImageKeys(kbssession.NewPodImageKeys(kbs, paths, agent.KeyDir(agent.DefaultImageKeyDir)))}
 	var svc *agent.Service
 	svc = agent.NewService(stateRoot, rt, append(imageKeys,
 		agent.WithStats(agent.CgroupStats),

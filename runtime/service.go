@@ -76,6 +76,7 @@ type hostContainer struct {
 	rootfs     string // host mount point, while mounted
 	init       *hostProcess
 	execs      map[string]*hostProcess
+	hooks      *hostHooks // host-side OCI hooks (hooks.go), or nil
 }
 
 // NewService returns the task service of a shim.
@@ -315,9 +316,30 @@ func (s *Service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 	if cfg.PodInitData, err = launch.PodInitData(cfg, spec.Annotations); err != nil {
 		return nil, errgrpc.ToGRPC(fmt.Errorf("pod init data: %w", err))
 	}
+	// Host-side OCI hooks (hooks.go) run in the shim: those that set up a new
+	// network namespace's network before the VM boots, so it is attached.
+	hooks, err := newHostHooks(r.ID, r.Bundle, &spec)
+	if err != nil {
+		return nil, errgrpc.ToGRPC(err)
+	}
+	defer func() {
+		if retErr != nil {
+			hooks.stop()
+		}
+	}()
+	if hooks != nil && hooks.holder != nil {
+		if err := hooks.create(ctx, 0); err != nil {
+			return nil, errgrpc.ToGRPC(err)
+		}
+	}
 	v, agent, err := s.ensureVM(ctx, cfg, &spec)
 	if err != nil {
 		return nil, errgrpc.ToGRPC(err)
+	}
+	if hooks != nil && hooks.holder == nil {
+		if err := hooks.create(ctx, int(s.vmPid())); err != nil {
+			return nil, errgrpc.ToGRPC(err)
+		}
 	}
 
 	s.mu.Lock()
@@ -325,7 +347,7 @@ func (s *Service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 		s.mu.Unlock()
 		return nil, errgrpc.ToGRPCf(errdefs.ErrAlreadyExists, "container %q", r.ID)
 	}
-	c := &hostContainer{id: r.ID, bundle: r.Bundle, execs: map[string]*hostProcess{}}
+	c := &hostContainer{id: r.ID, bundle: r.Bundle, execs: map[string]*hostProcess{}, hooks: hooks}
 	s.containers[r.ID] = c
 	s.mu.Unlock()
 	defer func() {
@@ -553,6 +575,7 @@ func (s *Service) Delete(ctx context.Context, r *taskAPI.DeleteRequest) (*taskAP
 	if r.ExecID == "" {
 		s.unmountRootfs(ctx, c)
 		s.stopVolumes(ctx, r.ID)
+		c.hooks.deleted(ctx, int(s.vmPid()))
 		s.send(&eventstypes.TaskDelete{ContainerID: r.ID, Pid: pi.pid, ExitStatus: pi.status, ExitedAt: protobuf.ToTimestamp(pi.exitedAt)})
 	}
 	return &taskAPI.DeleteResponse{Pid: pi.pid, ExitStatus: pi.status, ExitedAt: protobuf.ToTimestamp(pi.exitedAt)}, nil

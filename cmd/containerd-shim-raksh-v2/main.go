@@ -4,6 +4,7 @@ package main
 
 import (
 	"context"
+	"os"
 
 	"github.com/containerd/containerd/v2/pkg/shim"
 
@@ -11,6 +12,9 @@ import (
 )
 
 func main() {
+	if len(os.Args) == 2 && os.Args[1] == runtime.NetnsHolderArg {
+		runtime.HoldNetns()
+	}
 	runtime.Register()
 	shim.RunShim(context.Background(), runtime.NewManager(runtime.RuntimeName), func(c *shim.Config) {
 		c.NoReaper = false

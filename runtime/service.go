@@ -65,6 +65,8 @@ type Service struct {
 	vm         vm.Instance
 	agent      taskAPI.TTRPCTaskService
 	containers map[string]*hostContainer
+	// initData is the init data bound into the VM when it booted.
+	initData []byte
 	// volumes delivers containers' volumes into the VM (volumes.go).
 	volumes *volumes.Syncer
 	// net is the pod netns attached to the VM (nil: no pod network).
@@ -180,6 +182,9 @@ func (s *Service) ensureVM(ctx context.Context, cfg Config, spec *specs.Spec) (_
 			return nil, nil, err
 		}
 	}
+	s.mu.Lock()
+	s.initData = cfg.PodInitData
+	s.mu.Unlock()
 	if err := setupGuestNetwork(ctx, v, podNet); err != nil {
 		v.Shutdown(ctx)
 		return nil, nil, err
@@ -334,6 +339,9 @@ func (s *Service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 	}
 	v, agent, err := s.ensureVM(ctx, cfg, &spec)
 	if err != nil {
+		return nil, errgrpc.ToGRPC(err)
+	}
+	if err := s.checkInitData(r.ID, &spec, cfg.PodInitData); err != nil {
 		return nil, errgrpc.ToGRPC(err)
 	}
 	if hooks != nil && hooks.holder == nil {

@@ -177,7 +177,7 @@ func (s *Service) reap() {
 		}
 		s.mu.Unlock()
 		if ok {
-			log.L.WithField("id", p.id).WithField("exec", p.execID).WithField("pid", e.Pid).WithField("status", e.Status).Debug("process exited")
+			log.G(context.Background()).WithFields(log.Fields{"id": p.id, "exec": p.execID, "pid": e.Pid, "status": e.Status}).Debug("process exited")
 			p.setExited(e.Status)
 		}
 	}
@@ -526,7 +526,7 @@ func (s *Service) startProcess(ctx context.Context, p *process, stdin, stdout, s
 		go func() {
 			defer p.ioDone.Done()
 			n, err := io.Copy(c, r)
-			log.G(ctx).WithField("id", p.id).WithField("exec", p.execID).WithField("bytes", n).WithError(err).Debug("output copied")
+			log.G(ctx).WithFields(log.Fields{"id": p.id, "exec": p.execID, "bytes": n}).WithError(err).Debug("output copied")
 			r.Close()
 			closeWrite(c)
 		}()
@@ -810,7 +810,7 @@ func (s *Service) Update(ctx context.Context, r *taskAPI.UpdateTaskRequest) (*pt
 		return nil, errgrpc.ToGRPCf(errdefs.ErrInvalidArgument, "update without resources")
 	}
 	if err := json.Unmarshal(r.Resources.GetValue(), &res); err != nil {
-		return nil, errgrpc.ToGRPCf(errdefs.ErrInvalidArgument, "decode resources: %v", err)
+		return nil, errgrpc.ToGRPC(fmt.Errorf("decode resources: %w: %w", err, errdefs.ErrInvalidArgument))
 	}
 	if err := s.rt.Update(ctx, c.id, &res); err != nil {
 		return nil, errgrpc.ToGRPC(err)

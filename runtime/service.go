@@ -307,7 +307,7 @@ func (s *Service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 	}
 	var spec specs.Spec
 	if err := json.Unmarshal(specBytes, &spec); err != nil {
-		return nil, errgrpc.ToGRPC(fmt.Errorf("decode OCI spec: %v: %w", err, errdefs.ErrInvalidArgument))
+		return nil, errgrpc.ToGRPC(fmt.Errorf("decode OCI spec: %w: %w", err, errdefs.ErrInvalidArgument))
 	}
 	cfg, err := s.config(r.Options)
 	if err != nil {

@@ -24,7 +24,7 @@ func (s *Service) deliverVolumes(ctx context.Context, v vm.Instance, cfg Config,
 	s.mu.Lock()
 	if s.volumes == nil {
 		s.volumes = volumes.NewSyncer(agentapi.NewVolumesClient(v.Client()), volumes.Config{
-			MaxBytes: cfg.Volumes.MaxBytes, MaxFiles: cfg.Volumes.MaxFiles, PollInterval: cfg.Volumes.PollInterval.Duration,
+			MaxBytes: cfg.Volumes.MaxBytes, MaxFiles: cfg.Volumes.MaxFiles, PollInterval: cfg.Volumes.PollInterval,
 		})
 	}
 	syncer := s.volumes

@@ -99,7 +99,7 @@ type VolumesConfig struct {
 	// copied volume.
 	MaxFiles int `toml:"max_files"`
 	// PollInterval is how often copied volumes are checked for updates.
-	PollInterval Duration `toml:"poll_interval"`
+	PollInterval time.Duration `toml:"poll_interval"`
 }
 
 // DefaultConfig returns the configuration used for unset fields.

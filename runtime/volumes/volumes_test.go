@@ -186,7 +186,7 @@ func TestContribConfig(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if cfg.Volumes.MaxBytes != 16<<20 || cfg.Volumes.MaxFiles != 1024 || cfg.Volumes.PollInterval.Duration != time.Second {
+	if cfg.Volumes.MaxBytes != 16<<20 || cfg.Volumes.MaxFiles != 1024 || cfg.Volumes.PollInterval != time.Second {
 		t.Fatalf("[volumes] = %+v", cfg.Volumes)
 	}
 }

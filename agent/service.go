@@ -27,6 +27,8 @@ import (
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
 	"github.com/raksh-project/raksh/agent/image"
+	"github.com/raksh-project/raksh/agent/mounts"
+	"github.com/raksh-project/raksh/agent/volumes"
 	agentapi "github.com/raksh-project/raksh/api/agent/v1"
 	"github.com/raksh-project/raksh/internal/wire"
 	"github.com/raksh-project/raksh/tee/initdata"
@@ -39,6 +41,8 @@ type Service struct {
 	root    string
 	rt      Runtime
 	streams *streams
+	// volumes holds the volumes the shim delivered (guestmounts.go).
+	volumes *volumes.Store
 
 	mu         sync.Mutex
 	containers map[string]*container
@@ -101,6 +105,7 @@ func NewService(root string, rt Runtime, opts ...Opt) *Service {
 		byPid:      map[int]*process{},
 		early:      map[int]int{},
 		events:     make(chan *types.Envelope, 64),
+		volumes:    volumes.NewStore(root+"-volumes", volumes.DefaultLimits),
 	}
 	for _, o := range opts {
 		o(s)
@@ -172,7 +177,7 @@ func (s *Service) reap() {
 		}
 		s.mu.Unlock()
 		if ok {
-			log.L.WithField("id", p.id).WithField("exec", p.execID).WithField("pid", e.Pid).WithField("status", e.Status).Debug("process exited")
+			log.G(context.Background()).WithFields(log.Fields{"id": p.id, "exec": p.execID, "pid": e.Pid, "status": e.Status}).Debug("process exited")
 			p.setExited(e.Status)
 		}
 	}
@@ -312,7 +317,15 @@ func (s *Service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 func (s *Service) adaptSpec(c *container, rootfs string) error {
 	spec := c.spec
 	spec.Root = &specs.Root{Path: rootfs, Readonly: spec.Root != nil && spec.Root.Readonly}
+	if n := mounts.HookCount(spec.Hooks); n > 0 {
+		// Hooks are node programs (nerdctl's network hook, ...): they do
+		// not exist in the guest. Documented in docs/volumes.md.
+		log.G(context.TODO()).WithField("id", c.id).WithField("hooks", n).Warn("OCI hooks are not run in the guest: dropped")
+	}
 	spec.Hooks = nil
+	if err := mounts.CheckDevices(spec.Linux); err != nil {
+		return err
+	}
 	if spec.Process != nil {
 		spec.Process.ApparmorProfile = ""
 		spec.Process.SelinuxLabel = ""
@@ -513,7 +526,7 @@ func (s *Service) startProcess(ctx context.Context, p *process, stdin, stdout, s
 		go func() {
 			defer p.ioDone.Done()
 			n, err := io.Copy(c, r)
-			log.G(ctx).WithField("id", p.id).WithField("exec", p.execID).WithField("bytes", n).WithError(err).Debug("output copied")
+			log.G(ctx).WithFields(log.Fields{"id": p.id, "exec": p.execID, "bytes": n}).WithError(err).Debug("output copied")
 			r.Close()
 			closeWrite(c)
 		}()
@@ -693,6 +706,7 @@ func (s *Service) Delete(ctx context.Context, r *taskAPI.DeleteRequest) (*taskAP
 	if err := os.RemoveAll(c.bundle); err != nil {
 		log.G(ctx).WithError(err).WithField("id", c.id).Warn("failed to remove bundle")
 	}
+	s.removeVolumes(ctx, c)
 	st := p.snapshot()
 	return &taskAPI.DeleteResponse{Pid: uint32(st.pid), ExitStatus: uint32(st.status), ExitedAt: protobuf.ToTimestamp(st.exitedAt)}, nil
 }
@@ -796,7 +810,7 @@ func (s *Service) Update(ctx context.Context, r *taskAPI.UpdateTaskRequest) (*pt
 		return nil, errgrpc.ToGRPCf(errdefs.ErrInvalidArgument, "update without resources")
 	}
 	if err := json.Unmarshal(r.Resources.GetValue(), &res); err != nil {
-		return nil, errgrpc.ToGRPCf(errdefs.ErrInvalidArgument, "decode resources: %v", err)
+		return nil, errgrpc.ToGRPC(fmt.Errorf("decode resources: %w: %w", err, errdefs.ErrInvalidArgument))
 	}
 	if err := s.rt.Update(ctx, c.id, &res); err != nil {
 		return nil, errgrpc.ToGRPC(err)

@@ -19,6 +19,7 @@ import (
 	"github.com/raksh-project/raksh/agent"
 	"github.com/raksh-project/raksh/agent/kbssession"
 	"github.com/raksh-project/raksh/internal/transport"
+	"github.com/raksh-project/raksh/internal/version"
 	"github.com/raksh-project/raksh/internal/wire"
 )
 
@@ -31,6 +32,10 @@ const (
 )
 
 func main() {
+	if version.Requested(os.Args[1:]) {
+		fmt.Println(version.String("raksh-agent"))
+		return
+	}
 	ctx := context.Background()
 	log.L.Logger.SetOutput(os.Stderr)
 	if err := run(ctx); err != nil {

@@ -7,6 +7,11 @@ GO ?= go
 # Integration tests boot VMs one after another; CI has 2 cores.
 INTEGRATION_TIMEOUT ?= 60m
 FUZZTIME ?= 5s
+# Version stamped into every binary (internal/version), also by hack/build-guest.sh for the agent.
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+REVISION ?= $(shell git rev-parse HEAD 2>/dev/null)
+GO_LDFLAGS := -X github.com/raksh-project/raksh/internal/version.Version=$(VERSION) -X github.com/raksh-project/raksh/internal/version.Revision=$(REVISION)
+export GO_LDFLAGS
 # Host binaries: every command but the guest agent (built static by hack/build-guest.sh).
 COMMANDS := $(filter-out raksh-agent,$(notdir $(wildcard cmd/*)))
 # Test and demo tools (a loopback registry, the test image writer): never shipped by `make build`.
@@ -23,12 +28,12 @@ deps: ## install Debian packages; build containerd v2.4.2, static runc; fetch th
 
 build: ## build the product binaries into _output/bin and the guest initrd
 	@mkdir -p $(BIN)
-	$(GO) build -o $(BIN)/ $(addprefix ./cmd/,$(COMMANDS))
+	$(GO) build -ldflags "$(GO_LDFLAGS)" -o $(BIN)/ $(addprefix ./cmd/,$(COMMANDS))
 	hack/build-guest.sh
 
 test-tools: ## build the test/demo tools (raksh-registry, raksh-testimage) into _output/bin
 	@mkdir -p $(BIN)
-	$(GO) build -o $(BIN)/ $(addprefix ./internal/cmd/,$(TEST_COMMANDS))
+	$(GO) build -ldflags "$(GO_LDFLAGS)" -o $(BIN)/ $(addprefix ./internal/cmd/,$(TEST_COMMANDS))
 
 initrd: ## rebuild the guest agent and initrd
 	hack/build-guest.sh

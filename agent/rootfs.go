@@ -2,13 +2,11 @@ package agent
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"net"
 	"os"
 	"path/filepath"
-	"strings"
 	"sync"
 	"time"
 
@@ -19,8 +17,8 @@ import (
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/raksh-project/raksh/agent/image"
+	agentapi "github.com/raksh-project/raksh/api/agent/v1"
 	"github.com/raksh-project/raksh/internal/wire"
-	"github.com/raksh-project/raksh/snapshotter/rootfs"
 )
 
 // DefaultImageKeyDir is where the agent looks for private keys (PEM, DER or
@@ -78,12 +76,15 @@ func (d KeyDir) PrivateKeys(ctx context.Context, layer ocispec.Descriptor) ([][]
 }
 
 // prepareRootfs builds a container's root filesystem in dest (an empty
-// directory in guest memory) from what the shim passed as its rootfs
-// mounts: a tar stream of a host snapshot, or a raksh image descriptor the
-// guest builds the rootfs from itself.
-func (s *Service) prepareRootfs(ctx context.Context, id string, mounts []*types.Mount, dest string) error {
-	if len(mounts) == 1 && mounts[0].Type == wire.RootfsImage {
-		return s.buildImageRootfs(ctx, id, mounts[0], dest)
+// directory in guest memory) from what the shim passed: a rootfs
+// descriptor the guest builds the rootfs from itself (then no rootfs
+// mounts), or one rootfs mount naming the tar stream of a host snapshot.
+func (s *Service) prepareRootfs(ctx context.Context, id string, mounts []*types.Mount, desc *agentapi.RootfsDescriptor, dest string) error {
+	if desc != nil {
+		if len(mounts) != 0 {
+			return fmt.Errorf("a rootfs descriptor and %d rootfs mounts: want one or the other: %w", len(mounts), errdefs.ErrInvalidArgument)
+		}
+		return s.buildImageRootfs(ctx, id, desc, dest)
 	}
 	return s.receiveRootfs(ctx, id, mounts, dest)
 }
@@ -92,7 +93,7 @@ func (s *Service) prepareRootfs(ctx context.Context, id string, mounts []*types.
 // ordinary snapshot of a non-confidential image).
 func (s *Service) receiveRootfs(ctx context.Context, id string, mounts []*types.Mount, dest string) error {
 	if len(mounts) != 1 || mounts[0].Type != wire.RootfsTar {
-		return fmt.Errorf("rootfs must be one %s or %s mount, got %d mounts: %w", wire.RootfsTar, wire.RootfsImage, len(mounts), errdefs.ErrInvalidArgument)
+		return fmt.Errorf("rootfs must be one %s mount or a rootfs descriptor, got %d mounts: %w", wire.RootfsTar, len(mounts), errdefs.ErrInvalidArgument)
 	}
 	if mounts[0].Source != wire.RootfsStream(id) {
 		return fmt.Errorf("rootfs stream %q does not belong to container %q: %w", mounts[0].Source, id, errdefs.ErrInvalidArgument)
@@ -111,41 +112,14 @@ func (s *Service) receiveRootfs(ctx context.Context, id string, mounts []*types.
 	return nil
 }
 
-// parseImageMount returns the descriptor a wire.RootfsImage mount carries.
-func parseImageMount(m *types.Mount) (*rootfs.Descriptor, error) {
-	var raw string
-	n := 0
-	for _, o := range m.Options {
-		if v, ok := strings.CutPrefix(o, wire.DescriptorOption); ok {
-			raw = v
-			n++
-		}
-	}
-	if n != 1 {
-		return nil, fmt.Errorf("%s mount carries %d descriptors, want 1: %w", wire.RootfsImage, n, errdefs.ErrInvalidArgument)
-	}
-	var d rootfs.Descriptor
-	if err := json.Unmarshal([]byte(raw), &d); err != nil {
-		return nil, fmt.Errorf("malformed raksh rootfs descriptor: %v: %w", err, errdefs.ErrInvalidArgument)
-	}
-	if err := d.Validate(); err != nil {
-		return nil, fmt.Errorf("raksh rootfs descriptor: %w: %w", err, errdefs.ErrInvalidArgument)
-	}
-	return &d, nil
-}
-
-// buildImageRootfs builds dest from a raksh image descriptor with
+// buildImageRootfs builds dest from a rootfs descriptor with
 // image.BuildRootfs: a guest pull through the host-forwarded registry
 // stream, or the host's cached ciphertext blobs from the shim's blob
 // streams, decrypted with the agent's image keys. Everything is verified
 // (blob digests, ocicrypt's HMAC, diff IDs, the pinned manifest) and
 // unpacked into a staging directory renamed to dest only at the end: on any
 // error dest stays empty.
-func (s *Service) buildImageRootfs(ctx context.Context, id string, m *types.Mount, dest string) error {
-	d, err := parseImageMount(m)
-	if err != nil {
-		return err
-	}
+func (s *Service) buildImageRootfs(ctx context.Context, id string, d *agentapi.RootfsDescriptor, dest string) error {
 	streams := newBlobStreams(s.streams, id, d)
 	defer streams.drain(ctx)
 	keys := s.imageKeys
@@ -174,9 +148,9 @@ func (s *Service) buildImageRootfs(ctx context.Context, id string, m *types.Moun
 }
 
 // needsRegistry reports whether building d fetches from the registry.
-func needsRegistry(d *rootfs.Descriptor) bool {
-	for _, l := range d.Layers {
-		if l.Source != rootfs.SourceBlob {
+func needsRegistry(d *agentapi.RootfsDescriptor) bool {
+	for _, l := range d.GetLayers() {
+		if l.GetSource() != agentapi.RootfsLayer_BLOB {
 			return true
 		}
 	}
@@ -194,11 +168,11 @@ type blobStreams struct {
 	claimed  map[string]bool
 }
 
-func newBlobStreams(s *streams, id string, d *rootfs.Descriptor) *blobStreams {
+func newBlobStreams(s *streams, id string, d *agentapi.RootfsDescriptor) *blobStreams {
 	b := &blobStreams{s: s, expected: map[string]bool{}, opened: map[string]int{}, claimed: map[string]bool{}}
 	seen := map[string]int{}
-	for _, l := range d.Layers {
-		if l.Source == rootfs.SourceBlob {
+	for _, l := range d.GetLayers() {
+		if l.GetSource() == agentapi.RootfsLayer_BLOB {
 			b.expected[wire.BlobStream(id, l.Digest, seen[l.Digest])] = true
 			seen[l.Digest]++
 		}
@@ -208,7 +182,7 @@ func newBlobStreams(s *streams, id string, d *rootfs.Descriptor) *blobStreams {
 }
 
 // open is the image.BlobOpener: the next occurrence of l's blob.
-func (b *blobStreams) open(ctx context.Context, l rootfs.Layer) (io.ReadCloser, error) {
+func (b *blobStreams) open(ctx context.Context, l *agentapi.RootfsLayer) (io.ReadCloser, error) {
 	b.mu.Lock()
 	name := wire.BlobStream(b.id, l.Digest, b.opened[l.Digest])
 	b.opened[l.Digest]++

@@ -15,12 +15,12 @@ import (
 
 	taskAPI "github.com/containerd/containerd/api/runtime/task/v3"
 	"github.com/containerd/containerd/v2/pkg/namespaces"
-	ptypes "github.com/containerd/containerd/v2/pkg/protobuf/types"
 	"github.com/containerd/errdefs"
 	"github.com/containerd/errdefs/pkg/errgrpc"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
 	"github.com/raksh-project/raksh/agent/unseal"
+	agentapi "github.com/raksh-project/raksh/api/agent/v1"
 	"github.com/raksh-project/raksh/envelope"
 )
 
@@ -250,7 +250,7 @@ func TestSealedExecPolicy(t *testing.T) {
 			if err := s.unseal(ctx, c, t.TempDir()); err != nil {
 				t.Fatal(err)
 			}
-			_, err = s.Exec(ctx, &taskAPI.ExecProcessRequest{ID: c.id, ExecID: "e1", Spec: &ptypes.Any{TypeUrl: "process", Value: []byte(`{"args":["env"]}`)}})
+			_, err = s.Exec(ctx, &taskAPI.ExecProcessRequest{ID: c.id, ExecID: "e1", Spec: packed(t, &agentapi.ExecProcessOptions{Process: []byte(`{"args":["env"]}`)})})
 			if tc.allow {
 				if err != nil || c.execs["e1"] == nil {
 					t.Fatalf("exec refused: %v", err)
@@ -265,7 +265,7 @@ func TestSealedExecPolicy(t *testing.T) {
 	// A container without an envelope allows exec.
 	plain := &container{id: "plain", spec: &specs.Spec{Process: &specs.Process{Args: []string{"sh"}}}, execs: map[string]*process{}}
 	s := &Service{containers: map[string]*container{"plain": plain}}
-	if _, err := s.Exec(ctx, &taskAPI.ExecProcessRequest{ID: "plain", ExecID: "e1", Spec: &ptypes.Any{TypeUrl: "process", Value: []byte(`{}`)}}); err != nil {
+	if _, err := s.Exec(ctx, &taskAPI.ExecProcessRequest{ID: "plain", ExecID: "e1", Spec: packed(t, &agentapi.ExecProcessOptions{Process: []byte(`{}`)})}); err != nil {
 		t.Fatal(err)
 	}
 }

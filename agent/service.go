@@ -27,6 +27,8 @@ import (
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
 	"github.com/raksh-project/raksh/agent/image"
+	"github.com/raksh-project/raksh/agent/mounts"
+	"github.com/raksh-project/raksh/agent/volumes"
 	agentapi "github.com/raksh-project/raksh/api/agent/v1"
 	"github.com/raksh-project/raksh/internal/wire"
 	"github.com/raksh-project/raksh/tee/initdata"
@@ -39,6 +41,8 @@ type Service struct {
 	root    string
 	rt      Runtime
 	streams *streams
+	// volumes holds the volumes the shim delivered (guestmounts.go).
+	volumes *volumes.Store
 
 	mu         sync.Mutex
 	containers map[string]*container
@@ -101,6 +105,7 @@ func NewService(root string, rt Runtime, opts ...Opt) *Service {
 		byPid:      map[int]*process{},
 		early:      map[int]int{},
 		events:     make(chan *types.Envelope, 64),
+		volumes:    volumes.NewStore(root+"-volumes", volumes.DefaultLimits),
 	}
 	for _, o := range opts {
 		o(s)
@@ -172,7 +177,7 @@ func (s *Service) reap() {
 		}
 		s.mu.Unlock()
 		if ok {
-			log.L.WithField("id", p.id).WithField("exec", p.execID).WithField("pid", e.Pid).WithField("status", e.Status).Debug("process exited")
+			log.G(context.Background()).WithFields(log.Fields{"id": p.id, "exec": p.execID, "pid": e.Pid, "status": e.Status}).Debug("process exited")
 			p.setExited(e.Status)
 		}
 	}
@@ -226,12 +231,13 @@ func (s *Service) getProcess(id, execID string) (*container, *process, error) {
 }
 
 // Create creates a container from the spec carried in the request's
-// options and the rootfs archive streamed by the shim.
+// options (agentapi.CreateContainerOptions) and the rootfs archive streamed
+// by the shim, or the image the options' rootfs descriptor names.
 func (s *Service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *taskAPI.CreateTaskResponse, retErr error) {
 	if err := wire.ValidID(r.ID); err != nil {
 		return nil, errgrpc.ToGRPC(fmt.Errorf("%w: %w", err, errdefs.ErrInvalidArgument))
 	}
-	spec, err := decodeSpec(r.Options)
+	spec, desc, err := decodeCreateOptions(r.Options)
 	if err != nil {
 		return nil, errgrpc.ToGRPC(err)
 	}
@@ -260,7 +266,7 @@ func (s *Service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 	if err := makeRootDir(c.bundle, rootfs); err != nil {
 		return nil, errgrpc.ToGRPC(err)
 	}
-	if err := s.prepareRootfs(ctx, r.ID, r.Rootfs, rootfs); err != nil {
+	if err := s.prepareRootfs(ctx, r.ID, r.Rootfs, desc, rootfs); err != nil {
 		return nil, errgrpc.ToGRPC(err)
 	}
 	if err := s.unseal(ctx, c, rootfs); err != nil {
@@ -304,20 +310,6 @@ func (s *Service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 	return &taskAPI.CreateTaskResponse{Pid: uint32(pid)}, nil
 }
 
-func decodeSpec(a *ptypes.Any) (*specs.Spec, error) {
-	if a == nil || a.GetTypeUrl() != wire.SpecTypeURL {
-		return nil, fmt.Errorf("create request carries no OCI spec: %w", errdefs.ErrInvalidArgument)
-	}
-	var spec specs.Spec
-	if err := json.Unmarshal(a.GetValue(), &spec); err != nil {
-		return nil, fmt.Errorf("decode OCI spec: %v: %w", err, errdefs.ErrInvalidArgument)
-	}
-	if spec.Process == nil {
-		return nil, fmt.Errorf("OCI spec has no process: %w", errdefs.ErrInvalidArgument)
-	}
-	return &spec, nil
-}
-
 // adaptSpec turns the host's spec into one that runs in the guest: the
 // rootfs is the unpacked copy, mounts are what guestMounts makes of them
 // (node paths never resolve in the guest), namespaces of a pod's
@@ -325,7 +317,15 @@ func decodeSpec(a *ptypes.Any) (*specs.Spec, error) {
 func (s *Service) adaptSpec(c *container, rootfs string) error {
 	spec := c.spec
 	spec.Root = &specs.Root{Path: rootfs, Readonly: spec.Root != nil && spec.Root.Readonly}
+	if n := mounts.HookCount(spec.Hooks); n > 0 {
+		// Hooks are node programs (nerdctl's network hook, ...): they do
+		// not exist in the guest. Documented in docs/volumes.md.
+		log.G(context.TODO()).WithField("id", c.id).WithField("hooks", n).Warn("OCI hooks are not run in the guest: dropped")
+	}
 	spec.Hooks = nil
+	if err := mounts.CheckDevices(spec.Linux); err != nil {
+		return err
+	}
 	if spec.Process != nil {
 		spec.Process.ApparmorProfile = ""
 		spec.Process.SelinuxLabel = ""
@@ -526,7 +526,7 @@ func (s *Service) startProcess(ctx context.Context, p *process, stdin, stdout, s
 		go func() {
 			defer p.ioDone.Done()
 			n, err := io.Copy(c, r)
-			log.G(ctx).WithField("id", p.id).WithField("exec", p.execID).WithField("bytes", n).WithError(err).Debug("output copied")
+			log.G(ctx).WithFields(log.Fields{"id": p.id, "exec": p.execID, "bytes": n}).WithError(err).Debug("output copied")
 			r.Close()
 			closeWrite(c)
 		}()
@@ -606,8 +606,9 @@ func (s *Service) Exec(ctx context.Context, r *taskAPI.ExecProcessRequest) (*pty
 	if err != nil {
 		return nil, errgrpc.ToGRPC(err)
 	}
-	if r.Spec == nil {
-		return nil, errgrpc.ToGRPCf(errdefs.ErrInvalidArgument, "exec %q has no process spec", r.ExecID)
+	proc, err := decodeExecOptions(r.Spec)
+	if err != nil {
+		return nil, errgrpc.ToGRPC(fmt.Errorf("exec %q: %w", r.ExecID, err))
 	}
 	if err := checkExec(c); err != nil {
 		return nil, errgrpc.ToGRPC(err)
@@ -618,7 +619,7 @@ func (s *Service) Exec(ctx context.Context, r *taskAPI.ExecProcessRequest) (*pty
 		return nil, errgrpc.ToGRPCf(errdefs.ErrAlreadyExists, "exec %q", r.ExecID)
 	}
 	p := newProcess(r.ID, r.ExecID, r.Terminal)
-	p.spec = r.Spec.GetValue()
+	p.spec = proc
 	p.stdio = [3]string{r.Stdin, r.Stdout, r.Stderr}
 	c.execs[r.ExecID] = p
 	return &ptypes.Empty{}, nil
@@ -705,6 +706,7 @@ func (s *Service) Delete(ctx context.Context, r *taskAPI.DeleteRequest) (*taskAP
 	if err := os.RemoveAll(c.bundle); err != nil {
 		log.G(ctx).WithError(err).WithField("id", c.id).Warn("failed to remove bundle")
 	}
+	s.removeVolumes(ctx, c)
 	st := p.snapshot()
 	return &taskAPI.DeleteResponse{Pid: uint32(st.pid), ExitStatus: uint32(st.status), ExitedAt: protobuf.ToTimestamp(st.exitedAt)}, nil
 }
@@ -808,7 +810,7 @@ func (s *Service) Update(ctx context.Context, r *taskAPI.UpdateTaskRequest) (*pt
 		return nil, errgrpc.ToGRPCf(errdefs.ErrInvalidArgument, "update without resources")
 	}
 	if err := json.Unmarshal(r.Resources.GetValue(), &res); err != nil {
-		return nil, errgrpc.ToGRPCf(errdefs.ErrInvalidArgument, "decode resources: %v", err)
+		return nil, errgrpc.ToGRPC(fmt.Errorf("decode resources: %w: %w", err, errdefs.ErrInvalidArgument))
 	}
 	if err := s.rt.Update(ctx, c.id, &res); err != nil {
 		return nil, errgrpc.ToGRPC(err)

@@ -10,10 +10,12 @@ import (
 	ptypes "github.com/containerd/containerd/v2/pkg/protobuf/types"
 	"github.com/containerd/errdefs"
 	"github.com/containerd/errdefs/pkg/errgrpc"
+	"github.com/containerd/typeurl/v2"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
 	"github.com/raksh-project/raksh/agent"
 	"github.com/raksh-project/raksh/agent/agenttest"
+	agentapi "github.com/raksh-project/raksh/api/agent/v1"
 	"github.com/raksh-project/raksh/internal/wire"
 )
 
@@ -22,7 +24,11 @@ func specAny(t *testing.T, s *specs.Spec) *ptypes.Any {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &ptypes.Any{TypeUrl: wire.SpecTypeURL, Value: b}
+	a, err := typeurl.MarshalAnyToProto(&agentapi.CreateContainerOptions{Spec: b})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return a
 }
 
 // TestCreateRejects checks the agent refuses malformed requests with the
@@ -39,7 +45,7 @@ func TestCreateRejects(t *testing.T) {
 	}{
 		{"no spec", &taskAPI.CreateTaskRequest{ID: "c1", Rootfs: rootfs}, errdefs.ErrInvalidArgument},
 		{"foreign spec type", &taskAPI.CreateTaskRequest{ID: "c1", Rootfs: rootfs, Options: &ptypes.Any{TypeUrl: "x", Value: []byte("{}")}}, errdefs.ErrInvalidArgument},
-		{"garbage spec", &taskAPI.CreateTaskRequest{ID: "c1", Rootfs: rootfs, Options: &ptypes.Any{TypeUrl: wire.SpecTypeURL, Value: []byte("{")}}, errdefs.ErrInvalidArgument},
+		{"untyped JSON spec", &taskAPI.CreateTaskRequest{ID: "c1", Rootfs: rootfs, Options: &ptypes.Any{TypeUrl: "raksh.io/oci+json", Value: []byte(`{"process":{"args":["true"]}}`)}}, errdefs.ErrInvalidArgument},
 		{"spec without process", &taskAPI.CreateTaskRequest{ID: "c1", Rootfs: rootfs, Options: specAny(t, &specs.Spec{})}, errdefs.ErrInvalidArgument},
 		{"path in id", &taskAPI.CreateTaskRequest{ID: "../c1", Rootfs: rootfs, Options: specAny(t, good)}, errdefs.ErrInvalidArgument},
 		{"no rootfs", &taskAPI.CreateTaskRequest{ID: "c1", Options: specAny(t, good)}, errdefs.ErrInvalidArgument},

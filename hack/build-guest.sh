@@ -5,8 +5,13 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 OUT="${OUTPUT_DIR:-$ROOT/_output}"
 mkdir -p "$OUT/bin"
 cd "$ROOT"
-CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "$OUT/bin/raksh-agent" ./cmd/raksh-agent
-go build -o "$OUT/bin/rakshctl" ./cmd/rakshctl
+# The version every binary reports (internal/version); the Makefile passes GO_LDFLAGS.
+if [ -z "${GO_LDFLAGS:-}" ]; then
+	V="$(git describe --tags --always --dirty 2>/dev/null || echo dev)"
+	GO_LDFLAGS="-X github.com/raksh-project/raksh/internal/version.Version=$V -X github.com/raksh-project/raksh/internal/version.Revision=$(git rev-parse HEAD 2>/dev/null)"
+fi
+CGO_ENABLED=0 go build -trimpath -ldflags "-s -w $GO_LDFLAGS" -o "$OUT/bin/raksh-agent" ./cmd/raksh-agent
+go build -ldflags "$GO_LDFLAGS" -o "$OUT/bin/rakshctl" ./cmd/rakshctl
 # The simulated TEE's platform key pair, generated once: the private half is
 # baked into the initrd (where the guest attester signs evidence with it, so
 # anyone who reads the initrd can forge evidence: the sim TEE is INSECURE),

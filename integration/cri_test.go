@@ -3,7 +3,11 @@
 package integration
 
 import (
+	"bytes"
 	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -40,6 +44,7 @@ func TestCRIPodOneVM(t *testing.T) {
 	rs := cri.NewRuntimeServiceClient(conn)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
+	checkRuntimeFeatures(ctx, t, h, rs)
 
 	pod := &cri.PodSandboxConfig{
 		Metadata: &cri.PodSandboxMetadata{Name: "pod1", Uid: "uid-pod1", Namespace: "raksh-test"},
@@ -105,4 +110,53 @@ func TestCRIPodOneVM(t *testing.T) {
 		t.Fatalf("RemovePodSandbox: %v", err)
 	}
 	waitNoQEMU(t, h)
+}
+
+// checkRuntimeFeatures: containerd introspected the raksh shim's features
+// (its Info) at start: CRI lists the raksh handler with features and user
+// namespaces off (the guest cannot idmap its tmpfs rootfs), and
+// containerd's log has no introspection failure for it.
+func checkRuntimeFeatures(ctx context.Context, t *testing.T, h *harness.Containerd, rs cri.RuntimeServiceClient) {
+	t.Helper()
+	st, err := rs.Status(ctx, &cri.StatusRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var found bool
+	for _, rh := range st.GetRuntimeHandlers() {
+		if rh.GetName() != "raksh" {
+			continue
+		}
+		found = true
+		if rh.GetFeatures() == nil {
+			t.Error("CRI has no features for the raksh handler")
+		} else if rh.GetFeatures().GetUserNamespaces() {
+			t.Error("CRI offers user namespaces on raksh; the guest has no idmapped mounts")
+		}
+	}
+	if !found {
+		t.Errorf("CRI runtime handlers %v lack raksh", st.GetRuntimeHandlers())
+	}
+	if b, err := os.ReadFile(h.Log); err != nil {
+		t.Fatal(err)
+	} else if bytes.Contains(b, []byte(`failed to introspect features of runtime \"raksh\"`)) || bytes.Contains(b, []byte(`failed to introspect features of runtime "raksh"`)) {
+		t.Error("containerd failed to introspect the raksh runtime's features (see its log)")
+	}
+}
+
+// TestRuncFeaturesCurrent: the features the shim reports (embedded
+// runtime/runc-features.json) are those of the runc the guest initrd
+// carries.
+func TestRuncFeaturesCurrent(t *testing.T) {
+	out, err := exec.Command(harness.Bin(t, "runc"), "features").Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, err := os.ReadFile(filepath.Join(harness.Repo(), "runtime", "runc-features.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(bytes.TrimSpace(out), bytes.TrimSpace(want)) {
+		t.Fatal("runtime/runc-features.json is not `runc features` of the guest's runc: regenerate it with _output/deps/bin/runc features > runtime/runc-features.json")
+	}
 }

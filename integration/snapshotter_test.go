@@ -6,6 +6,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"io"
 	"math/rand"
 	"net"
 	"os"
@@ -26,6 +27,7 @@ import (
 
 	"github.com/raksh-project/raksh/agent/image"
 	"github.com/raksh-project/raksh/agent/image/imagetest"
+	agentapi "github.com/raksh-project/raksh/api/agent/v1"
 	"github.com/raksh-project/raksh/integration/harness"
 	"github.com/raksh-project/raksh/snapshotter/rootfs"
 )
@@ -400,7 +402,14 @@ func TestSnapshotterEncrypted(t *testing.T) {
 			}
 			// The guest side: decrypt the shared ciphertext with the key.
 			dest := filepath.Join(t.TempDir(), "rootfs")
-			if _, err := image.DecryptLayers(context.Background(), da, image.KeyFiles{keyFile}, dest); err != nil {
+			blobs := map[string]string{}
+			for _, l := range da.Layers {
+				blobs[l.Digest] = l.Path
+			}
+			open := func(_ context.Context, l *agentapi.RootfsLayer) (io.ReadCloser, error) {
+				return os.Open(blobs[l.Digest])
+			}
+			if _, err := image.DecryptLayers(context.Background(), da.AgentDescriptor(), image.KeyFiles{keyFile}, dest, image.WithBlobOpener(open)); err != nil {
 				t.Fatal(err)
 			}
 			if b, err := os.ReadFile(filepath.Join(dest, "app", "marker")); err != nil || string(b) != snMarker {

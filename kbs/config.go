@@ -37,26 +37,11 @@ type Config struct {
 	// must still list "sim" for sim evidence to be accepted.
 	SimPlatformKeysFile string `toml:"sim_platform_keys_file"`
 	// SessionTTL bounds a session and its nonce ("5m").
-	SessionTTL Duration `toml:"session_ttl"`
-	// TokenTTL is the validity of attestation tokens ("30m").
-	TokenTTL Duration `toml:"token_ttl"`
+	SessionTTL time.Duration `toml:"session_ttl"`
+	// TokenTTL is the validity of attestation tokens ("30m"; the TOML
+	// library decodes durations natively).
+	TokenTTL time.Duration `toml:"token_ttl"`
 }
-
-// Duration is a time.Duration written as a string ("5m") in TOML.
-type Duration struct{ time.Duration }
-
-// UnmarshalText implements encoding.TextUnmarshaler.
-func (d *Duration) UnmarshalText(b []byte) error {
-	v, err := time.ParseDuration(string(b))
-	if err != nil {
-		return fmt.Errorf("duration %q: %w", b, errdefs.ErrInvalidArgument)
-	}
-	d.Duration = v
-	return nil
-}
-
-// MarshalText implements encoding.TextMarshaler.
-func (d Duration) MarshalText() ([]byte, error) { return []byte(d.String()), nil }
 
 // DefaultConfig returns the defaults.
 func DefaultConfig() Config {
@@ -64,8 +49,8 @@ func DefaultConfig() Config {
 		Address:     "127.0.0.1:8080",
 		ResourceDir: "/var/lib/raksh-kbs/resources",
 		PolicyFile:  "/var/lib/raksh-kbs/policy.json",
-		SessionTTL:  Duration{DefaultSessionTTL},
-		TokenTTL:    Duration{DefaultTokenTTL},
+		SessionTTL:  DefaultSessionTTL,
+		TokenTTL:    DefaultTokenTTL,
 	}
 }
 
@@ -117,11 +102,11 @@ func (c Config) Opts() ([]Opt, error) {
 		}
 		opts = append(opts, WithTokenKey(ek))
 	}
-	if c.SessionTTL.Duration > 0 {
-		opts = append(opts, WithSessionTTL(c.SessionTTL.Duration))
+	if c.SessionTTL > 0 {
+		opts = append(opts, WithSessionTTL(c.SessionTTL))
 	}
-	if c.TokenTTL.Duration > 0 {
-		opts = append(opts, WithTokenTTL(c.TokenTTL.Duration))
+	if c.TokenTTL > 0 {
+		opts = append(opts, WithTokenTTL(c.TokenTTL))
 	}
 	return opts, nil
 }

@@ -24,7 +24,7 @@ func TestConfigOpts(t *testing.T) {
 	os.WriteFile(policy, []byte(`{"rules":[{"resources":["a/b/*"],"tee":["snp"]}]}`), 0o600)
 	cfg := DefaultConfig()
 	cfg.TokenKeyFile, cfg.PolicyFile = tokenKey, policy
-	cfg.SessionTTL, cfg.TokenTTL = Duration{time.Minute}, Duration{2 * time.Minute}
+	cfg.SessionTTL, cfg.TokenTTL = time.Minute, 2*time.Minute
 	opts, err := cfg.Opts()
 	if err != nil {
 		t.Fatal(err)

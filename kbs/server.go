@@ -36,6 +36,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/containerd/continuity"
 	"github.com/containerd/errdefs"
 	"github.com/containerd/log"
 	jose "github.com/go-jose/go-jose/v4"
@@ -726,10 +727,7 @@ func (s *Server) handleGetPolicy(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, api.ResourcePolicy{Policy: base64.StdEncoding.EncodeToString(doc)})
 }
 
+// writeFileAtomic replaces path with data (fsynced before the rename).
 func writeFileAtomic(path string, data []byte) error {
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, data, 0o600); err != nil {
-		return err
-	}
-	return os.Rename(tmp, path)
+	return continuity.AtomicWriteFile(path, data, 0o600)
 }

@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"strings"
 
+	"github.com/containerd/continuity"
 	"github.com/containerd/errdefs"
 )
 
@@ -94,21 +95,8 @@ func (s *FileStore) Set(resourcePath string, data []byte) error {
 	if err := os.MkdirAll(filepath.Dir(target), 0o700); err != nil {
 		return fmt.Errorf("failed to create resource dir: %w", err)
 	}
-	f, err := os.CreateTemp(filepath.Dir(target), ".tmp-")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(f.Name())
-	if _, err := f.Write(data); err != nil {
-		f.Close()
+	if err := continuity.AtomicWriteFile(target, data, 0o600); err != nil {
 		return fmt.Errorf("failed to write resource %s: %w", p, err)
 	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	return os.Rename(f.Name(), target)
+	return nil
 }

@@ -8,6 +8,7 @@ import (
 
 	"github.com/containerd/errdefs"
 	"github.com/containerd/errdefs/pkg/errgrpc"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
 
 	agentapi "github.com/raksh-project/raksh/api/agent/v1"
 	"github.com/raksh-project/raksh/runtime/vm"
@@ -30,6 +31,22 @@ func deliverInitData(ctx context.Context, v vm.Instance, doc []byte) error {
 	}
 	if !bytes.Equal(resp.GetDigest(), initdata.Digest(doc)) {
 		return fmt.Errorf("the agent checked init data with digest %x, not the pod's: %w", resp.GetDigest(), errdefs.ErrUnknown)
+	}
+	return nil
+}
+
+// checkInitData refuses a container that brings init data (the
+// io.raksh.init-data annotation) other than what the pod's VM was launched
+// with: it cannot be bound any more, and must not be silently ignored.
+func (s *Service) checkInitData(id string, spec *specs.Spec, doc []byte) error {
+	if _, ok := spec.Annotations[initdata.Annotation]; !ok {
+		return nil
+	}
+	s.mu.Lock()
+	bound := s.initData
+	s.mu.Unlock()
+	if !bytes.Equal(bound, doc) {
+		return fmt.Errorf("container %q brings init data other than its pod's, which was bound when the pod's VM booted: %w", id, errdefs.ErrInvalidArgument)
 	}
 	return nil
 }

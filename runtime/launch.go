@@ -8,8 +8,6 @@ import "github.com/raksh-project/raksh/runtime/launch"
 type (
 	// Config is launch.Config.
 	Config = launch.Config
-	// Duration is launch.Duration.
-	Duration = launch.Duration
 )
 
 // Names kept from before the move to runtime/launch.

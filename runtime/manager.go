@@ -3,9 +3,7 @@ package runtime
 import (
 	"context"
 	"crypto/rand"
-	"crypto/sha256"
 	"encoding/binary"
-	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -23,11 +21,12 @@ import (
 	"github.com/containerd/containerd/v2/defaults"
 	"github.com/containerd/containerd/v2/pkg/namespaces"
 	"github.com/containerd/containerd/v2/pkg/shim"
-	"github.com/containerd/containerd/v2/version"
 	"github.com/containerd/errdefs"
 	"github.com/containerd/log"
+	"github.com/containerd/typeurl/v2"
 
 	"github.com/raksh-project/raksh/agent/scratch"
+	"github.com/raksh-project/raksh/internal/version"
 	"github.com/raksh-project/raksh/runtime/launch"
 	"github.com/raksh-project/raksh/runtime/vm"
 	"github.com/raksh-project/raksh/runtime/vm/qemu"
@@ -158,17 +157,33 @@ func (m manager) Stop(ctx context.Context, id string) (shim.StopStatus, error) {
 				}
 			}
 		}
-		os.RemoveAll(dir)
+		if cfg.Debug {
+			// Keep the console log for debugging; the sockets go.
+			os.Remove(filepath.Join(dir, "agent.sock"))
+			os.Remove(filepath.Join(dir, "qmp.sock"))
+		} else if err := os.RemoveAll(dir); err != nil {
+			log.G(ctx).WithError(err).WithField("dir", dir).Warn("failed to remove the VM's state directory")
+		}
 	}
 	return shim.StopStatus{ExitedAt: time.Now(), ExitStatus: 128 + int(syscall.SIGKILL)}, nil
 }
 
-// Info reports the runtime's name and version.
+// Info reports the runtime's name, Raksh's version and what a container
+// in the guest supports (guestFeatures), for containerd's runtime
+// introspection.
 func (m manager) Info(ctx context.Context, optionsR io.Reader) (*types.RuntimeInfo, error) {
-	return &types.RuntimeInfo{
+	info := &types.RuntimeInfo{
 		Name:    m.name,
 		Version: &types.RuntimeVersion{Version: version.Version, Revision: version.Revision},
-	}, nil
+	}
+	f, err := guestFeatures()
+	if err != nil {
+		return nil, err
+	}
+	if info.Features, err = typeurl.MarshalAnyToProto(f); err != nil {
+		return nil, fmt.Errorf("marshal %T: %w", f, err)
+	}
+	return info, nil
 }
 
 // vsockCID picks a guest CID for a new VM: random above the reserved
@@ -179,21 +194,11 @@ func vsockCID() uint32 {
 	return 3 + binary.LittleEndian.Uint32(b[:])%(1<<30)
 }
 
-// vmDir is the state directory of the VM of shim id. It holds unix
-// sockets, whose paths must fit in 108 bytes: when state_dir/ns/id is too
-// long for that (64-character ids under a long state_dir), the directory
-// is named by a digest of the id instead.
-func vmDir(cfg Config, ns, id string) string {
-	d := filepath.Join(cfg.StateDir, ns, id)
-	if len(d)+len("/agent.sock") <= maxSocketPath {
-		return d
-	}
-	sum := sha256.Sum256([]byte(id))
-	return filepath.Join(cfg.StateDir, ns, "h-"+hex.EncodeToString(sum[:10]))
-}
+// vmDir is the state directory of the VM of shim id (launch.VMDir).
+func vmDir(cfg Config, ns, id string) string { return launch.VMDir(cfg.StateDir, ns, id) }
 
 // maxSocketPath is the longest path a unix socket address holds.
-const maxSocketPath = 107
+const maxSocketPath = launch.MaxSocketPath
 
 // NewQEMUVM is the VMFactory of the shim: a QEMU VM per shim, with a
 // virtio-net device on each of nics.
@@ -235,8 +240,9 @@ func NewQEMUVM(ctx context.Context, cfg Config, id string, nics []qemu.NIC) (vm.
 	return vm.NewQEMU(vm.QEMUOptions{
 		Config:          qc,
 		Dir:             vmDir(cfg, ns, id),
-		BootTimeout:     cfg.BootTimeout.Duration,
-		KVMProbeTimeout: cfg.KVMProbeTimeout.Duration,
+		KeepDir:         cfg.Debug,
+		BootTimeout:     cfg.BootTimeout,
+		KVMProbeTimeout: cfg.KVMProbeTimeout,
 		AccelCache:      filepath.Join(cfg.StateDir, "accel"),
 	}), nil
 }

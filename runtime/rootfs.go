@@ -2,7 +2,6 @@ package runtime
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -16,25 +15,28 @@ import (
 	"github.com/containerd/containerd/v2/pkg/archive"
 	"github.com/containerd/errdefs"
 	"github.com/containerd/log"
+	"google.golang.org/protobuf/proto"
 
+	agentapi "github.com/raksh-project/raksh/api/agent/v1"
 	"github.com/raksh-project/raksh/internal/wire"
 	"github.com/raksh-project/raksh/runtime/vm"
 	"github.com/raksh-project/raksh/snapshotter/rootfs"
 )
 
 // sendRootfs hands the container's rootfs to the VM and returns the rootfs
-// mounts to pass to the agent and a channel reporting the end of the
-// transfer.
+// mounts or the rootfs descriptor to pass to the agent, and a channel
+// reporting the end of the transfer.
 //
 // A raksh rootfs (raksh-snapshotter's descriptor of a guest-pulled or
 // encrypted image) is never mounted or read on the host: the descriptor
-// goes to the agent as a wire.RootfsImage mount and the cached ciphertext of
-// its "blob" layers is streamed read-only, one wire.BlobStream per layer;
+// goes to the agent as an agentapi.RootfsDescriptor (without host paths)
+// and the cached ciphertext of its "blob" layers is streamed read-only, one
+// wire.BlobStream per layer;
 // the guest pulls, verifies, decrypts and unpacks. A raksh rootfs whose
 // descriptor is unreadable or unsupported is refused, never run on the
 // host-side stub. Any other rootfs is mounted on the host and streamed as a
 // tar archive.
-func (s *Service) sendRootfs(ctx context.Context, v vm.Instance, c *hostContainer, mounts []*types.Mount) ([]*types.Mount, <-chan error, error) {
+func (s *Service) sendRootfs(ctx context.Context, v vm.Instance, c *hostContainer, mounts []*types.Mount) ([]*types.Mount, *agentapi.RootfsDescriptor, <-chan error, error) {
 	var ms []mount.Mount
 	for _, m := range mounts {
 		ms = append(ms, mount.Mount{Type: m.Type, Source: m.Source, Target: m.Target, Options: m.Options})
@@ -42,29 +44,29 @@ func (s *Service) sendRootfs(ctx context.Context, v vm.Instance, c *hostContaine
 	d, ok, err := rootfs.ParseMounts(ms)
 	switch {
 	case err != nil:
-		return nil, nil, fmt.Errorf("refusing container %q: its raksh rootfs descriptor is unusable: %w: %w", c.id, err, errdefs.ErrInvalidArgument)
+		return nil, nil, nil, fmt.Errorf("refusing container %q: its raksh rootfs descriptor is unusable: %w: %w", c.id, err, errdefs.ErrInvalidArgument)
 	case ok:
 		return s.sendImageRootfs(ctx, v, c, d)
 	}
 
 	root := filepath.Join(c.bundle, "rootfs")
 	if err := os.MkdirAll(root, 0o711); err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	if len(ms) > 0 {
 		if err := mount.All(ms, root); err != nil {
-			return nil, nil, fmt.Errorf("mount rootfs: %w", err)
+			return nil, nil, nil, fmt.Errorf("mount rootfs: %w", err)
 		}
 		c.rootfs = root
 	}
 	st, err := v.StartStream(ctx, wire.RootfsStream(c.id))
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	empty, err := os.MkdirTemp("", "raksh-empty-")
 	if err != nil {
 		st.Close()
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	done := make(chan error, 1)
 	go func() {
@@ -76,7 +78,7 @@ func (s *Service) sendRootfs(ctx context.Context, v vm.Instance, c *hostContaine
 		}
 		done <- err
 	}()
-	return []*types.Mount{{Type: wire.RootfsTar, Source: wire.RootfsStream(c.id)}}, done, nil
+	return []*types.Mount{{Type: wire.RootfsTar, Source: wire.RootfsStream(c.id)}}, nil, done, nil
 }
 
 // blobStreams lists, in layer order, the blob streams of d's "blob" layers
@@ -98,10 +100,10 @@ func blobStreams(containerID string, d *rootfs.Descriptor) (names, paths []strin
 // ciphertext blobs of its "blob" layers, in layer order, each on its own
 // stream. The blobs are opened read-only up front, so a missing cache file
 // fails the container before anything reaches the VM.
-func (s *Service) sendImageRootfs(ctx context.Context, v vm.Instance, c *hostContainer, d *rootfs.Descriptor) ([]*types.Mount, <-chan error, error) {
-	b, err := json.Marshal(d)
-	if err != nil {
-		return nil, nil, err
+func (s *Service) sendImageRootfs(ctx context.Context, v vm.Instance, c *hostContainer, d *rootfs.Descriptor) ([]*types.Mount, *agentapi.RootfsDescriptor, <-chan error, error) {
+	g := d.AgentDescriptor()
+	if _, err := proto.Marshal(g); err != nil {
+		return nil, nil, nil, fmt.Errorf("refusing container %q: its raksh rootfs descriptor cannot be encoded: %w: %w", c.id, err, errdefs.ErrInvalidArgument)
 	}
 	names, paths := blobStreams(c.id, d)
 	files := make([]*os.File, 0, len(paths))
@@ -114,7 +116,7 @@ func (s *Service) sendImageRootfs(ctx context.Context, v vm.Instance, c *hostCon
 		f, err := os.Open(p)
 		if err != nil {
 			closeAll()
-			return nil, nil, fmt.Errorf("refusing container %q: cached layer blob: %w: %w", c.id, err, errdefs.ErrFailedPrecondition)
+			return nil, nil, nil, fmt.Errorf("refusing container %q: cached layer blob: %w: %w", c.id, err, errdefs.ErrFailedPrecondition)
 		}
 		files = append(files, f)
 	}
@@ -133,8 +135,7 @@ func (s *Service) sendImageRootfs(ctx context.Context, v vm.Instance, c *hostCon
 		}
 		done <- errors.Join(errs...)
 	}()
-	m := &types.Mount{Type: wire.RootfsImage, Source: wire.RootfsStream(c.id), Options: []string{wire.DescriptorOption + string(b)}}
-	return []*types.Mount{m}, done, nil
+	return nil, g, done, nil
 }
 
 // blobSendIdle bounds how long a blob send may make no progress. The agent

@@ -37,6 +37,7 @@ import (
 	"github.com/raksh-project/raksh/runtime/network"
 	"github.com/raksh-project/raksh/runtime/vm"
 	"github.com/raksh-project/raksh/runtime/vm/qemu"
+	"github.com/raksh-project/raksh/runtime/volumes"
 )
 
 // exitVMGone is the exit status reported for processes whose VM died.
@@ -64,6 +65,10 @@ type Service struct {
 	vm         vm.Instance
 	agent      taskAPI.TTRPCTaskService
 	containers map[string]*hostContainer
+	// initData is the init data bound into the VM when it booted.
+	initData []byte
+	// volumes delivers containers' volumes into the VM (volumes.go).
+	volumes *volumes.Syncer
 	// net is the pod netns attached to the VM (nil: no pod network).
 	net *network.Network
 }
@@ -73,6 +78,7 @@ type hostContainer struct {
 	rootfs     string // host mount point, while mounted
 	init       *hostProcess
 	execs      map[string]*hostProcess
+	hooks      *hostHooks // host-side OCI hooks (hooks.go), or nil
 }
 
 // NewService returns the task service of a shim.
@@ -176,6 +182,9 @@ func (s *Service) ensureVM(ctx context.Context, cfg Config, spec *specs.Spec) (_
 			return nil, nil, err
 		}
 	}
+	s.mu.Lock()
+	s.initData = cfg.PodInitData
+	s.mu.Unlock()
 	if err := setupGuestNetwork(ctx, v, podNet); err != nil {
 		v.Shutdown(ctx)
 		return nil, nil, err
@@ -298,7 +307,7 @@ func (s *Service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 	}
 	var spec specs.Spec
 	if err := json.Unmarshal(specBytes, &spec); err != nil {
-		return nil, errgrpc.ToGRPC(fmt.Errorf("decode OCI spec: %v: %w", err, errdefs.ErrInvalidArgument))
+		return nil, errgrpc.ToGRPC(fmt.Errorf("decode OCI spec: %w: %w", err, errdefs.ErrInvalidArgument))
 	}
 	cfg, err := s.config(r.Options)
 	if err != nil {
@@ -315,9 +324,33 @@ func (s *Service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 	if err := podStorage(&cfg, &spec); err != nil {
 		return nil, errgrpc.ToGRPC(err)
 	}
+	// Host-side OCI hooks (hooks.go) run in the shim: those that set up a new
+	// network namespace's network before the VM boots, so it is attached.
+	hooks, err := newHostHooks(r.ID, r.Bundle, &spec)
+	if err != nil {
+		return nil, errgrpc.ToGRPC(err)
+	}
+	defer func() {
+		if retErr != nil {
+			hooks.stop()
+		}
+	}()
+	if hooks != nil && hooks.holder != nil {
+		if err := hooks.create(ctx, 0); err != nil {
+			return nil, errgrpc.ToGRPC(err)
+		}
+	}
 	v, agent, err := s.ensureVM(ctx, cfg, &spec)
 	if err != nil {
 		return nil, errgrpc.ToGRPC(err)
+	}
+	if err := s.checkInitData(r.ID, &spec, cfg.PodInitData); err != nil {
+		return nil, errgrpc.ToGRPC(err)
+	}
+	if hooks != nil && hooks.holder == nil {
+		if err := hooks.create(ctx, int(s.vmPid())); err != nil {
+			return nil, errgrpc.ToGRPC(err)
+		}
 	}
 
 	s.mu.Lock()
@@ -325,7 +358,7 @@ func (s *Service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 		s.mu.Unlock()
 		return nil, errgrpc.ToGRPCf(errdefs.ErrAlreadyExists, "container %q", r.ID)
 	}
-	c := &hostContainer{id: r.ID, bundle: r.Bundle, execs: map[string]*hostProcess{}}
+	c := &hostContainer{id: r.ID, bundle: r.Bundle, execs: map[string]*hostProcess{}, hooks: hooks}
 	s.containers[r.ID] = c
 	s.mu.Unlock()
 	defer func() {
@@ -337,7 +370,20 @@ func (s *Service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 		}
 	}()
 
-	agentRootfs, rootfsDone, err := s.sendRootfs(ctx, v, c, r.Rootfs)
+	if err := s.deliverVolumes(ctx, v, cfg, r.ID, &spec); err != nil {
+		return nil, errgrpc.ToGRPC(fmt.Errorf("container %q: %w", r.ID, err))
+	}
+	defer func() {
+		if retErr != nil {
+			s.stopVolumes(ctx, r.ID)
+		}
+	}()
+
+	agentRootfs, rootfsDesc, rootfsDone, err := s.sendRootfs(ctx, v, c, r.Rootfs)
+	if err != nil {
+		return nil, errgrpc.ToGRPC(err)
+	}
+	opts, err := typeurl.MarshalAnyToProto(&agentapi.CreateContainerOptions{Spec: specBytes, Rootfs: rootfsDesc})
 	if err != nil {
 		return nil, errgrpc.ToGRPC(err)
 	}
@@ -354,7 +400,7 @@ func (s *Service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 		Rootfs:   agentRootfs,
 		Terminal: r.Terminal,
 		Stdin:    in, Stdout: out, Stderr: errS,
-		Options: &ptypes.Any{TypeUrl: wire.SpecTypeURL, Value: specBytes},
+		Options: opts,
 	})
 	if rerr := <-rootfsDone; rerr != nil && err == nil {
 		err = rerr
@@ -467,9 +513,14 @@ func (s *Service) Exec(ctx context.Context, r *taskAPI.ExecProcessRequest) (*pty
 		return nil, errgrpc.ToGRPC(err)
 	}
 	in, out, errS := hio.StreamNames()
-	spec := r.Spec
-	if spec != nil {
-		spec = &ptypes.Any{TypeUrl: wire.SpecTypeURL, Value: spec.GetValue()}
+	if r.Spec == nil {
+		hio.Close()
+		return nil, errgrpc.ToGRPCf(errdefs.ErrInvalidArgument, "exec %q has no process spec", r.ExecID)
+	}
+	spec, err := typeurl.MarshalAnyToProto(&agentapi.ExecProcessOptions{Process: r.Spec.GetValue()})
+	if err != nil {
+		hio.Close()
+		return nil, errgrpc.ToGRPC(err)
 	}
 	if _, err := agent.Exec(ctx, &taskAPI.ExecProcessRequest{
 		ID: r.ID, ExecID: r.ExecID, Terminal: r.Terminal, Stdin: in, Stdout: out, Stderr: errS, Spec: spec,
@@ -534,6 +585,8 @@ func (s *Service) Delete(ctx context.Context, r *taskAPI.DeleteRequest) (*taskAP
 	s.mu.Unlock()
 	if r.ExecID == "" {
 		s.unmountRootfs(ctx, c)
+		s.stopVolumes(ctx, r.ID)
+		c.hooks.deleted(ctx, int(s.vmPid()))
 		s.send(&eventstypes.TaskDelete{ContainerID: r.ID, Pid: pi.pid, ExitStatus: pi.status, ExitedAt: protobuf.ToTimestamp(pi.exitedAt)})
 	}
 	return &taskAPI.DeleteResponse{Pid: pi.pid, ExitStatus: pi.status, ExitedAt: protobuf.ToTimestamp(pi.exitedAt)}, nil

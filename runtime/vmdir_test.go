@@ -7,14 +7,15 @@ import (
 )
 
 // TestVMDirSocketsFit: the VM's sockets stay bindable with 64-character
-// ids under a long state directory, and distinct ids get distinct dirs.
+// ids under the longest state directory the config accepts, and distinct
+// ids (or namespaces) get distinct dirs.
 func TestVMDirSocketsFit(t *testing.T) {
-	for _, stateDir := range []string{"/run/raksh", "/tmp/rk-1292683473/raksh", "/" + strings.Repeat("s", 60)} {
+	for _, stateDir := range []string{"/run/raksh", "/tmp/rk-1292683473/raksh", "/" + strings.Repeat("s", 60), "/" + strings.Repeat("s", 72)} {
 		cfg := Config{StateDir: stateDir}
 		a, b := strings.Repeat("a", 64), strings.Repeat("b", 64)
 		da, db := vmDir(cfg, "default", a), vmDir(cfg, "default", b)
-		if da == db {
-			t.Fatalf("%s: two ids share %s", stateDir, da)
+		if da == db || da == vmDir(cfg, "k8s.io", a) {
+			t.Fatalf("%s: two pods share %s", stateDir, da)
 		}
 		for _, sock := range []string{"agent.sock", "qmp.sock"} {
 			if p := filepath.Join(da, sock); len(p) > maxSocketPath {

@@ -21,7 +21,7 @@ import (
 	encconfig "github.com/containers/ocicrypt/config"
 
 	"github.com/raksh-project/raksh/agent/image/imagetest"
-	"github.com/raksh-project/raksh/snapshotter/rootfs"
+	agentapi "github.com/raksh-project/raksh/api/agent/v1"
 )
 
 // benchLayer returns an encrypted gzip layer of 64 files, 32 MiB of
@@ -63,10 +63,11 @@ func BenchmarkDecryptUnpack(b *testing.B) {
 	}
 	keyFile := filepath.Join(dir, "key.pem")
 	os.WriteFile(keyFile, priv, 0o600)
-	desc := &rootfs.Descriptor{Version: rootfs.Version, Mode: rootfs.ModeLayers, Layers: []rootfs.Layer{{
-		Digest: layer.Digest().String(), DiffID: layer.DiffID.String(), MediaType: layer.MediaType,
-		Annotations: layer.Annotations, Size: int64(len(layer.Blob)), Source: rootfs.SourceBlob, Path: blob,
+	desc := &agentapi.RootfsDescriptor{Mode: agentapi.RootfsDescriptor_LAYERS, Layers: []*agentapi.RootfsLayer{{
+		Digest: layer.Digest().String(), DiffId: layer.DiffID.String(), MediaType: layer.MediaType,
+		Annotations: layer.Annotations, Size: int64(len(layer.Blob)), Source: agentapi.RootfsLayer_BLOB,
 	}}}
+	open := blobFiles(map[string]string{layer.Digest().String(): blob})
 	cc, err := encconfig.DecryptWithPrivKeys([][]byte{priv}, [][]byte{nil})
 	if err != nil {
 		b.Fatal(err)
@@ -81,7 +82,7 @@ func BenchmarkDecryptUnpack(b *testing.B) {
 		// Guest path.
 		dest := filepath.Join(dir, fmt.Sprintf("r%d", i))
 		start := time.Now()
-		if _, err := DecryptLayers(ctx, desc, KeyFiles{keyFile}, dest); err != nil {
+		if _, err := DecryptLayers(ctx, desc, KeyFiles{keyFile}, dest, WithBlobOpener(open)); err != nil {
 			b.Fatal(err)
 		}
 		tRaksh += time.Since(start)

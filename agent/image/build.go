@@ -6,15 +6,15 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"os"
 	"strings"
 
 	"github.com/containerd/containerd/v2/core/remotes/docker"
 	"github.com/containerd/errdefs"
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	"google.golang.org/protobuf/proto"
 
-	"github.com/raksh-project/raksh/snapshotter/rootfs"
+	agentapi "github.com/raksh-project/raksh/api/agent/v1"
 )
 
 // Sources are what BuildRootfs may use to get layers.
@@ -26,26 +26,23 @@ type Sources struct {
 	Dialer Dialer
 	// Keys decrypts encrypted layers.
 	Keys KeyProvider
-	// OpenBlob opens cached ciphertext blobs (default: os.Open of the path).
+	// OpenBlob opens the cached ciphertext blobs of BLOB layers.
 	OpenBlob BlobOpener
 	// PullOpts are extra options for Pull (e.g. WithPlainHTTP, WithAuthorizer).
 	PullOpts []PullOpt
 }
 
-// BuildRootfs builds into dest the rootfs a raksh rootfs descriptor
-// describes: by pulling the image (mode guest-pull, pinned to the
-// descriptor's manifest digest) or by decrypting the shared ciphertext
-// layers (mode layers), fetching plain layers from the registry by digest.
-// Every layer is verified as in Pull and DecryptLayers.
-func BuildRootfs(ctx context.Context, desc *rootfs.Descriptor, src Sources, dest string) ([]LayerResult, error) {
-	if desc == nil {
-		return nil, fmt.Errorf("no rootfs descriptor: %w", errdefs.ErrInvalidArgument)
-	}
-	if err := desc.Validate(); err != nil {
+// BuildRootfs builds into dest the rootfs a rootfs descriptor describes: by
+// pulling the image (mode GUEST_PULL, pinned to the descriptor's manifest
+// digest) or by decrypting the host's cached ciphertext layers (mode
+// LAYERS), fetching REGISTRY layers from the registry by digest. Every
+// layer is verified as in Pull and DecryptLayers.
+func BuildRootfs(ctx context.Context, desc *agentapi.RootfsDescriptor, src Sources, dest string) ([]LayerResult, error) {
+	if err := ValidateDescriptor(desc); err != nil {
 		return nil, fmt.Errorf("%w: %w", err, errdefs.ErrInvalidArgument)
 	}
-	switch desc.Mode {
-	case rootfs.ModeGuestPull:
+	switch desc.GetMode() {
+	case agentapi.RootfsDescriptor_GUEST_PULL:
 		if src.Dialer == nil {
 			return nil, fmt.Errorf("guest pull without registry access: %w", errdefs.ErrFailedPrecondition)
 		}
@@ -66,12 +63,14 @@ func BuildRootfs(ctx context.Context, desc *rootfs.Descriptor, src Sources, dest
 
 	open := src.OpenBlob
 	if open == nil {
-		open = func(_ context.Context, l rootfs.Layer) (io.ReadCloser, error) { return os.Open(l.Path) }
+		open = func(context.Context, *agentapi.RootfsLayer) (io.ReadCloser, error) {
+			return nil, fmt.Errorf("no blob source: %w", errdefs.ErrFailedPrecondition)
+		}
 	}
-	var fetcher func(ctx context.Context, l rootfs.Layer) (io.ReadCloser, error)
+	var fetcher func(ctx context.Context, l *agentapi.RootfsLayer) (io.ReadCloser, error)
 	needRegistry := false
 	for _, l := range desc.Layers {
-		needRegistry = needRegistry || l.Source != rootfs.SourceBlob
+		needRegistry = needRegistry || l.GetSource() != agentapi.RootfsLayer_BLOB
 	}
 	if needRegistry {
 		if src.Dialer == nil || desc.ImageRef == "" {
@@ -85,22 +84,20 @@ func BuildRootfs(ctx context.Context, desc *rootfs.Descriptor, src Sources, dest
 		fetcher = f
 	}
 	// Plain layers come from the registry by digest, verified like the rest.
-	patched := *desc
-	patched.Layers = make([]rootfs.Layer, len(desc.Layers))
+	patched := proto.Clone(desc).(*agentapi.RootfsDescriptor)
 	fromRegistry := map[string]bool{}
-	for i, l := range desc.Layers {
-		if l.Source != rootfs.SourceBlob {
+	for _, l := range patched.Layers {
+		if l.GetSource() != agentapi.RootfsLayer_BLOB {
 			if l.MediaType == "" {
 				// The manifest's media type is used for fetching;
 				// DecompressStream detects the compression.
 				l.MediaType = ocispec.MediaTypeImageLayerGzip
 			}
 			fromRegistry[l.Digest] = true
-			l.Source, l.Path = rootfs.SourceBlob, "registry"
+			l.Source = agentapi.RootfsLayer_BLOB
 		}
-		patched.Layers[i] = l
 	}
-	return DecryptLayers(ctx, &patched, src.Keys, dest, WithBlobOpener(func(ctx context.Context, l rootfs.Layer) (io.ReadCloser, error) {
+	return DecryptLayers(ctx, patched, src.Keys, dest, WithBlobOpener(func(ctx context.Context, l *agentapi.RootfsLayer) (io.ReadCloser, error) {
 		if fromRegistry[l.Digest] {
 			return fetcher(ctx, l)
 		}
@@ -112,7 +109,7 @@ func BuildRootfs(ctx context.Context, desc *rootfs.Descriptor, src Sources, dest
 // digest: the manifest pinned by manifestDigest (verified) gives their
 // media types and sizes; a layer it does not list is refused. Blob
 // verification is the caller's.
-func registryFetcher(ctx context.Context, ref string, manifestDigest string, dialer Dialer, popts []PullOpt) (func(context.Context, rootfs.Layer) (io.ReadCloser, error), func(), error) {
+func registryFetcher(ctx context.Context, ref string, manifestDigest string, dialer Dialer, popts []PullOpt) (func(context.Context, *agentapi.RootfsLayer) (io.ReadCloser, error), func(), error) {
 	md, err := digest.Parse(manifestDigest)
 	if err != nil {
 		return nil, nil, fmt.Errorf("fetching plain layers needs the manifest digest, got %q: %w", manifestDigest, errdefs.ErrFailedPrecondition)
@@ -151,7 +148,7 @@ func registryFetcher(ctx context.Context, ref string, manifestDigest string, dia
 	for _, l := range m.Layers {
 		layers[l.Digest.String()] = l
 	}
-	return func(ctx context.Context, l rootfs.Layer) (io.ReadCloser, error) {
+	return func(ctx context.Context, l *agentapi.RootfsLayer) (io.ReadCloser, error) {
 		d, ok := layers[l.Digest]
 		if !ok {
 			return nil, fmt.Errorf("layer %s is not in manifest %s: %w", l.Digest, md, errdefs.ErrNotFound)

@@ -4,20 +4,18 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"os"
 
 	"github.com/containerd/errdefs"
 	"github.com/containerd/log"
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
-	"github.com/raksh-project/raksh/snapshotter/rootfs"
+	agentapi "github.com/raksh-project/raksh/api/agent/v1"
 )
 
-// BlobOpener opens the ciphertext blob of a layer the host shared into the
-// VM (by default os.Open of the layer's Path; the agent maps host paths to
-// where the share is mounted in the guest, or opens a host stream).
-type BlobOpener func(ctx context.Context, l rootfs.Layer) (io.ReadCloser, error)
+// BlobOpener opens the ciphertext blob of a BLOB layer, which the host sends
+// into the VM (the agent opens the layer's blob stream).
+type BlobOpener func(ctx context.Context, l *agentapi.RootfsLayer) (io.ReadCloser, error)
 
 type decryptOptions struct {
 	open BlobOpener
@@ -26,30 +24,31 @@ type decryptOptions struct {
 // DecryptOpt configures DecryptLayers.
 type DecryptOpt func(*decryptOptions)
 
-// WithBlobOpener sets how layer blobs are opened.
+// WithBlobOpener sets how layer blobs are opened (required).
 func WithBlobOpener(o BlobOpener) DecryptOpt {
 	return func(d *decryptOptions) { d.open = o }
 }
 
-// DecryptLayers builds a rootfs in dest from a raksh rootfs descriptor of
-// mode "layers": each blob layer is read (ciphertext, as cached by the host),
+// DecryptLayers builds a rootfs in dest from a rootfs descriptor of mode
+// LAYERS: each blob layer is read (ciphertext, as cached by the host),
 // its digest checked, decrypted with keys from keys when encrypted,
 // decompressed, checked against its diff ID and unpacked, bottom to top.
 // dest must not exist or be empty; on error nothing is left behind.
-// Host-unpacked plain layers (source "dir") are not supported here.
-func DecryptLayers(ctx context.Context, desc *rootfs.Descriptor, keys KeyProvider, dest string, opts ...DecryptOpt) ([]LayerResult, error) {
-	o := decryptOptions{open: func(_ context.Context, l rootfs.Layer) (io.ReadCloser, error) { return os.Open(l.Path) }}
+// Layers of source REGISTRY are not supported here (BuildRootfs fetches
+// them).
+func DecryptLayers(ctx context.Context, desc *agentapi.RootfsDescriptor, keys KeyProvider, dest string, opts ...DecryptOpt) ([]LayerResult, error) {
+	var o decryptOptions
 	for _, opt := range opts {
 		opt(&o)
 	}
-	if desc == nil {
-		return nil, fmt.Errorf("no rootfs descriptor: %w", errdefs.ErrInvalidArgument)
-	}
-	if err := desc.Validate(); err != nil {
+	if err := ValidateDescriptor(desc); err != nil {
 		return nil, fmt.Errorf("%w: %w", err, errdefs.ErrInvalidArgument)
 	}
-	if desc.Mode != rootfs.ModeLayers {
-		return nil, fmt.Errorf("rootfs descriptor mode %q is not %q (use Pull): %w", desc.Mode, rootfs.ModeLayers, errdefs.ErrInvalidArgument)
+	if desc.GetMode() != agentapi.RootfsDescriptor_LAYERS {
+		return nil, fmt.Errorf("rootfs descriptor mode %v is not %v (use Pull): %w", desc.GetMode(), agentapi.RootfsDescriptor_LAYERS, errdefs.ErrInvalidArgument)
+	}
+	if o.open == nil {
+		return nil, fmt.Errorf("no blob opener for the descriptor's blob layers: %w", errdefs.ErrFailedPrecondition)
 	}
 	tmp, commit, discard, err := stage(dest)
 	if err != nil {
@@ -63,16 +62,16 @@ func DecryptLayers(ctx context.Context, desc *rootfs.Descriptor, keys KeyProvide
 	}()
 	var results []LayerResult
 	for _, l := range desc.Layers {
-		if l.Source != rootfs.SourceBlob {
-			return nil, fmt.Errorf("layer %s: source %q: %w", l.Digest, l.Source, errdefs.ErrNotImplemented)
+		if l.GetSource() != agentapi.RootfsLayer_BLOB {
+			return nil, fmt.Errorf("layer %s: source %v: %w", l.Digest, l.GetSource(), errdefs.ErrNotImplemented)
 		}
 		d, err := digest.Parse(l.Digest)
 		if err != nil {
 			return nil, fmt.Errorf("layer digest %q: %w", l.Digest, errdefs.ErrInvalidArgument)
 		}
-		diffID, err := digest.Parse(l.DiffID)
+		diffID, err := digest.Parse(l.DiffId)
 		if err != nil {
-			return nil, fmt.Errorf("layer %s: diff ID %q: %w", l.Digest, l.DiffID, errdefs.ErrInvalidArgument)
+			return nil, fmt.Errorf("layer %s: diff ID %q: %w", l.Digest, l.DiffId, errdefs.ErrInvalidArgument)
 		}
 		rc, err := o.open(ctx, l)
 		if err != nil {

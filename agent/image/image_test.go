@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log"
 	"net"
@@ -20,7 +21,7 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/raksh-project/raksh/agent/image/imagetest"
-	"github.com/raksh-project/raksh/snapshotter/rootfs"
+	agentapi "github.com/raksh-project/raksh/api/agent/v1"
 )
 
 const marker = "RAKSH-MARKER-7f3a9c"
@@ -233,21 +234,36 @@ func TestPullEncrypted(t *testing.T) {
 	}
 }
 
-// writeCache writes blobs as the host's ciphertext cache would hold them.
-func writeCache(t *testing.T, layers ...*imagetest.Layer) *rootfs.Descriptor {
+// writeCache writes blobs as the host's ciphertext cache would hold them
+// and returns their descriptor and the file of each blob digest.
+func writeCache(t *testing.T, layers ...*imagetest.Layer) (*agentapi.RootfsDescriptor, map[string]string) {
 	dir := t.TempDir()
-	d := &rootfs.Descriptor{Version: rootfs.Version, Mode: rootfs.ModeLayers}
+	d := &agentapi.RootfsDescriptor{Mode: agentapi.RootfsDescriptor_LAYERS}
+	files := map[string]string{}
 	for _, l := range layers {
 		p := filepath.Join(dir, l.Digest().Encoded())
 		if err := os.WriteFile(p, l.Blob, 0o444); err != nil {
 			t.Fatal(err)
 		}
-		d.Layers = append(d.Layers, rootfs.Layer{
-			Digest: l.Digest().String(), DiffID: l.DiffID.String(), MediaType: l.MediaType,
-			Annotations: l.Annotations, Size: int64(len(l.Blob)), Source: rootfs.SourceBlob, Path: p,
+		files[l.Digest().String()] = p
+		d.Layers = append(d.Layers, &agentapi.RootfsLayer{
+			Digest: l.Digest().String(), DiffId: l.DiffID.String(), MediaType: l.MediaType,
+			Annotations: l.Annotations, Size: int64(len(l.Blob)), Source: agentapi.RootfsLayer_BLOB,
 		})
 	}
-	return d
+	return d, files
+}
+
+// blobFiles opens each blob layer from the file of its digest, as the
+// agent opens the blob stream the shim sends.
+func blobFiles(files map[string]string) BlobOpener {
+	return func(_ context.Context, l *agentapi.RootfsLayer) (io.ReadCloser, error) {
+		p, ok := files[l.Digest]
+		if !ok {
+			return nil, fmt.Errorf("no blob %s: %w", l.Digest, errdefs.ErrNotFound)
+		}
+		return os.Open(p)
+	}
 }
 
 func TestDecryptLayers(t *testing.T) {
@@ -264,9 +280,9 @@ func TestDecryptLayers(t *testing.T) {
 	}
 
 	t.Run("ok", func(t *testing.T) {
-		desc := writeCache(t, base, top)
+		desc, files := writeCache(t, base, top)
 		dest := filepath.Join(t.TempDir(), "rootfs")
-		res, err := DecryptLayers(ctx, desc, keyFiles(t, priv), dest)
+		res, err := DecryptLayers(ctx, desc, keyFiles(t, priv), dest, WithBlobOpener(blobFiles(files)))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -288,33 +304,38 @@ func TestDecryptLayers(t *testing.T) {
 	}
 	for _, tc := range []struct {
 		name   string
-		mutate func(d *rootfs.Descriptor)
+		mutate func(d *agentapi.RootfsDescriptor, files map[string]string)
 		keys   KeyProvider
 		want   error
 	}{
 		{"wrong key", nil, keyFiles(t, wrongPriv), ErrDecrypt},
-		{"corrupt ciphertext", func(d *rootfs.Descriptor) {
-			os.Chmod(d.Layers[1].Path, 0o644)
-			b, _ := os.ReadFile(d.Layers[1].Path)
-			os.WriteFile(d.Layers[1].Path, flip(b), 0o444)
+		{"corrupt ciphertext", func(d *agentapi.RootfsDescriptor, files map[string]string) {
+			p := files[d.Layers[1].Digest]
+			os.Chmod(p, 0o644)
+			b, _ := os.ReadFile(p)
+			os.WriteFile(p, flip(b), 0o444)
 		}, keyFiles(t, priv), ErrDigestMismatch},
-		{"corrupt ciphertext, host lies about digest", func(d *rootfs.Descriptor) {
-			os.Chmod(d.Layers[1].Path, 0o644)
-			b, _ := os.ReadFile(d.Layers[1].Path)
+		{"corrupt ciphertext, host lies about digest", func(d *agentapi.RootfsDescriptor, files map[string]string) {
+			p := files[d.Layers[1].Digest]
+			os.Chmod(p, 0o644)
+			b, _ := os.ReadFile(p)
 			b = flip(b)
-			os.WriteFile(d.Layers[1].Path, b, 0o444)
+			os.WriteFile(p, b, 0o444)
 			d.Layers[1].Digest = digest.FromBytes(b).String()
+			files[d.Layers[1].Digest] = p
 		}, keyFiles(t, priv), ErrDecrypt},
-		{"wrong diff id", func(d *rootfs.Descriptor) { d.Layers[1].DiffID = digest.FromString("x").String() }, keyFiles(t, priv), ErrDiffIDMismatch},
-		{"unknown media type", func(d *rootfs.Descriptor) { d.Layers[0].MediaType = "application/x-tar" }, keyFiles(t, priv), ErrUnsupportedMediaType},
+		{"wrong diff id", func(d *agentapi.RootfsDescriptor, _ map[string]string) {
+			d.Layers[1].DiffId = digest.FromString("x").String()
+		}, keyFiles(t, priv), ErrDiffIDMismatch},
+		{"unknown media type", func(d *agentapi.RootfsDescriptor, _ map[string]string) { d.Layers[0].MediaType = "application/x-tar" }, keyFiles(t, priv), ErrUnsupportedMediaType},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			desc := writeCache(t, base, top)
+			desc, files := writeCache(t, base, top)
 			if tc.mutate != nil {
-				tc.mutate(desc)
+				tc.mutate(desc, files)
 			}
 			dest := filepath.Join(t.TempDir(), "rootfs")
-			_, err := DecryptLayers(ctx, desc, tc.keys, dest)
+			_, err := DecryptLayers(ctx, desc, tc.keys, dest, WithBlobOpener(blobFiles(files)))
 			if !errors.Is(err, tc.want) {
 				t.Fatalf("want %v, got %v", tc.want, err)
 			}
@@ -323,8 +344,8 @@ func TestDecryptLayers(t *testing.T) {
 	}
 
 	t.Run("guest-pull descriptor", func(t *testing.T) {
-		d := &rootfs.Descriptor{Version: 1, Mode: rootfs.ModeGuestPull, ImageRef: "r", Layers: []rootfs.Layer{{Digest: "sha256:aa", Source: rootfs.SourceGuestPull}}}
-		if _, err := DecryptLayers(ctx, d, nil, filepath.Join(t.TempDir(), "r")); !errdefs.IsInvalidArgument(err) {
+		d := &agentapi.RootfsDescriptor{Mode: agentapi.RootfsDescriptor_GUEST_PULL, ImageRef: "r", Layers: []*agentapi.RootfsLayer{{Digest: "sha256:aa", Source: agentapi.RootfsLayer_REGISTRY}}}
+		if _, err := DecryptLayers(ctx, d, nil, filepath.Join(t.TempDir(), "r"), WithBlobOpener(blobFiles(nil))); !errdefs.IsInvalidArgument(err) {
 			t.Fatalf("want invalid argument, got %v", err)
 		}
 	})
@@ -360,8 +381,8 @@ func TestBuildRootfs(t *testing.T) {
 	}
 
 	t.Run("guest pull", func(t *testing.T) {
-		d := &rootfs.Descriptor{Version: 1, Mode: rootfs.ModeGuestPull, ImageRef: ref, ManifestDigest: mdgst.String(),
-			Layers: []rootfs.Layer{{Digest: base.Digest().String(), Source: rootfs.SourceGuestPull}, {Digest: top.Digest().String(), Source: rootfs.SourceGuestPull}}}
+		d := &agentapi.RootfsDescriptor{Mode: agentapi.RootfsDescriptor_GUEST_PULL, ImageRef: ref, ManifestDigest: mdgst.String(),
+			Layers: []*agentapi.RootfsLayer{{Digest: base.Digest().String(), Source: agentapi.RootfsLayer_REGISTRY}, {Digest: top.Digest().String(), Source: agentapi.RootfsLayer_REGISTRY}}}
 		dest := filepath.Join(t.TempDir(), "rootfs")
 		if _, err := BuildRootfs(ctx, d, Sources{Dialer: dialer.dial, Keys: keyFiles(t, priv)}, dest); err != nil {
 			t.Fatal(err)
@@ -369,16 +390,17 @@ func TestBuildRootfs(t *testing.T) {
 		check(t, dest)
 	})
 
-	mixed := func(t *testing.T) *rootfs.Descriptor {
-		d := writeCache(t, top)
+	mixed := func(t *testing.T) (*agentapi.RootfsDescriptor, BlobOpener) {
+		d, files := writeCache(t, top)
 		d.ImageRef, d.ManifestDigest = ref, mdgst.String()
-		d.Layers = append([]rootfs.Layer{{Digest: base.Digest().String(), DiffID: base.DiffID.String(), Source: rootfs.SourceDir, Path: "/host/unverifiable"}}, d.Layers...)
-		return d
+		d.Layers = append([]*agentapi.RootfsLayer{{Digest: base.Digest().String(), DiffId: base.DiffID.String(), Source: agentapi.RootfsLayer_REGISTRY}}, d.Layers...)
+		return d, blobFiles(files)
 	}
 	t.Run("mixed: plain layer from the registry, encrypted from the cache", func(t *testing.T) {
 		before := dialer.n.Load()
 		dest := filepath.Join(t.TempDir(), "rootfs")
-		if _, err := BuildRootfs(ctx, mixed(t), Sources{Dialer: dialer.dial, Keys: keyFiles(t, priv)}, dest); err != nil {
+		d, open := mixed(t)
+		if _, err := BuildRootfs(ctx, d, Sources{Dialer: dialer.dial, Keys: keyFiles(t, priv), OpenBlob: open}, dest); err != nil {
 			t.Fatal(err)
 		}
 		check(t, dest)
@@ -388,14 +410,15 @@ func TestBuildRootfs(t *testing.T) {
 	})
 	t.Run("mixed without registry access", func(t *testing.T) {
 		dest := filepath.Join(t.TempDir(), "rootfs")
-		if _, err := BuildRootfs(ctx, mixed(t), Sources{Keys: keyFiles(t, priv)}, dest); !errdefs.IsFailedPrecondition(err) {
+		d, open := mixed(t)
+		if _, err := BuildRootfs(ctx, d, Sources{Keys: keyFiles(t, priv), OpenBlob: open}, dest); !errdefs.IsFailedPrecondition(err) {
 			t.Fatalf("want failed precondition, got %v", err)
 		}
 		noLeftovers(t, dest)
 	})
 	t.Run("guest pull with a wrong manifest digest", func(t *testing.T) {
-		d := &rootfs.Descriptor{Version: 1, Mode: rootfs.ModeGuestPull, ImageRef: ref, ManifestDigest: digest.FromString("x").String(),
-			Layers: []rootfs.Layer{{Digest: base.Digest().String(), Source: rootfs.SourceGuestPull}}}
+		d := &agentapi.RootfsDescriptor{Mode: agentapi.RootfsDescriptor_GUEST_PULL, ImageRef: ref, ManifestDigest: digest.FromString("x").String(),
+			Layers: []*agentapi.RootfsLayer{{Digest: base.Digest().String(), Source: agentapi.RootfsLayer_REGISTRY}}}
 		dest := filepath.Join(t.TempDir(), "rootfs")
 		if _, err := BuildRootfs(ctx, d, Sources{Dialer: dialer.dial}, dest); !errors.Is(err, ErrDigestMismatch) {
 			t.Fatalf("want ErrDigestMismatch, got %v", err)

@@ -3,6 +3,7 @@ package kbssession
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strings"
 
 	"github.com/containerd/errdefs"
@@ -68,4 +69,39 @@ func (k *ImageKeys) PrivateKeys(ctx context.Context, _ ocispec.Descriptor) ([][]
 		keys = append(keys, b)
 	}
 	return keys, nil
+}
+
+// PodImageKeys is the agent's image.KeyProvider: the broker resources of
+// the kernel command line (raksh.image_keys, from the runtime config) and
+// of the pod's verified init data, fetched from the broker; with neither,
+// the fallback (the key files baked into the initrd). It consults the init
+// data on every call, so a pod whose bound init data was not delivered
+// gets no keys.
+type PodImageKeys struct {
+	session  *Session
+	cmdline  []string
+	fallback image.KeyProvider
+}
+
+var _ image.KeyProvider = (*PodImageKeys)(nil)
+
+// NewPodImageKeys returns the provider of a pod's image keys.
+func NewPodImageKeys(s *Session, cmdline []string, fallback image.KeyProvider) *PodImageKeys {
+	return &PodImageKeys{session: s, cmdline: cmdline, fallback: fallback}
+}
+
+// PrivateKeys implements image.KeyProvider.
+func (k *PodImageKeys) PrivateKeys(ctx context.Context, layer ocispec.Descriptor) ([][]byte, error) {
+	d, err := k.session.InitData(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("image keys: %w", err)
+	}
+	paths := k.cmdline
+	if d != nil {
+		paths = append(slices.Clone(paths), d.ImageKeys...)
+	}
+	if len(paths) == 0 {
+		return k.fallback.PrivateKeys(ctx, layer)
+	}
+	return NewImageKeys(paths, k.session.Resources).PrivateKeys(ctx, layer)
 }

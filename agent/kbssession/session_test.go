@@ -9,7 +9,9 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
+	"errors"
 	"math/big"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -17,6 +19,7 @@ import (
 	"time"
 
 	"github.com/containerd/errdefs"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/raksh-project/raksh/tee/initdata"
 	"github.com/raksh-project/raksh/tee/sim"
@@ -137,4 +140,38 @@ func selfSigned(t *testing.T, name string) tls.Certificate {
 		t.Fatal(err)
 	}
 	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
+}
+
+type fallbackKeys struct{ called *bool }
+
+func (f fallbackKeys) PrivateKeys(context.Context, ocispec.Descriptor) ([][]byte, error) {
+	*f.called = true
+	return [][]byte{[]byte("baked")}, nil
+}
+
+func TestPodImageKeys(t *testing.T) {
+	ctx := context.Background()
+	var called bool
+	// No init data, no command line keys: the baked key files.
+	s := simSession(t, nil)
+	keys, err := NewPodImageKeys(s, nil, fallbackKeys{&called}).PrivateKeys(ctx, ocispec.Descriptor{})
+	if err != nil || !called || len(keys) != 1 {
+		t.Fatalf("fallback: %q, %v (called %v)", keys, err, called)
+	}
+	// Init data bound but not delivered: no keys at all.
+	withKeys := `{"version":"raksh.initdata/v1","image_keys":["default/image-key/pod"]}`
+	s = simSession(t, initdata.Digest([]byte(withKeys)))
+	s.dial = func(context.Context, string) (net.Conn, error) { return nil, errors.New("no broker in this test") }
+	called = false
+	if _, err := NewPodImageKeys(s, nil, fallbackKeys{&called}).PrivateKeys(ctx, ocispec.Descriptor{}); err == nil || called {
+		t.Fatalf("undelivered init data: %v (fallback called %v)", err, called)
+	}
+	// Delivered: the init data's resources come from the broker.
+	if err := s.Deliver(ctx, []byte(withKeys)); err != nil {
+		t.Fatal(err)
+	}
+	_, err = NewPodImageKeys(s, nil, fallbackKeys{&called}).PrivateKeys(ctx, ocispec.Descriptor{})
+	if err == nil || called || !strings.Contains(err.Error(), "image key default/image-key/pod from the key broker") {
+		t.Fatalf("init data image keys: %v (fallback called %v)", err, called)
+	}
 }

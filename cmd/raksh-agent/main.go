@@ -20,6 +20,7 @@ import (
 	"github.com/raksh-project/raksh/agent/scratch"
 	"github.com/raksh-project/raksh/agent/kbssession"
 	"github.com/raksh-project/raksh/internal/transport"
+	"github.com/raksh-project/raksh/internal/version"
 	"github.com/raksh-project/raksh/internal/wire"
 )
 
@@ -32,6 +33,10 @@ const (
 )
 
 func main() {
+	if version.Requested(os.Args[1:]) {
+		fmt.Println(version.String("raksh-agent"))
+		return
+	}
 	ctx := context.Background()
 	log.L.Logger.SetOutput(os.Stderr)
 	if err := run(ctx); err != nil {
@@ -133,17 +138,17 @@ func run(ctx context.Context) error {
 	kbs := kbssession.New(func(ctx context.Context, target string) (net.Conn, error) {
 		return sess.Open(ctx, wire.ProxyPrefix+target)
 	})
-	var imageKeys []agent.Opt
+	var paths []string
 	if v, ok := args[kbssession.ImageKeysArg]; ok {
-		// Image keys from the key broker; without the parameter the agent
-		// keeps using the key files baked into the initrd.
-		paths, err := kbssession.ParseImageKeys(v)
-		if err != nil {
+		// Image keys from the key broker (so do the pod's init data's);
+		// with neither the agent keeps using the key files baked into the
+		// initrd.
+		if paths, err = kbssession.ParseImageKeys(v); err != nil {
 			return err
 		}
-		imageKeys = append(imageKeys, agent.WithImageKeys(kbssession.NewImageKeys(paths, kbs.Resources)))
 		log.G(ctx).WithField("resources", paths).Info("image decryption keys come from the key broker")
 	}
+	imageKeys := []agent.Opt{agent.WithImageKeys(kbssession.NewPodImageKeys(kbs, paths, agent.KeyDir(agent.DefaultImageKeyDir)))}
 	var svc *agent.Service
 	svc = agent.NewService(stateRoot, rt, append(imageKeys,
 		agent.WithStats(agent.CgroupStats),

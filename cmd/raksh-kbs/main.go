@@ -9,12 +9,15 @@ import (
 	"syscall"
 
 	"github.com/urfave/cli/v2"
+
+	"github.com/raksh-project/raksh/internal/version"
 )
 
 func main() {
 	app := &cli.App{
-		Name:  "raksh-kbs",
-		Usage: "key broker speaking the Trustee KBS protocol (RCAR)",
+		Name:    "raksh-kbs",
+		Usage:   "key broker speaking the Trustee KBS protocol (RCAR)",
+		Version: version.Version,
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "config", Aliases: []string{"c"}, Usage: "TOML configuration file (optional)"},
 			&cli.StringFlag{Name: "address", Usage: "listen address (default 127.0.0.1:8080)"},

@@ -16,6 +16,7 @@ import (
 	"github.com/containerd/log"
 	"github.com/containerd/nri/pkg/stub"
 
+	"github.com/raksh-project/raksh/internal/version"
 	"github.com/raksh-project/raksh/nri"
 )
 
@@ -26,8 +27,13 @@ func main() {
 		socket     = flag.String("socket", "", "NRI socket to connect to (default /var/run/nri/nri.sock)")
 		configPath = flag.String("config", "", "YAML configuration used when the runtime passes none (external mode)")
 		logLevel   = flag.String("log-level", "info", "log level")
+		showVer    = flag.Bool("version", false, "print the version and exit")
 	)
 	flag.Parse()
+	if *showVer {
+		fmt.Println(version.String("raksh-nri"))
+		return
+	}
 	if err := log.SetLevel(*logLevel); err != nil {
 		fmt.Fprintln(os.Stderr, "raksh-nri:", err)
 		os.Exit(2)

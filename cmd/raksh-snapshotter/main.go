@@ -14,6 +14,7 @@ import (
 
 	"github.com/containerd/log"
 
+	"github.com/raksh-project/raksh/internal/version"
 	"github.com/raksh-project/raksh/snapshotter"
 )
 
@@ -23,8 +24,13 @@ func main() {
 		address    = flag.String("address", "", "override the socket address")
 		root       = flag.String("root", "", "override the root directory")
 		logLevel   = flag.String("log-level", "", "override the log level")
+		showVer    = flag.Bool("version", false, "print the version and exit")
 	)
 	flag.Parse()
+	if *showVer {
+		fmt.Println(version.String("raksh-snapshotter"))
+		return
+	}
 
 	cfg := snapshotter.DefaultConfig()
 	if *configPath != "" {

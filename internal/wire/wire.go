@@ -1,7 +1,7 @@
-// Package wire holds the conventions shared by the shim and the agent on top
-// of the containerd task API: stream names, the spec carried in a task's
-// Options and the rootfs mount types. Both ends import it so the protocol is
-// defined in one place.
+// Package wire holds the stream conventions shared by the shim and the agent
+// beside the agent API (api/agent/v1): stream names, the tar rootfs mount
+// type and id checks. Both ends import it so the protocol is defined in one
+// place.
 package wire
 
 import (
@@ -9,31 +9,15 @@ import (
 	"strings"
 )
 
-// SpecTypeURL is the type URL of the Any in CreateTaskRequest.Options and
-// ExecProcessRequest.Spec carrying JSON (an OCI runtime spec or process).
-const SpecTypeURL = "raksh.io/oci+json"
-
 // RootfsTar is the rootfs mount type whose Source names a stream carrying a
 // tar archive of the container's root filesystem.
 const RootfsTar = "raksh.tar"
 
-// RootfsImage is the rootfs mount type of a container whose root filesystem
-// the guest builds itself from a raksh rootfs descriptor (package
-// snapshotter/rootfs, version 1): by pulling the image through the
-// host-forwarded registry stream, or by decrypting ciphertext layers the
-// host cached. The mount's Source is RootfsStream of the container (unused:
-// nothing is streamed on it) and its Options hold exactly one
-// DescriptorOption. The cached blob of each "blob" layer arrives on its own
-// BlobStream. The host never unpacks such a rootfs.
-const RootfsImage = "raksh.image"
-
-// DescriptorOption prefixes the option of a RootfsImage mount that carries
-// the descriptor as JSON.
-const DescriptorOption = "raksh.descriptor="
-
 // BlobStream returns the name of the stream carrying the n-th (from 0)
-// occurrence, bottom to top, of the cached layer blob digest among the
-// "blob" layers of a container's rootfs descriptor. The shim opens them in
+// occurrence, bottom to top, of the cached layer blob digest among the BLOB
+// layers of a container's rootfs descriptor (agentapi.RootfsDescriptor, in
+// the CreateContainerOptions of its create request; the host never unpacks
+// such a rootfs). The shim opens them in
 // layer order, one after the other; the guest checks every blob's digest.
 func BlobStream(containerID, digest string, n int) string {
 	return fmt.Sprintf("blob/%s/%s/%d", containerID, digest, n)

@@ -20,22 +20,6 @@ const DefaultConfigPath = "/etc/raksh/runtime.toml"
 // ConfigEnv overrides the configuration path.
 const ConfigEnv = "RAKSH_RUNTIME_CONFIG"
 
-// Duration is a time.Duration written as a string ("30s") in TOML.
-type Duration struct{ time.Duration }
-
-// UnmarshalText implements encoding.TextUnmarshaler.
-func (d *Duration) UnmarshalText(b []byte) error {
-	v, err := time.ParseDuration(string(b))
-	if err != nil {
-		return err
-	}
-	d.Duration = v
-	return nil
-}
-
-// MarshalText implements encoding.TextMarshaler.
-func (d Duration) MarshalText() ([]byte, error) { return []byte(d.String()), nil }
-
 // Config is the shim's configuration (/etc/raksh/runtime.toml).
 type Config struct {
 	// QEMUPath is the QEMU binary.
@@ -52,11 +36,14 @@ type Config struct {
 	// MemoryMiB and VCPUs size each VM.
 	MemoryMiB uint `toml:"memory_mib"`
 	VCPUs     uint `toml:"vcpus"`
-	// BootTimeout bounds a boot until the agent answers.
-	BootTimeout Duration `toml:"boot_timeout"`
-	// KVMProbeTimeout bounds the KVM probe boot.
-	KVMProbeTimeout Duration `toml:"kvm_probe_timeout"`
-	// StateDir holds per-VM sockets and console logs.
+	// BootTimeout bounds a boot until the agent answers ("2m" in TOML:
+	// the TOML library decodes durations natively).
+	BootTimeout time.Duration `toml:"boot_timeout"`
+	// KVMProbeTimeout bounds the KVM probe boot ("15s").
+	KVMProbeTimeout time.Duration `toml:"kvm_probe_timeout"`
+	// StateDir holds per-VM sockets and console logs; each VM's directory
+	// is removed with the VM unless Debug is set. At most 73 bytes, so
+	// that VM sockets fit in a unix socket address (see VMDir).
 	StateDir string `toml:"state_dir"`
 	// Transport is "auto" (vsock when /dev/vhost-vsock exists), "vsock" or
 	// "serial" (virtio-serial multiplexed with yamux).
@@ -64,7 +51,8 @@ type Config struct {
 	// RequireEnvelope refuses non-sandbox containers without a sealed
 	// envelope (set it on nodes where every workload must be sealed).
 	RequireEnvelope bool `toml:"require_envelope"`
-	// Debug keeps the guest console log and raises the agent's log level.
+	// Debug keeps each VM's state directory (its guest console log) after
+	// the pod and raises the agent's log level.
 	Debug bool `toml:"debug"`
 	// TEE is the trusted execution environment each VM is launched in:
 	// "none" (or empty, the default), "sim" (the simulated and INSECURE
@@ -97,6 +85,9 @@ type Config struct {
 	// and the broker's policy decides whether they are released. Empty: the
 	// agent uses the key files baked into its initrd (/etc/raksh/image-keys).
 	ImageKeys []string `toml:"image_keys"`
+	// Volumes bounds the kubelet volumes and CRI files the shim copies
+	// into the guest, and how often it polls them for updates.
+	Volumes VolumesConfig `toml:"volumes"`
 	// MemoryMaxMiB caps a VM's memory: memory_mib plus the pod's memory
 	// limit (see PodMemoryMiB and docs/storage.md). 0: no pod-sized
 	// memory, every VM gets memory_mib.
@@ -117,24 +108,37 @@ type Config struct {
 	PodScratchDiskMiB uint `toml:"-"`
 }
 
+// VolumesConfig is the [volumes] table (docs/volumes.md). Zero fields take
+// the defaults: 16 MiB and 1024 entries per volume, polled every second.
+type VolumesConfig struct {
+	// MaxBytes bounds the content of one copied volume.
+	MaxBytes int64 `toml:"max_bytes"`
+	// MaxFiles bounds the entries (files, directories, symlinks) of one
+	// copied volume.
+	MaxFiles int `toml:"max_files"`
+	// PollInterval is how often copied volumes are checked for updates.
+	PollInterval time.Duration `toml:"poll_interval"`
+}
+
 // DefaultConfig returns the configuration used for unset fields.
 func DefaultConfig() Config {
-	return Config{
-		QEMUPath:          "qemu-system-x86_64",
-		Kernel:            "/usr/share/raksh/vmlinuz",
-		Initrd:            "/usr/share/raksh/initrd.img",
-		Machine:           "pc",
-		Accel:             "auto",
-		MemoryMiB:         512,
-		VCPUs:             1,
-		BootTimeout:       Duration{2 * time.Minute},
-		KVMProbeTimeout:   Duration{15 * time.Second},
-		StateDir:          "/run/raksh",
-		Transport:         "auto",
-		MemoryMaxMiB:      8192,
-		ScratchDiskMaxMiB: 65536,
-		ScratchDir:        "/var/lib/raksh/scratch",
+	cfg := Config{
+		QEMUPath:        "qemu-system-x86_64",
+		Kernel:          "/usr/share/raksh/vmlinuz",
+		Initrd:          "/usr/share/raksh/initrd.img",
+		Machine:         "pc",
+		Accel:           "auto",
+		MemoryMiB:       512,
+		VCPUs:           1,
+		BootTimeout:     2 * time.Minute,
+		KVMProbeTimeout: 15 * time.Second,
+		StateDir:        "/run/raksh",
+		Transport:       "auto",
 	}
+	cfg.MemoryMaxMiB = 8192
+	cfg.ScratchDiskMaxMiB = 65536
+	cfg.ScratchDir = "/var/lib/raksh/scratch"
+	return cfg
 }
 
 // LoadConfig reads the TOML file at path over DefaultConfig. A missing file
@@ -168,6 +172,9 @@ func LoadConfig(path string) (Config, error) {
 	case "auto", "vsock", "serial":
 	default:
 		return cfg, fmt.Errorf("runtime config %s: transport %q is not auto, vsock or serial", path, cfg.Transport)
+	}
+	if err := validStateDir(cfg.StateDir); err != nil {
+		return cfg, fmt.Errorf("runtime config %s: %w", path, err)
 	}
 	if err := validTEE(&cfg, &md); err != nil {
 		return cfg, fmt.Errorf("runtime config %s: %w", path, err)

@@ -22,7 +22,7 @@ func TestLoadConfig(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if cfg.Kernel != "/k" || cfg.MemoryMiB != 1024 || cfg.BootTimeout.Duration != 45*time.Second || cfg.Proxy["kbs"] != "127.0.0.1:8080" {
+	if cfg.Kernel != "/k" || cfg.MemoryMiB != 1024 || cfg.BootTimeout != 45*time.Second || cfg.Proxy["kbs"] != "127.0.0.1:8080" {
 		t.Fatalf("config %+v", cfg)
 	}
 	if cfg.Initrd != DefaultConfig().Initrd || cfg.Accel != "auto" {
@@ -61,5 +61,17 @@ func TestLoadConfigSources(t *testing.T) {
 	cfg, err := LoadConfig("")
 	if err != nil || cfg.VCPUs != 3 {
 		t.Fatalf("config from the environment: %v %+v", err, cfg)
+	}
+}
+
+// TestShippedConfigLoads: contrib/raksh/runtime.toml (durations as strings,
+// decoded natively by the TOML library) loads.
+func TestShippedConfigLoads(t *testing.T) {
+	cfg, err := LoadConfig(filepath.Join("..", "..", "contrib", "raksh", "runtime.toml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.BootTimeout != 2*time.Minute || cfg.KVMProbeTimeout != 15*time.Second {
+		t.Fatalf("durations %v %v", cfg.BootTimeout, cfg.KVMProbeTimeout)
 	}
 }

@@ -15,7 +15,9 @@ func TestPodMemoryMiB(t *testing.T) {
 	limit := func(n int64) *specs.Spec {
 		return &specs.Spec{Linux: &specs.Linux{Resources: &specs.LinuxResources{Memory: &specs.LinuxMemory{Limit: &n}}}}
 	}
-	ann := func(v string) *specs.Spec { return &specs.Spec{Annotations: map[string]string{AnnotationSandboxMemory: v}} }
+	ann := func(v string) *specs.Spec {
+		return &specs.Spec{Annotations: map[string]string{AnnotationSandboxMemory: v}}
+	}
 	cfg := Config{MemoryMiB: 512, MemoryMaxMiB: 4096}
 	for _, tc := range []struct {
 		name string

@@ -23,8 +23,12 @@ import (
 type QEMUOptions struct {
 	// Config is the VM; its Accel may be "auto" (see AccelCache).
 	Config qemu.Config
-	// Dir is the VM's state directory (sockets, console log).
+	// Dir is the VM's state directory (sockets, console log). Shutdown
+	// removes it unless KeepDir is set.
 	Dir string
+	// KeepDir keeps Dir, with the guest console log, after Shutdown (the
+	// runtime's debug setting); its sockets are removed either way.
+	KeepDir bool
 	// BootTimeout bounds boot until the agent's handshake.
 	BootTimeout time.Duration
 	// KVMProbeTimeout bounds the first KVM boot when Accel is "auto"; a VM
@@ -184,7 +188,11 @@ func (v *qemuVM) boot(ctx context.Context, cfg qemu.Config, timeout time.Duratio
 		case <-time.After(500 * time.Millisecond): // a reset connection usually means QEMU is exiting
 		}
 		if errors.Is(bctx.Err(), context.DeadlineExceeded) {
-			return fmt.Errorf("agent did not answer within %s (accel %s; see %s): %w", timeout, cfg.Accel, cfg.ConsoleLog, err)
+			where := cfg.ConsoleLog
+			if !v.opts.KeepDir {
+				where += ", kept with debug = true in the runtime config"
+			}
+			return fmt.Errorf("agent did not answer within %s (accel %s; see %s): %w", timeout, cfg.Accel, where, err)
 		}
 		return fmt.Errorf("agent handshake: %w", err)
 	}
@@ -293,8 +301,14 @@ func (v *qemuVM) stopProcess(ctx context.Context) {
 func (v *qemuVM) Shutdown(ctx context.Context) error {
 	v.stopProcess(ctx)
 	v.once.Do(func() { close(v.done) })
-	os.Remove(filepath.Join(v.opts.Dir, "agent.sock"))
-	os.Remove(filepath.Join(v.opts.Dir, "qmp.sock"))
+	if v.opts.KeepDir {
+		os.Remove(filepath.Join(v.opts.Dir, "agent.sock"))
+		os.Remove(filepath.Join(v.opts.Dir, "qmp.sock"))
+		return nil
+	}
+	if err := os.RemoveAll(v.opts.Dir); err != nil {
+		return fmt.Errorf("remove the VM's state directory: %w", err)
+	}
 	return nil
 }
 

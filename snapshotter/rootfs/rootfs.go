@@ -12,7 +12,9 @@
 // copying image volumes) see the stub and no image content. The shim calls
 // ParseMount on the rootfs mounts it is given to decide what to hand the VM.
 //
-// The package is deliberately dependency-light: it only needs the mount type.
+// The package is deliberately dependency-light: it only needs the mount type
+// and the agent API's RootfsDescriptor, which is what crosses to the guest
+// (AgentDescriptor).
 package rootfs
 
 import (
@@ -24,6 +26,8 @@ import (
 	"path/filepath"
 
 	"github.com/containerd/containerd/v2/core/mount"
+
+	agentapi "github.com/raksh-project/raksh/api/agent/v1"
 )
 
 // Version is the descriptor format version this package writes and reads.
@@ -126,6 +130,27 @@ func (d *Descriptor) Validate() error {
 		}
 	}
 	return nil
+}
+
+// AgentDescriptor is what the guest gets of d, in the agent API: no host
+// paths. Layers the host unpacked (SourceDir) cannot be verified in the
+// guest, which fetches them from the registry by digest, as it does
+// SourceGuestPull layers; SourceBlob layers arrive on blob streams.
+func (d *Descriptor) AgentDescriptor() *agentapi.RootfsDescriptor {
+	g := &agentapi.RootfsDescriptor{Mode: agentapi.RootfsDescriptor_LAYERS, ImageRef: d.ImageRef, ManifestDigest: d.ManifestDigest}
+	if d.Mode == ModeGuestPull {
+		g.Mode = agentapi.RootfsDescriptor_GUEST_PULL
+	}
+	for _, l := range d.Layers {
+		src := agentapi.RootfsLayer_REGISTRY
+		if l.Source == SourceBlob {
+			src = agentapi.RootfsLayer_BLOB
+		}
+		g.Layers = append(g.Layers, &agentapi.RootfsLayer{
+			Digest: l.Digest, DiffId: l.DiffID, MediaType: l.MediaType, Annotations: l.Annotations, Size: l.Size, Source: src,
+		})
+	}
+	return g
 }
 
 // Stub files written next to the descriptor for host-side readers.

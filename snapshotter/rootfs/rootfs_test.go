@@ -1,11 +1,15 @@
 package rootfs
 
 import (
+	"bytes"
 	"os"
 	"path/filepath"
 	"testing"
 
 	"github.com/containerd/containerd/v2/core/mount"
+	"google.golang.org/protobuf/proto"
+
+	agentapi "github.com/raksh-project/raksh/api/agent/v1"
 )
 
 func TestWriteParse(t *testing.T) {
@@ -58,5 +62,35 @@ func TestParseMountNegative(t *testing.T) {
 				t.Fatalf("ParseMount = %v, %v, %v", d, ok, err)
 			}
 		})
+	}
+}
+
+// TestAgentDescriptor checks what crosses to the guest: modes and sources
+// mapped, every layer field but the host path kept.
+func TestAgentDescriptor(t *testing.T) {
+	d := &Descriptor{Version: Version, Mode: ModeLayers, ImageRef: "r/a:1", ManifestDigest: "sha256:mm", Layers: []Layer{
+		{Digest: "sha256:aa", DiffID: "sha256:da", Source: SourceDir, Path: "/var/lib/host/dir"},
+		{Digest: "sha256:bb", DiffID: "sha256:db", MediaType: "m", Size: 7, Annotations: map[string]string{"k": "v"}, Source: SourceBlob, Path: "/var/lib/host/blob"},
+	}}
+	g := d.AgentDescriptor()
+	if g.Mode != agentapi.RootfsDescriptor_LAYERS || g.ImageRef != "r/a:1" || g.ManifestDigest != "sha256:mm" || len(g.Layers) != 2 {
+		t.Fatalf("%v", g)
+	}
+	if l := g.Layers[0]; l.Source != agentapi.RootfsLayer_REGISTRY || l.Digest != "sha256:aa" || l.DiffId != "sha256:da" {
+		t.Errorf("dir layer: %v", l)
+	}
+	if l := g.Layers[1]; l.Source != agentapi.RootfsLayer_BLOB || l.MediaType != "m" || l.Size != 7 || l.Annotations["k"] != "v" {
+		t.Errorf("blob layer: %v", l)
+	}
+	b, err := proto.Marshal(g)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if bytes.Contains(b, []byte("/var/lib/host")) {
+		t.Error("a host path crosses to the guest")
+	}
+	d.Mode = ModeGuestPull
+	if g := d.AgentDescriptor(); g.Mode != agentapi.RootfsDescriptor_GUEST_PULL {
+		t.Errorf("guest-pull mode: %v", g.Mode)
 	}
 }

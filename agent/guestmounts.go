@@ -2,36 +2,131 @@ package agent
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path"
 
+	"github.com/containerd/errdefs"
+	"github.com/containerd/errdefs/pkg/errgrpc"
 	"github.com/containerd/log"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
 	"github.com/raksh-project/raksh/agent/mounts"
+	"github.com/raksh-project/raksh/agent/volumes"
+	agentapi "github.com/raksh-project/raksh/api/agent/v1"
 )
 
-// criFiles are the per-pod files CRI binds from the node into each
-// container. Until the shim delivers their content they are left out (and
-// logged), as before: the image's own files stay in place.
-var criFiles = map[string]bool{"/etc/hosts": true, "/etc/hostname": true, "/etc/resolv.conf": true, "/dev/termination-log": true}
+// CRI annotations naming a container's pod sandbox and its role.
+const (
+	annSandboxID     = "io.kubernetes.cri.sandbox-id"
+	annContainerType = "io.kubernetes.cri.container-type"
+)
+
+// podOf returns the pod a container belongs to for its shared guest
+// volumes (/dev/shm, emptyDirs): its CRI sandbox, or itself outside CRI.
+func podOf(c *container) string {
+	if c.spec != nil {
+		if sb := c.spec.Annotations[annSandboxID]; sb != "" {
+			return sb
+		}
+	}
+	return c.id
+}
 
 // guestMounts returns the mounts container c runs with in the guest (see
-// package mounts: a node path never resolves in the guest).
+// package mounts: a node path never resolves in the guest). Bind mounts
+// resolve to what the shim delivered through the Volumes service; CRI's
+// /dev/shm to the pod's shared guest tmpfs.
 func (s *Service) guestMounts(c *container) ([]specs.Mount, error) {
-	var in []specs.Mount
-	for _, m := range c.spec.Mounts {
-		if mounts.IsBind(m) && criFiles[path.Clean(m.Destination)] {
-			log.G(context.TODO()).WithField("id", c.id).WithField("destination", m.Destination).Warn("CRI file not delivered to the guest: left out")
-			continue
+	var shmErr error
+	resolve := func(m specs.Mount) (mounts.Resolved, bool) {
+		if p, kind, ok := s.volumes.Lookup(c.id, m.Destination); ok {
+			// Trees are copies the agent keeps updating: never writable.
+			return mounts.Resolved{Path: p, ReadOnly: kind == volumes.Tree}, true
 		}
-		in = append(in, m)
+		if path.Clean(m.Destination) == mounts.ShmDestination {
+			p, err := s.volumes.Shm(podOf(c))
+			if err != nil {
+				shmErr = err
+				return mounts.Resolved{}, false
+			}
+			return mounts.Resolved{Path: p}, true
+		}
+		return mounts.Resolved{}, false
 	}
-	out, err := mounts.Rewrite(in, nil)
+	ms, err := mounts.Rewrite(c.spec.Mounts, resolve)
+	if shmErr != nil {
+		log.G(context.TODO()).WithError(shmErr).WithField("id", c.id).Warn("pod /dev/shm unavailable: the container gets its own")
+	}
 	if err != nil {
 		return nil, err
 	}
-	return append(out, c.sealedMounts...), nil
+	// The sealed files the agent wrote itself (seal.go), added after
+	// the node's mounts were rewritten.
+	return append(ms, c.sealedMounts...), nil
+}
+
+// removeVolumes drops a deleted container's copies, and its pod's shared
+// volumes when it is the pod's sandbox (or outside CRI).
+func (s *Service) removeVolumes(ctx context.Context, c *container) {
+	if err := s.volumes.RemoveContainer(c.id); err != nil {
+		log.G(ctx).WithError(err).WithField("id", c.id).Warn("failed to remove volume copies")
+	}
+	if podOf(c) == c.id || c.spec.Annotations[annContainerType] == "sandbox" {
+		if err := s.volumes.RemovePod(c.id); err != nil {
+			log.G(ctx).WithError(err).WithField("id", c.id).Warn("failed to remove pod volumes")
+		}
+	}
+}
+
+// volumesService is the agent's agentapi.VolumesService.
+type volumesService struct{ s *Service }
+
+var _ agentapi.VolumesService = (*volumesService)(nil)
+
+// Put implements agentapi.VolumesService.
+func (v *volumesService) Put(ctx context.Context, r *agentapi.PutVolumeRequest) (*agentapi.PutVolumeResponse, error) {
+	vol := volumes.Volume{
+		Container: r.GetContainerId(), Destination: r.GetDestination(),
+		Pod: r.GetPodId(), Name: r.GetName(), SizeBytes: r.GetSizeBytes(),
+	}
+	switch r.GetKind() {
+	case agentapi.VolumeKind_VOLUME_KIND_TREE:
+		vol.Kind = volumes.Tree
+	case agentapi.VolumeKind_VOLUME_KIND_FILE:
+		vol.Kind = volumes.File
+	case agentapi.VolumeKind_VOLUME_KIND_EMPTY_DIR:
+		vol.Kind = volumes.EmptyDir
+	default:
+		return nil, errgrpc.ToGRPCf(errdefs.ErrInvalidArgument, "unknown volume kind %d", r.GetKind())
+	}
+	for _, e := range r.GetEntries() {
+		ve := volumes.Entry{Path: e.GetPath(), Mode: e.GetMode(), UID: e.GetUid(), GID: e.GetGid(), Data: e.GetData(), Target: e.GetTarget()}
+		switch e.GetType() {
+		case agentapi.EntryType_ENTRY_TYPE_DIR:
+			ve.Type = volumes.Dir
+		case agentapi.EntryType_ENTRY_TYPE_REGULAR:
+			ve.Type = volumes.Regular
+		case agentapi.EntryType_ENTRY_TYPE_SYMLINK:
+			ve.Type = volumes.Symlink
+		default:
+			return nil, errgrpc.ToGRPCf(errdefs.ErrInvalidArgument, "volume entry %q: unknown type %d", e.GetPath(), e.GetType())
+		}
+		vol.Entries = append(vol.Entries, ve)
+	}
+	if err := v.s.volumes.Put(vol); err != nil {
+		return nil, errgrpc.ToGRPC(err)
+	}
+	log.G(ctx).WithField("id", vol.Container).WithField("destination", vol.Destination).WithField("entries", len(vol.Entries)).Debug("volume delivered")
+	return &agentapi.PutVolumeResponse{}, nil
+}
+
+// Remove implements agentapi.VolumesService.
+func (v *volumesService) Remove(ctx context.Context, r *agentapi.RemoveVolumesRequest) (*agentapi.RemoveVolumesResponse, error) {
+	if err := v.s.volumes.RemoveContainer(r.GetContainerId()); err != nil {
+		return nil, errgrpc.ToGRPC(fmt.Errorf("remove volumes of %q: %w", r.GetContainerId(), err))
+	}
+	return &agentapi.RemoveVolumesResponse{}, nil
 }
 
 // makeRootDir creates a container's bundle (0700, the agent's) and its

@@ -22,6 +22,7 @@ func Serve(ctx context.Context, sess transport.Session, svc *Service) error {
 	taskAPI.RegisterTTRPCTaskService(server, svc)
 	agentapi.RegisterAgentService(server, &agentService{svc})
 	agentapi.RegisterEventsService(server, &eventsService{svc})
+	agentapi.RegisterVolumesService(server, &volumesService{svc})
 	agentapi.RegisterInitDataService(server, &initDataService{svc})
 	agentapi.RegisterNetworkService(server, &networkService{svc})
 	l := newChanListener()

@@ -27,6 +27,8 @@ import (
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
 	"github.com/raksh-project/raksh/agent/image"
+	"github.com/raksh-project/raksh/agent/mounts"
+	"github.com/raksh-project/raksh/agent/volumes"
 	agentapi "github.com/raksh-project/raksh/api/agent/v1"
 	"github.com/raksh-project/raksh/internal/wire"
 	"github.com/raksh-project/raksh/tee/initdata"
@@ -39,6 +41,8 @@ type Service struct {
 	root    string
 	rt      Runtime
 	streams *streams
+	// volumes holds the volumes the shim delivered (guestmounts.go).
+	volumes *volumes.Store
 
 	mu         sync.Mutex
 	containers map[string]*container
@@ -101,6 +105,7 @@ func NewService(root string, rt Runtime, opts ...Opt) *Service {
 		byPid:      map[int]*process{},
 		early:      map[int]int{},
 		events:     make(chan *types.Envelope, 64),
+		volumes:    volumes.NewStore(root+"-volumes", volumes.DefaultLimits),
 	}
 	for _, o := range opts {
 		o(s)
@@ -312,7 +317,15 @@ func (s *Service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 func (s *Service) adaptSpec(c *container, rootfs string) error {
 	spec := c.spec
 	spec.Root = &specs.Root{Path: rootfs, Readonly: spec.Root != nil && spec.Root.Readonly}
+	if n := mounts.HookCount(spec.Hooks); n > 0 {
+		// Hooks are node programs (nerdctl's network hook, ...): they do
+		// not exist in the guest. Documented in docs/volumes.md.
+		log.G(context.TODO()).WithField("id", c.id).WithField("hooks", n).Warn("OCI hooks are not run in the guest: dropped")
+	}
 	spec.Hooks = nil
+	if err := mounts.CheckDevices(spec.Linux); err != nil {
+		return err
+	}
 	if spec.Process != nil {
 		spec.Process.ApparmorProfile = ""
 		spec.Process.SelinuxLabel = ""
@@ -684,6 +697,7 @@ func (s *Service) Delete(ctx context.Context, r *taskAPI.DeleteRequest) (*taskAP
 	if err := os.RemoveAll(c.bundle); err != nil {
 		log.G(ctx).WithError(err).WithField("id", c.id).Warn("failed to remove bundle")
 	}
+	s.removeVolumes(ctx, c)
 	st := p.snapshot()
 	return &taskAPI.DeleteResponse{Pid: uint32(st.pid), ExitStatus: uint32(st.status), ExitedAt: protobuf.ToTimestamp(st.exitedAt)}, nil
 }

@@ -12,6 +12,10 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	cri "k8s.io/cri-api/pkg/apis/runtime/v1"
+
 	"github.com/raksh-project/raksh/integration/harness"
 	"github.com/raksh-project/raksh/integration/testimage"
 )
@@ -156,5 +160,172 @@ func TestExecTTYLongIDs(t *testing.T) {
 	}
 	if !strings.Contains(out, "/dev/pts/") || !strings.Contains(out, "exec-tty-ok") {
 		t.Fatalf("exec -t output %q", out)
+	}
+}
+
+// kubeletConfigMap writes a ConfigMap volume as kubelet's atomic writer
+// does (a timestamped directory, ..data pointing at it, a symlink per key)
+// and returns a function swapping in new content the same way.
+func kubeletConfigMap(t *testing.T, dir string, files map[string]string) func(map[string]string) {
+	t.Helper()
+	gen := 0
+	var keys []string
+	write := func(files map[string]string) {
+		gen++
+		ts := fmt.Sprintf("..2026_12_04_00_00_%02d.%d", gen, gen)
+		must(t, os.MkdirAll(filepath.Join(dir, ts), 0o755))
+		for k, v := range files {
+			must(t, os.WriteFile(filepath.Join(dir, ts, k), []byte(v), 0o644))
+		}
+		old, _ := os.Readlink(filepath.Join(dir, "..data"))
+		must(t, os.Symlink(ts, filepath.Join(dir, "..data_tmp")))
+		must(t, os.Rename(filepath.Join(dir, "..data_tmp"), filepath.Join(dir, "..data")))
+		for k := range files {
+			os.Symlink("..data/"+k, filepath.Join(dir, k))
+		}
+		for _, k := range keys {
+			if _, ok := files[k]; !ok {
+				must(t, os.Remove(filepath.Join(dir, k)))
+			}
+		}
+		keys = keys[:0]
+		for k := range files {
+			keys = append(keys, k)
+		}
+		if old != "" {
+			must(t, os.RemoveAll(filepath.Join(dir, old)))
+		}
+	}
+	write(files)
+	return write
+}
+
+func must(t *testing.T, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestCRIVolumes runs a pod through containerd's CRI with the volumes
+// kubelet hands a container: a ConfigMap-shaped volume is copied in
+// (read-only) and an update made as kubelet makes it reaches the guest; an
+// emptyDir is shared by the pod's two containers; CRI's /etc/hostname and
+// /etc/hosts are the pod's; a non-root container with a supplemental group
+// and a read-only root runs a setuid binary; a hostPath is refused, named.
+func TestCRIVolumes(t *testing.T) {
+	h := startWithUsersImage(t, harness.Options{}, "k8s.io")
+	pause, err := testimage.Pause()
+	must(t, err)
+	h.ImportImage(t, pause, testimage.PauseRef, "k8s.io")
+	conn, err := grpc.NewClient("unix://"+h.Address, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	must(t, err)
+	defer conn.Close()
+	rs := cri.NewRuntimeServiceClient(conn)
+	ctx, cancel := context.WithTimeout(context.Background(), 6*time.Minute)
+	defer cancel()
+
+	vols := filepath.Join(h.Dir, "pods", "uid-volpod", "volumes")
+	cfgDir := filepath.Join(vols, "kubernetes.io~configmap", "cfg")
+	cacheDir := filepath.Join(vols, "kubernetes.io~empty-dir", "cache")
+	must(t, os.MkdirAll(cfgDir, 0o755))
+	must(t, os.MkdirAll(cacheDir, 0o777))
+	swap := kubeletConfigMap(t, cfgDir, map[string]string{"greeting": "hello-v1\n", "other": "o\n"})
+
+	pod := &cri.PodSandboxConfig{
+		Metadata: &cri.PodSandboxMetadata{Name: "volpod", Uid: "uid-volpod", Namespace: "raksh-test"},
+		Hostname: "volpod",
+		Linux: &cri.LinuxPodSandboxConfig{SecurityContext: &cri.LinuxSandboxSecurityContext{
+			NamespaceOptions: &cri.NamespaceOption{Network: cri.NamespaceMode_NODE},
+		}},
+	}
+	sb, err := rs.RunPodSandbox(ctx, &cri.RunPodSandboxRequest{Config: pod, RuntimeHandler: "raksh"})
+	if err != nil {
+		t.Fatalf("RunPodSandbox: %v", err)
+	}
+	defer func() {
+		rs.StopPodSandbox(ctx, &cri.StopPodSandboxRequest{PodSandboxId: sb.PodSandboxId})
+		rs.RemovePodSandbox(ctx, &cri.RemovePodSandboxRequest{PodSandboxId: sb.PodSandboxId})
+		waitNoQEMU(t, h)
+	}()
+	create := func(name string, mounts []*cri.Mount, sc *cri.LinuxContainerSecurityContext) (string, error) {
+		c, err := rs.CreateContainer(ctx, &cri.CreateContainerRequest{
+			PodSandboxId: sb.PodSandboxId, SandboxConfig: pod,
+			Config: &cri.ContainerConfig{
+				Metadata: &cri.ContainerMetadata{Name: name},
+				Image:    &cri.ImageSpec{Image: usersRef},
+				Command:  []string{"sleep", "600"},
+				Mounts:   mounts,
+				Linux:    &cri.LinuxContainerConfig{SecurityContext: sc},
+			},
+		})
+		if err != nil {
+			return "", err
+		}
+		if _, err := rs.StartContainer(ctx, &cri.StartContainerRequest{ContainerId: c.ContainerId}); err != nil {
+			return "", err
+		}
+		return c.ContainerId, nil
+	}
+	execIn := func(id, script string) string {
+		t.Helper()
+		r, err := rs.ExecSync(ctx, &cri.ExecSyncRequest{ContainerId: id, Cmd: []string{"sh", "-c", script}, Timeout: 60})
+		if err != nil {
+			t.Fatalf("ExecSync %q: %v", script, err)
+		}
+		if r.ExitCode != 0 {
+			t.Fatalf("ExecSync %q: exit %d: %s %s", script, r.ExitCode, r.Stdout, r.Stderr)
+		}
+		return string(r.Stdout)
+	}
+
+	// A hostPath (a node directory) is refused, named.
+	_, err = create("hostpath", []*cri.Mount{{ContainerPath: "/host", HostPath: filepath.Join(h.Dir, "pods")}}, nil)
+	if err == nil || !strings.Contains(err.Error(), fmt.Sprintf("%q at \"/host\"", filepath.Join(h.Dir, "pods"))) {
+		t.Fatalf("hostPath mount: got %v, want a refusal naming it", err)
+	}
+
+	a, err := create("writer", []*cri.Mount{
+		{ContainerPath: "/etc/config", HostPath: cfgDir, Readonly: true},
+		{ContainerPath: "/cache", HostPath: cacheDir},
+	}, nil)
+	must(t, err)
+	b, err := create("reader", []*cri.Mount{{ContainerPath: "/cache", HostPath: cacheDir}},
+		&cri.LinuxContainerSecurityContext{
+			RunAsUser: &cri.Int64Value{Value: 65534}, RunAsGroup: &cri.Int64Value{Value: 65534},
+			SupplementalGroups: []int64{1234}, ReadonlyRootfs: true,
+		})
+	must(t, err)
+
+	if out := execIn(a, "cat /etc/config/greeting; cat /etc/config/other; touch /etc/config/x 2>/dev/null && echo writable; cat /etc/hostname; grep -c localhost /etc/hosts"); out != "hello-v1\no\nvolpod\n1\n" {
+		t.Errorf("configmap, hostname, hosts in the guest: %q", out)
+	}
+	// emptyDir: written by one container, read by the other; not on the node.
+	execIn(a, "echo shared-in-guest > /cache/note; chmod 644 /cache/note")
+	if out := execIn(b, "cat /cache/note"); out != "shared-in-guest\n" {
+		t.Errorf("emptyDir read by the second container: %q", out)
+	}
+	if _, err := os.Stat(filepath.Join(cacheDir, "note")); !os.IsNotExist(err) {
+		t.Errorf("emptyDir content reached the node: %v", err)
+	}
+	// Non-root, supplemental group, read-only root, setuid (CRI leaves
+	// noNewPrivileges off unless asked, as on runc).
+	if out := execIn(b, "id -u; id -G; /bin/euid; touch /rootfs-write 2>/dev/null && echo writable; echo done"); out != "65534\n65534 1234\nuid=65534 euid=0\ndone\n" {
+		t.Errorf("non-root container: %q", out)
+	}
+
+	// An update made as kubelet makes it reaches the guest within seconds.
+	start := time.Now()
+	swap(map[string]string{"greeting": "hello-v2\n"})
+	for {
+		out := execIn(a, "cat /etc/config/greeting; ls /etc/config")
+		if strings.HasPrefix(out, "hello-v2\n") && !strings.Contains(out, "other") {
+			t.Logf("configmap update visible in the guest after %s", time.Since(start).Round(10*time.Millisecond))
+			break
+		}
+		if time.Since(start) > 20*time.Second {
+			t.Fatalf("configmap update not in the guest after 20s: %q", out)
+		}
+		time.Sleep(300 * time.Millisecond)
 	}
 }

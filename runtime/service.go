@@ -37,6 +37,7 @@ import (
 	"github.com/raksh-project/raksh/runtime/network"
 	"github.com/raksh-project/raksh/runtime/vm"
 	"github.com/raksh-project/raksh/runtime/vm/qemu"
+	"github.com/raksh-project/raksh/runtime/volumes"
 )
 
 // exitVMGone is the exit status reported for processes whose VM died.
@@ -66,6 +67,8 @@ type Service struct {
 	containers map[string]*hostContainer
 	// initData is the init data bound into the VM when it booted.
 	initData []byte
+	// volumes delivers containers' volumes into the VM (volumes.go).
+	volumes *volumes.Syncer
 	// net is the pod netns attached to the VM (nil: no pod network).
 	net *network.Network
 }
@@ -364,6 +367,15 @@ func (s *Service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 		}
 	}()
 
+	if err := s.deliverVolumes(ctx, v, cfg, r.ID, &spec); err != nil {
+		return nil, errgrpc.ToGRPC(fmt.Errorf("container %q: %w", r.ID, err))
+	}
+	defer func() {
+		if retErr != nil {
+			s.stopVolumes(ctx, r.ID)
+		}
+	}()
+
 	agentRootfs, rootfsDesc, rootfsDone, err := s.sendRootfs(ctx, v, c, r.Rootfs)
 	if err != nil {
 		return nil, errgrpc.ToGRPC(err)
@@ -570,6 +582,7 @@ func (s *Service) Delete(ctx context.Context, r *taskAPI.DeleteRequest) (*taskAP
 	s.mu.Unlock()
 	if r.ExecID == "" {
 		s.unmountRootfs(ctx, c)
+		s.stopVolumes(ctx, r.ID)
 		c.hooks.deleted(ctx, int(s.vmPid()))
 		s.send(&eventstypes.TaskDelete{ContainerID: r.ID, Pid: pi.pid, ExitStatus: pi.status, ExitedAt: protobuf.ToTimestamp(pi.exitedAt)})
 	}

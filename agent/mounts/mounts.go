@@ -36,10 +36,19 @@ const ShmDestination = "/dev/shm"
 // provides none (runc's and containerd's default).
 const DefaultShmSize = "65536k"
 
-// Resolver returns the guest directory or file that holds what was
-// delivered for the bind mount m (copied kubelet volumes, the pod's
-// emptyDirs and /dev/shm), and whether there is one.
-type Resolver func(m specs.Mount) (guestPath string, ok bool)
+// Resolved is the guest side of a delivered bind mount.
+type Resolved struct {
+	// Path is the guest directory or file bound at the destination.
+	Path string
+	// ReadOnly forces a read-only bind whatever the spec says (copies the
+	// agent updates are never writable by the container).
+	ReadOnly bool
+}
+
+// Resolver returns what was delivered in the guest for the bind mount m
+// (copied kubelet volumes, the pod's emptyDirs and /dev/shm), and whether
+// there is something.
+type Resolver func(m specs.Mount) (Resolved, bool)
 
 // IsBind reports whether m is a bind mount, whose source is a path.
 func IsBind(m specs.Mount) bool {
@@ -77,8 +86,12 @@ func Rewrite(ms []specs.Mount, resolve Resolver) ([]specs.Mount, error) {
 		}
 		switch {
 		case IsBind(m):
-			if p, ok := resolveMount(resolve, m); ok {
-				out = append(out, specs.Mount{Destination: m.Destination, Type: "bind", Source: p, Options: bindOptions(m.Options)})
+			if r, ok := resolveMount(resolve, m); ok {
+				opts := bindOptions(m.Options)
+				if r.ReadOnly && !slices.Contains(opts, "ro") {
+					opts = append(opts, "ro")
+				}
+				out = append(out, specs.Mount{Destination: m.Destination, Type: "bind", Source: r.Path, Options: opts})
 				continue
 			}
 			if path.Clean(m.Destination) == ShmDestination {
@@ -100,9 +113,9 @@ func Rewrite(ms []specs.Mount, resolve Resolver) ([]specs.Mount, error) {
 	return out, nil
 }
 
-func resolveMount(resolve Resolver, m specs.Mount) (string, bool) {
+func resolveMount(resolve Resolver, m specs.Mount) (Resolved, bool) {
 	if resolve == nil {
-		return "", false
+		return Resolved{}, false
 	}
 	return resolve(m)
 }
@@ -118,4 +131,28 @@ func bindOptions(opts []string) []string {
 		}
 	}
 	return out
+}
+
+// CheckDevices refuses the device nodes a spec asks for (linux.devices):
+// they name the node's devices by path and number, and the same numbers in
+// the guest are the guest's own devices (its virtio ports and disks). The
+// error names each device.
+func CheckDevices(l *specs.Linux) error {
+	if l == nil || len(l.Devices) == 0 {
+		return nil
+	}
+	var names []string
+	for _, d := range l.Devices {
+		names = append(names, fmt.Sprintf("%s (%s %d:%d)", d.Path, d.Type, d.Major, d.Minor))
+	}
+	return fmt.Errorf("refusing node devices %s: a node device cannot reach the guest, and its numbers there name the guest's own devices: %w",
+		strings.Join(names, ", "), errdefs.ErrInvalidArgument)
+}
+
+// HookCount returns how many OCI hooks a spec carries.
+func HookCount(h *specs.Hooks) int {
+	if h == nil {
+		return 0
+	}
+	return len(h.Prestart) + len(h.CreateRuntime) + len(h.CreateContainer) + len(h.StartContainer) + len(h.Poststart) + len(h.Poststop)
 }

@@ -58,17 +58,21 @@ func TestRewrite(t *testing.T) {
 	if err := os.Mkdir(guestDir, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	resolve := func(m specs.Mount) (string, bool) {
-		if m.Destination == "/etc/config" {
-			return guestDir, true
+	resolve := func(m specs.Mount) (Resolved, bool) {
+		switch m.Destination {
+		case "/etc/config":
+			return Resolved{Path: guestDir, ReadOnly: true}, true
+		case "/etc/hosts":
+			return Resolved{Path: guestDir + "/hosts"}, true
 		}
-		return "", false
+		return Resolved{}, false
 	}
 	in := []specs.Mount{
 		{Destination: "/proc", Type: "proc", Source: "/etc/raksh"},
 		{Destination: "/dev", Type: "tmpfs", Source: "tmpfs", Options: []string{"nosuid", "strictatime", "mode=755", "size=65536k"}},
 		{Destination: "/sys/fs/cgroup", Type: "cgroup", Source: "cgroup", Options: []string{"ro"}},
-		{Destination: "/etc/config", Type: "bind", Source: "/var/lib/kubelet/pods/u/volumes/kubernetes.io~configmap/c", Options: []string{"rbind", "rprivate", "ro", "rshared", "x-weird"}},
+		{Destination: "/etc/config", Type: "bind", Source: "/var/lib/kubelet/pods/u/volumes/kubernetes.io~configmap/c", Options: []string{"rbind", "rprivate", "rw", "rshared", "x-weird"}},
+		{Destination: "/etc/hosts", Type: "bind", Source: "/var/lib/containerd/x/hosts", Options: []string{"rbind", "rprivate", "rw"}},
 		{Destination: "/dev/shm", Type: "bind", Source: "/run/containerd/io.containerd.grpc.v1.cri/sandboxes/s/shm", Options: []string{"rbind", "ro"}},
 	}
 	got, err := Rewrite(in, resolve)
@@ -79,9 +83,20 @@ func TestRewrite(t *testing.T) {
 		{Destination: "/proc", Type: "proc", Source: "proc"},
 		in[1], in[2],
 		{Destination: "/etc/config", Type: "bind", Source: guestDir, Options: []string{"rbind", "rprivate", "ro"}},
+		{Destination: "/etc/hosts", Type: "bind", Source: guestDir + "/hosts", Options: []string{"rbind", "rprivate"}},
 		{Destination: "/dev/shm", Type: "tmpfs", Source: "shm", Options: []string{"nosuid", "noexec", "nodev", "mode=1777", "size=" + DefaultShmSize}},
 	}
 	if !reflect.DeepEqual(got, want) {
 		t.Fatalf("got\n%+v\nwant\n%+v", got, want)
+	}
+}
+
+func TestCheckDevices(t *testing.T) {
+	if err := CheckDevices(&specs.Linux{}); err != nil {
+		t.Fatal(err)
+	}
+	err := CheckDevices(&specs.Linux{Devices: []specs.LinuxDevice{{Path: "/dev/vport0p1", Type: "c", Major: 246, Minor: 1}}})
+	if !errdefs.IsInvalidArgument(err) || !strings.Contains(err.Error(), "/dev/vport0p1 (c 246:1)") {
+		t.Fatalf("got %v", err)
 	}
 }

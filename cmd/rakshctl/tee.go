@@ -15,9 +15,12 @@ var teeCommand = &cli.Command{
 	Subcommands: []*cli.Command{{
 		Name:  "measure",
 		Usage: "print the launch measurement (hex) of the guest a runtime config boots, for a KBS policy",
-		Description: `Reads the shim's runtime config (tee = "sim") and prints the measurement its VMs
-report: SHA-384 over kernel, initrd and kernel command line, as the shim computes it
-on this host. Put it in the key broker's resource policy ("measurements": [...]).`,
+		Description: `Reads the shim's runtime config and prints the measurement its VMs report, as
+the shim renders them on this host. tee = "sim": SHA-384 over kernel, initrd and
+kernel command line. tee = "snp": the SNP launch digest over [snp] firmware, kernel,
+initrd and command line (kernel-hashes=on) with vcpus [snp] cpu_model vCPUs.
+TDX and PEF measurements are not computed. Put it in the key broker's resource
+policy ("measurements": [...]).`,
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "runtime-config", Value: launch.DefaultConfigPath, Usage: "the shim's runtime.toml"},
 			outputFlag("text", "text", "json"),

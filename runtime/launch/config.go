@@ -85,6 +85,21 @@ type Config struct {
 	// and the broker's policy decides whether they are released. Empty: the
 	// agent uses the key files baked into its initrd (/etc/raksh/image-keys).
 	ImageKeys []string `toml:"image_keys"`
+	// Volumes bounds the kubelet volumes and CRI files the shim copies
+	// into the guest, and how often it polls them for updates.
+	Volumes VolumesConfig `toml:"volumes"`
+}
+
+// VolumesConfig is the [volumes] table (docs/volumes.md). Zero fields take
+// the defaults: 16 MiB and 1024 entries per volume, polled every second.
+type VolumesConfig struct {
+	// MaxBytes bounds the content of one copied volume.
+	MaxBytes int64 `toml:"max_bytes"`
+	// MaxFiles bounds the entries (files, directories, symlinks) of one
+	// copied volume.
+	MaxFiles int `toml:"max_files"`
+	// PollInterval is how often copied volumes are checked for updates.
+	PollInterval time.Duration `toml:"poll_interval"`
 }
 
 // DefaultConfig returns the configuration used for unset fields.

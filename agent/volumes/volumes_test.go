@@ -1,0 +1,146 @@
+package volumes
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/containerd/errdefs"
+)
+
+// kubeletLayout returns a ConfigMap volume as kubelet writes it: a
+// timestamped directory, ..data pointing at it, and a user-visible
+// symlink per key.
+func kubeletLayout(ts string, files map[string]string) []Entry {
+	es := []Entry{{Path: ts, Type: Dir, Mode: 0o755}}
+	for k, v := range files {
+		es = append(es, Entry{Path: ts + "/" + k, Type: Regular, Mode: 0o644, Data: []byte(v)},
+			Entry{Path: k, Type: Symlink, Target: "..data/" + k})
+	}
+	return append(es, Entry{Path: "..data", Type: Symlink, Target: ts})
+}
+
+func TestValidate(t *testing.T) {
+	l := Limits{MaxBytes: 100, MaxFiles: 10}
+	ok := kubeletLayout("..2026_12_04_23_00_00.1", map[string]string{"a": "1"})
+	if err := Validate(ok, l); err != nil {
+		t.Fatalf("kubelet layout refused: %v", err)
+	}
+	for _, tc := range []struct {
+		name    string
+		entries []Entry
+	}{
+		{"dotdot", []Entry{{Path: "..", Type: Dir}}},
+		{"dotdot inside", []Entry{{Path: "a", Type: Dir}, {Path: "a/../../x", Type: Regular}}},
+		{"absolute", []Entry{{Path: "/etc/raksh/x", Type: Regular}}},
+		{"unclean", []Entry{{Path: "a//b", Type: Regular}}},
+		{"empty", []Entry{{Path: "", Type: Regular}}},
+		{"no parent", []Entry{{Path: "a/b", Type: Regular}}},
+		{"parent is a file", []Entry{{Path: "a", Type: Regular}, {Path: "a/b", Type: Regular}}},
+		{"parent is a symlink", []Entry{{Path: "a", Type: Symlink, Target: "b"}, {Path: "b", Type: Dir}, {Path: "a/x", Type: Regular}}},
+		{"duplicate", []Entry{{Path: "a", Type: Regular}, {Path: "a", Type: Regular}}},
+		{"absolute link", []Entry{{Path: "a", Type: Symlink, Target: "/etc/raksh"}}},
+		{"escaping link", []Entry{{Path: "a", Type: Symlink, Target: "../../run/raksh"}}},
+		{"link up then down", []Entry{{Path: "d", Type: Dir}, {Path: "d/a", Type: Symlink, Target: "../d"}}},
+		{"dot link", []Entry{{Path: "a", Type: Symlink, Target: "."}}},
+		{"unknown type", []Entry{{Path: "a", Type: 7}}},
+		{"too big", []Entry{{Path: "a", Type: Regular, Data: make([]byte, 101)}}},
+		{"too many", make([]Entry, 11)},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if err := Validate(tc.entries, l); !errdefs.IsInvalidArgument(err) {
+				t.Fatalf("got %v, want invalid argument", err)
+			}
+		})
+	}
+}
+
+func read(t *testing.T, p string) string {
+	t.Helper()
+	b, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
+
+// TestPutTreeUpdate applies kubelet's atomic update: the new content
+// appears through the user-visible names, the old timestamped directory
+// and removed keys are gone.
+func TestPutTreeUpdate(t *testing.T) {
+	s := NewStore(t.TempDir(), DefaultLimits)
+	v := Volume{Container: "c1", Destination: "/etc/config", Kind: Tree,
+		Entries: kubeletLayout("..2026_01", map[string]string{"a": "one", "b": "bee"})}
+	if err := s.Put(v); err != nil {
+		t.Fatal(err)
+	}
+	dir, _, ok := s.Lookup("c1", "/etc/config")
+	if !ok || !strings.HasPrefix(dir, s.root) {
+		t.Fatalf("lookup: %q %v", dir, ok)
+	}
+	if read(t, filepath.Join(dir, "a")) != "one" || read(t, filepath.Join(dir, "b")) != "bee" {
+		t.Fatal("first content not readable through the user-visible names")
+	}
+	v.Entries = kubeletLayout("..2026_02", map[string]string{"a": "two", "c": "sea"})
+	if err := s.Put(v); err != nil {
+		t.Fatal(err)
+	}
+	if read(t, filepath.Join(dir, "a")) != "two" || read(t, filepath.Join(dir, "c")) != "sea" {
+		t.Fatal("update not visible")
+	}
+	for _, gone := range []string{"b", "..2026_01"} {
+		if _, err := os.Lstat(filepath.Join(dir, gone)); !os.IsNotExist(err) {
+			t.Errorf("%s still there after the update: %v", gone, err)
+		}
+	}
+	if target, _ := os.Readlink(filepath.Join(dir, "..data")); target != "..2026_02" {
+		t.Errorf("..data -> %q", target)
+	}
+	if err := s.RemoveContainer("c1"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(dir); !os.IsNotExist(err) {
+		t.Fatal("copy left after RemoveContainer")
+	}
+	if _, _, ok := s.Lookup("c1", "/etc/config"); ok {
+		t.Fatal("lookup after RemoveContainer")
+	}
+}
+
+// TestPutFileKeepsInode: a file volume is bind mounted; updates must
+// reach the same inode.
+func TestPutFileKeepsInode(t *testing.T) {
+	s := NewStore(t.TempDir(), DefaultLimits)
+	v := Volume{Container: "c1", Destination: "/etc/hosts", Kind: File, Entries: []Entry{{Type: Regular, Mode: 0o644, Data: []byte("127.0.0.1 localhost\n10.0.0.1 long-name\n")}}}
+	if err := s.Put(v); err != nil {
+		t.Fatal(err)
+	}
+	p, _, _ := s.Lookup("c1", "/etc/hosts")
+	before, _ := os.Stat(p)
+	v.Entries[0].Data = []byte("127.0.0.1 localhost\n")
+	if err := s.Put(v); err != nil {
+		t.Fatal(err)
+	}
+	after, _ := os.Stat(p)
+	if !os.SameFile(before, after) || read(t, p) != "127.0.0.1 localhost\n" {
+		t.Fatalf("file replaced or content %q", read(t, p))
+	}
+}
+
+func TestPutRejects(t *testing.T) {
+	s := NewStore(t.TempDir(), DefaultLimits)
+	for _, v := range []Volume{
+		{Container: "../x", Destination: "/a", Kind: Tree},
+		{Container: "c", Destination: "a", Kind: Tree},
+		{Container: "c", Destination: "/a/../b", Kind: Tree},
+		{Container: "c", Destination: "/a", Kind: File},
+		{Container: "c", Destination: "/a", Kind: EmptyDir, Pod: "p", Name: "../x"},
+		{Container: "c", Destination: "/a", Kind: EmptyDir, Pod: "../p", Name: "x"},
+		{Container: "c", Destination: "/a", Kind: 9},
+	} {
+		if err := s.Put(v); !errdefs.IsInvalidArgument(err) {
+			t.Errorf("%+v: got %v, want invalid argument", v, err)
+		}
+	}
+}

@@ -1,0 +1,51 @@
+package runtime
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/containerd/log"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+
+	agentapi "github.com/raksh-project/raksh/api/agent/v1"
+	"github.com/raksh-project/raksh/runtime/vm"
+	"github.com/raksh-project/raksh/runtime/volumes"
+)
+
+// deliverVolumes copies the kubelet volumes and CRI files of container
+// id's spec into the VM and asks for its emptyDirs there, then keeps the
+// copies updated until stopVolumes. Bind mounts it does not deliver are
+// refused by the agent, naming them.
+func (s *Service) deliverVolumes(ctx context.Context, v vm.Instance, cfg Config, id string, spec *specs.Spec) error {
+	vols := volumes.Classify(spec)
+	if len(vols) == 0 {
+		return nil
+	}
+	s.mu.Lock()
+	if s.volumes == nil {
+		s.volumes = volumes.NewSyncer(agentapi.NewVolumesClient(v.Client()), volumes.Config{
+			MaxBytes: cfg.Volumes.MaxBytes, MaxFiles: cfg.Volumes.MaxFiles, PollInterval: cfg.Volumes.PollInterval,
+		})
+	}
+	syncer := s.volumes
+	s.mu.Unlock()
+	pod := spec.Annotations["io.kubernetes.cri.sandbox-id"]
+	if pod == "" {
+		pod = id
+	}
+	if err := syncer.Deliver(ctx, id, pod, vols); err != nil {
+		return fmt.Errorf("volumes: %w", err)
+	}
+	log.G(ctx).WithField("id", id).WithField("volumes", len(vols)).Debug("volumes delivered to the guest")
+	return nil
+}
+
+// stopVolumes ends the updates of container id's copies.
+func (s *Service) stopVolumes(ctx context.Context, id string) {
+	s.mu.Lock()
+	syncer := s.volumes
+	s.mu.Unlock()
+	if syncer != nil {
+		syncer.Stop(id)
+	}
+}

@@ -394,15 +394,6 @@ func (s *Service) sandboxPid(spec *specs.Spec) int {
 	return 0
 }
 
-func hasOpt(opts []string, o string) bool {
-	for _, x := range opts {
-		if x == o {
-			return true
-		}
-	}
-	return false
-}
-
 // startProcess wires a process's stdio to the shim's streams and runs fn.
 func (s *Service) startProcess(ctx context.Context, p *process, stdin, stdout, stderr string,
 	fn func(Stdio, string) (int, error)) (int, error) {

@@ -6,6 +6,8 @@ import (
 	"os"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/raksh-project/raksh/agent/scratch"
 )
 
 // MountStateRoot mounts a tmpfs at root (the directory holding bundles and
@@ -17,7 +19,11 @@ func MountStateRoot(root string) error {
 	if err := os.MkdirAll(root, 0o700); err != nil {
 		return err
 	}
-	if err := unix.Mount("tmpfs", root, "tmpfs", unix.MS_NODEV, "mode=0700"); err != nil && !errors.Is(err, unix.EBUSY) {
+	data := "mode=0700"
+	if size := scratch.TmpfsSize(); size != "" {
+		data += "," + size // RAM plus the encrypted scratch swap
+	}
+	if err := unix.Mount("tmpfs", root, "tmpfs", unix.MS_NODEV, data); err != nil && !errors.Is(err, unix.EBUSY) {
 		return fmt.Errorf("mount the bundle store on %s: %w", root, err)
 	}
 	return nil

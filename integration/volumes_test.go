@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -210,7 +211,8 @@ func must(t *testing.T, err error) {
 // TestCRIVolumes runs a pod through containerd's CRI with the volumes
 // kubelet hands a container: a ConfigMap-shaped volume is copied in
 // (read-only) and an update made as kubelet makes it reaches the guest; an
-// emptyDir is shared by the pod's two containers; CRI's /etc/hostname and
+// emptyDir is shared by the pod's two containers, a medium: Memory one has
+// its size limit, neither reaches the node; CRI's /etc/hostname and
 // /etc/hosts are the pod's; a non-root container with a supplemental group
 // and a read-only root runs a setuid binary; a hostPath is refused, named.
 func TestCRIVolumes(t *testing.T) {
@@ -230,6 +232,11 @@ func TestCRIVolumes(t *testing.T) {
 	cacheDir := filepath.Join(vols, "kubernetes.io~empty-dir", "cache")
 	must(t, os.MkdirAll(cfgDir, 0o755))
 	must(t, os.MkdirAll(cacheDir, 0o777))
+	// medium: Memory with sizeLimit: kubelet mounts a tmpfs of that size.
+	memDir := filepath.Join(vols, "kubernetes.io~empty-dir", "mem")
+	must(t, os.MkdirAll(memDir, 0o777))
+	must(t, syscall.Mount("tmpfs", memDir, "tmpfs", 0, "size=1m"))
+	defer syscall.Unmount(memDir, syscall.MNT_DETACH)
 	swap := kubeletConfigMap(t, cfgDir, map[string]string{"greeting": "hello-v1\n", "other": "o\n"})
 
 	pod := &cri.PodSandboxConfig{
@@ -288,6 +295,7 @@ func TestCRIVolumes(t *testing.T) {
 	a, err := create("writer", []*cri.Mount{
 		{ContainerPath: "/etc/config", HostPath: cfgDir, Readonly: true},
 		{ContainerPath: "/cache", HostPath: cacheDir},
+		{ContainerPath: "/mem", HostPath: memDir},
 	}, nil)
 	must(t, err)
 	b, err := create("reader", []*cri.Mount{{ContainerPath: "/cache", HostPath: cacheDir}},
@@ -307,6 +315,13 @@ func TestCRIVolumes(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(cacheDir, "note")); !os.IsNotExist(err) {
 		t.Errorf("emptyDir content reached the node: %v", err)
+	}
+	// The memory emptyDir is a guest tmpfs of the node's size (1 MiB).
+	if out := execIn(a, "dd if=/dev/zero of=/mem/small bs=1k count=512 2>/dev/null && echo fits; dd if=/dev/zero of=/mem/big bs=1k count=1024 2>/dev/null || echo full"); out != "fits\nfull\n" {
+		t.Errorf("medium: Memory emptyDir with a 1 MiB limit: %q", out)
+	}
+	if _, err := os.Stat(filepath.Join(memDir, "small")); !os.IsNotExist(err) {
+		t.Errorf("memory emptyDir content reached the node: %v", err)
 	}
 	// Non-root, supplemental group, read-only root, setuid (CRI leaves
 	// noNewPrivileges off unless asked, as on runc).

@@ -25,6 +25,7 @@ import (
 	"github.com/containerd/log"
 	"github.com/containerd/typeurl/v2"
 
+	"github.com/raksh-project/raksh/agent/scratch"
 	"github.com/raksh-project/raksh/internal/version"
 	"github.com/raksh-project/raksh/runtime/launch"
 	"github.com/raksh-project/raksh/runtime/vm"
@@ -229,6 +230,13 @@ func NewQEMUVM(ctx context.Context, cfg Config, id string, nics []qemu.NIC) (vm.
 	}
 	qc.VsockCID, qc.Name = cid, "raksh-"+id
 	qc.NICs = nics
+	if cfg.PodScratchDiskMiB > 0 {
+		f, err := openScratch(cfg.ScratchDir, cfg.PodScratchDiskMiB)
+		if err != nil {
+			return nil, err
+		}
+		qc.Disks = append(qc.Disks, qemu.Disk{File: f, Serial: scratch.Serial})
+	}
 	return vm.NewQEMU(vm.QEMUOptions{
 		Config:          qc,
 		Dir:             vmDir(cfg, ns, id),

@@ -321,6 +321,9 @@ func (s *Service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 	if cfg.PodInitData, err = launch.PodInitData(cfg, spec.Annotations); err != nil {
 		return nil, errgrpc.ToGRPC(fmt.Errorf("pod init data: %w", err))
 	}
+	if err := podStorage(&cfg, &spec); err != nil {
+		return nil, errgrpc.ToGRPC(err)
+	}
 	// Host-side OCI hooks (hooks.go) run in the shim: those that set up a new
 	// network namespace's network before the VM boots, so it is attached.
 	hooks, err := newHostHooks(r.ID, r.Bundle, &spec)

@@ -3,24 +3,24 @@ package main
 import (
 	"context"
 	"os"
-	"runtime/debug"
 	"strings"
 	"sync"
 
 	"github.com/containerd/log"
 
+	"github.com/raksh-project/raksh/internal/version"
 	"github.com/raksh-project/raksh/tee"
 	"github.com/raksh-project/raksh/tee/detect"
 	"github.com/raksh-project/raksh/tee/sim"
 )
 
-// agentVersion is the version of this binary as the Go toolchain recorded
-// it.
+// agentVersion is the version of this binary as the build stamped it
+// (internal/version), with its revision when known.
 func agentVersion() string {
-	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" {
-		return bi.Main.Version
+	if version.Revision != "" {
+		return version.Version + " (" + version.Revision + ")"
 	}
-	return "unknown"
+	return version.Version
 }
 
 var teeTypeOnce struct {

@@ -17,6 +17,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/raksh-project/raksh/agent"
+	"github.com/raksh-project/raksh/agent/scratch"
 	"github.com/raksh-project/raksh/agent/kbssession"
 	"github.com/raksh-project/raksh/internal/transport"
 	"github.com/raksh-project/raksh/internal/version"
@@ -64,6 +65,11 @@ func run(ctx context.Context) error {
 	if os.Getpid() == 1 {
 		if err := agent.SetupSystem(ctx); err != nil {
 			return err
+		}
+		// The encrypted scratch swap, before the bundle store that is
+		// sized to it (a failure shows on the console).
+		if _, err := scratch.Setup(ctx); err != nil {
+			return fmt.Errorf("scratch disk: %w", err)
 		}
 	}
 	args := cmdline()

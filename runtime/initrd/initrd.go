@@ -11,10 +11,11 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"sort"
 	"strings"
+
+	"github.com/u-root/u-root/pkg/cpio"
 )
 
 // DefaultModules are the modules a Raksh guest needs from a Debian cloud
@@ -22,6 +23,8 @@ import (
 var DefaultModules = []string{
 	"virtio_pci", "virtio_console", "virtio-rng",
 	"vmw_vsock_virtio_transport", "overlay", "virtio_net",
+	// The encrypted scratch disk (agent/scratch).
+	"virtio_blk", "dm_mod", "dm_crypt", "dm_integrity", "authenc", "xts", "ecb",
 }
 
 // Options describe an initrd.
@@ -97,43 +100,55 @@ func Build(o Options) error {
 	return writeCpio(stage, o.Output, o.Gzip)
 }
 
-// writeCpio archives dir with Debian's cpio (newc), gzipped if asked.
+// writeCpio archives dir as a newc cpio (u-root's pkg/cpio), gzipped if
+// asked: files in sorted order, owned by root, mtimes zeroed, so the same
+// inputs give the same archive (the launch measurement covers it).
 func writeCpio(dir, output string, compress bool) error {
 	var files []string
 	err := filepath.Walk(dir, func(p string, _ os.FileInfo, err error) error {
 		if err != nil {
 			return err
 		}
-		rel, _ := filepath.Rel(dir, p)
-		files = append(files, rel)
+		if rel, _ := filepath.Rel(dir, p); rel != "." {
+			files = append(files, rel)
+		}
 		return nil
 	})
 	if err != nil {
 		return err
 	}
-	sort.Strings(files) // reproducible
+	sort.Strings(files)
 	tmp := output + ".tmp"
 	out, err := os.Create(tmp)
 	if err != nil {
 		return err
 	}
 	defer os.Remove(tmp)
+	defer out.Close()
 	var w io.WriteCloser = nopWriteCloser{out}
 	if compress {
 		w, _ = gzip.NewWriterLevel(out, gzip.BestSpeed)
 	}
-	cmd := exec.Command("cpio", "--quiet", "-o", "-H", "newc", "-R", "0:0", "--reproducible")
-	cmd.Dir = dir
-	cmd.Stdin = strings.NewReader(strings.Join(files, "\n") + "\n")
-	cmd.Stdout = w
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	if err := cmd.Run(); err != nil {
-		out.Close()
-		return fmt.Errorf("cpio: %w: %s", err, bytes.TrimSpace(stderr.Bytes()))
+	cw := cpio.Newc.Writer(w)
+	rec := cpio.NewRecorder()
+	for _, rel := range files {
+		r, err := rec.GetRecord(filepath.Join(dir, rel))
+		if err != nil {
+			return fmt.Errorf("cpio: %s: %w", rel, err)
+		}
+		r.Name = rel
+		err = cw.WriteRecord(cpio.MakeReproducible(r))
+		if c, ok := r.ReaderAt.(io.Closer); ok {
+			c.Close()
+		}
+		if err != nil {
+			return fmt.Errorf("cpio: write %s: %w", rel, err)
+		}
+	}
+	if err := cpio.WriteTrailer(cw); err != nil {
+		return fmt.Errorf("cpio: %w", err)
 	}
 	if err := w.Close(); err != nil {
-		out.Close()
 		return err
 	}
 	if err := out.Close(); err != nil {

@@ -1,10 +1,13 @@
 package initrd
 
 import (
+	"bytes"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/u-root/u-root/pkg/cpio"
 )
 
 func modulesDir(t *testing.T) string {
@@ -44,5 +47,51 @@ func TestModuleOrderUnknown(t *testing.T) {
 func TestBuildRequiresInputs(t *testing.T) {
 	if err := Build(Options{Output: filepath.Join(t.TempDir(), "i.img")}); err == nil {
 		t.Fatal("built an initrd without an agent")
+	}
+}
+
+// TestWriteCpio: the archive reads back with every file, owned by root,
+// and the same tree gives the same bytes.
+func TestWriteCpio(t *testing.T) {
+	dir := t.TempDir()
+	os.MkdirAll(filepath.Join(dir, "bin"), 0o755)
+	os.WriteFile(filepath.Join(dir, "init"), []byte("#!/bin/sh\n"), 0o755)
+	os.WriteFile(filepath.Join(dir, "bin", "runc"), bytes.Repeat([]byte("x"), 5000), 0o755)
+	os.Symlink("/init", filepath.Join(dir, "bin", "init"))
+	out := filepath.Join(t.TempDir(), "a.cpio")
+	if err := writeCpio(dir, out, false); err != nil {
+		t.Fatal(err)
+	}
+	first, _ := os.ReadFile(out)
+	f, err := os.Open(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	recs, err := cpio.ReadAllRecords(cpio.Newc.Reader(f))
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]cpio.Record{}
+	for _, r := range recs {
+		got[r.Name] = r
+	}
+	for name, size := range map[string]uint64{"init": 10, "bin/runc": 5000, "bin": 0, "bin/init": 5} {
+		r, ok := got[name]
+		if !ok {
+			t.Fatalf("%s missing from %v", name, recs)
+		}
+		if r.UID != 0 || r.GID != 0 || r.FileSize != size {
+			t.Errorf("%s: uid %d gid %d size %d", name, r.UID, r.GID, r.FileSize)
+		}
+	}
+	if err := writeCpio(dir, out, true); err != nil {
+		t.Fatal(err)
+	}
+	if err := writeCpio(dir, out, false); err != nil {
+		t.Fatal(err)
+	}
+	if again, _ := os.ReadFile(out); !bytes.Equal(first, again) {
+		t.Error("same tree, different archive")
 	}
 }

@@ -88,6 +88,24 @@ type Config struct {
 	// Volumes bounds the kubelet volumes and CRI files the shim copies
 	// into the guest, and how often it polls them for updates.
 	Volumes VolumesConfig `toml:"volumes"`
+	// MemoryMaxMiB caps a VM's memory: memory_mib plus the pod's memory
+	// limit (see PodMemoryMiB and docs/storage.md). 0: no pod-sized
+	// memory, every VM gets memory_mib.
+	MemoryMaxMiB uint `toml:"memory_max_mib"`
+	// ScratchDiskMiB is the size of each pod's encrypted scratch disk
+	// (swap in the guest, see docs/storage.md); 0 (the default) gives none.
+	// The io.raksh.scratch-disk-mib pod annotation overrides it up to
+	// ScratchDiskMaxMiB.
+	ScratchDiskMiB uint `toml:"scratch_disk_mib"`
+	// ScratchDiskMaxMiB caps the annotation.
+	ScratchDiskMaxMiB uint `toml:"scratch_disk_max_mib"`
+	// ScratchDir holds the scratch disks' files (never named: opened
+	// O_TMPFILE, so they vanish with the last process holding them). Put
+	// it on a disk, not a tmpfs.
+	ScratchDir string `toml:"scratch_dir"`
+	// PodScratchDiskMiB is the scratch disk of the pod whose VM is launched
+	// (ScratchDiskMiB), set by the shim per pod; not a TOML key.
+	PodScratchDiskMiB uint `toml:"-"`
 }
 
 // VolumesConfig is the [volumes] table (docs/volumes.md). Zero fields take
@@ -104,7 +122,7 @@ type VolumesConfig struct {
 
 // DefaultConfig returns the configuration used for unset fields.
 func DefaultConfig() Config {
-	return Config{
+	cfg := Config{
 		QEMUPath:        "qemu-system-x86_64",
 		Kernel:          "/usr/share/raksh/vmlinuz",
 		Initrd:          "/usr/share/raksh/initrd.img",
@@ -117,6 +135,10 @@ func DefaultConfig() Config {
 		StateDir:        "/run/raksh",
 		Transport:       "auto",
 	}
+	cfg.MemoryMaxMiB = 8192
+	cfg.ScratchDiskMaxMiB = 65536
+	cfg.ScratchDir = "/var/lib/raksh/scratch"
+	return cfg
 }
 
 // LoadConfig reads the TOML file at path over DefaultConfig. A missing file
@@ -161,6 +183,9 @@ func LoadConfig(path string) (Config, error) {
 		return cfg, fmt.Errorf("runtime config %s: %w", path, err)
 	}
 	if err := validImageKeys(cfg); err != nil {
+		return cfg, fmt.Errorf("runtime config %s: %w", path, err)
+	}
+	if err := validStorage(cfg); err != nil {
 		return cfg, fmt.Errorf("runtime config %s: %w", path, err)
 	}
 	return cfg, nil

@@ -86,6 +86,14 @@ func ProbeAccel(cache string) string {
 
 func (v *qemuVM) Start(ctx context.Context) error {
 	cfg := v.opts.Config
+	// QEMU holds its disks once started (a probe boot's fallback restarts
+	// it within Start); the shim's copies go, so a disk file without a
+	// name lives exactly as long as QEMU.
+	defer func() {
+		for _, d := range cfg.Disks {
+			d.File.Close()
+		}
+	}()
 	if err := os.MkdirAll(v.opts.Dir, 0o700); err != nil {
 		return err
 	}

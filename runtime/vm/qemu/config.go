@@ -59,8 +59,20 @@ type Config struct {
 	// NICs are virtio-net devices, each on a tap queue the caller opened;
 	// Start passes them to QEMU as inherited file descriptors.
 	NICs []NIC
+	// Disks are virtio-blk devices on files the caller opened (read-write);
+	// Start passes them to QEMU as inherited file descriptors after the
+	// NICs', so a file unlinked before the start still reaches the guest.
+	Disks []Disk
 	// Extra are further raw arguments.
 	Extra []string
+}
+
+// Disk is a raw virtio-blk disk on an open file.
+type Disk struct {
+	// File is the disk image, opened read-write.
+	File *os.File
+	// Serial is the virtio-blk serial the guest finds the disk by.
+	Serial string
 }
 
 // NIC is a virtio-net device on an open tap.
@@ -79,6 +91,9 @@ func (c *Config) ExtraFiles() []*os.File {
 	var fs []*os.File
 	for _, n := range c.NICs {
 		fs = append(fs, n.Tap)
+	}
+	for _, d := range c.Disks {
+		fs = append(fs, d.File)
 	}
 	return fs
 }
@@ -175,6 +190,13 @@ func (c *Config) Args() ([]string, error) {
 		// romfile= : no PXE option ROM, the kernel is booted directly.
 		args = append(args, "-netdev", netdev,
 			"-device", fmt.Sprintf("virtio-net-pci,id=nic%d,netdev=net%d,mac=%s,romfile=", i, i, n.MAC))
+	}
+	for i, d := range c.Disks {
+		// The inherited descriptor, reopened through /proc: the file may
+		// have no name on the node at all.
+		fd := 3 + len(c.NICs) + i
+		args = append(args, "-drive", fmt.Sprintf("if=none,id=disk%d,format=raw,file=/proc/self/fd/%d,discard=unmap", i, fd),
+			"-device", fmt.Sprintf("virtio-blk-pci,id=blk%d,drive=disk%d,serial=%s", i, i, escape(d.Serial)))
 	}
 	if c.QMPSocket != "" {
 		args = append(args, "-qmp", "unix:"+escape(c.QMPSocket)+",server=on,wait=off")

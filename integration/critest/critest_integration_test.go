@@ -29,7 +29,8 @@ const inNetNS = "RAKSH_CRITEST_NETNS"
 // runtime handler plays no part in them; the runc run covers them), four of
 // the five container stats listings, five of the seven seccomp variants,
 // two of the three read-only mount rejections, the idmap user namespace test
-// (fails on runc here too) and ReadOnlyRootfs=false. Runtime info, pod
+// (fails on runc here too), ReadOnlyRootfs=false, dropping one capability
+// (dropping all runs) and unsafe sysctls (safe ones run). Runtime info, pod
 // sandbox, container lifecycle, exec, attach, logs, volumes and mounts,
 // security context, networking, port-forward and multi-container tests run.
 var rakshSkip = []string{
@@ -39,6 +40,8 @@ var rakshSkip = []string{
 	`should reject a recursive readonly mount with (PROPAGATION_HOST_TO_CONTAINER|ReadOnly: false)`,
 	`UserNamespaces when Host idmap mount support is needed`,
 	`should support that ReadOnlyRootfs is false`,
+	`should support dropping capability$`,
+	`should support unsafe sysctls$`,
 }
 
 // TestCritest runs critest with the runc handler (all tests) and the raksh

@@ -3,7 +3,6 @@ package agent
 import (
 	"context"
 	"fmt"
-	"io"
 	"net"
 	"strconv"
 	"strings"
@@ -15,6 +14,7 @@ import (
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
 	"github.com/raksh-project/raksh/agent/network"
+	"github.com/raksh-project/raksh/internal/transport"
 )
 
 // PortForwardPrefix prefixes the name of a stream the shim opens to reach a
@@ -118,25 +118,7 @@ func (s *Service) portForward(ctx context.Context, name string, c net.Conn) {
 		return
 	}
 	defer up.Close()
-	splice(c, up)
-}
-
-// splice copies both ways until both directions are done.
-func splice(a, b net.Conn) {
-	var wg sync.WaitGroup
-	cp := func(dst, src net.Conn) {
-		defer wg.Done()
-		io.Copy(dst, src)
-		if cw, ok := dst.(interface{ CloseWrite() error }); ok {
-			cw.CloseWrite()
-		} else {
-			dst.Close()
-		}
-	}
-	wg.Add(2)
-	go cp(a, b)
-	go cp(b, a)
-	wg.Wait()
+	transport.Splice(c, up)
 }
 
 // logHostHooks logs the OCI hooks of a spec that the agent does not run:

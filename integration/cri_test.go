@@ -22,10 +22,12 @@ import (
 
 const criBusybox = "docker.io/raksh/busybox:cri"
 
-// TestCRIPodOneVM runs a pod with two containers on the raksh handler: one
-// VM (one QEMU) for the pod, ExecSync works, and removing the pod stops it.
-func TestCRIPodOneVM(t *testing.T) {
-	h := harness.StartContainerd(t, harness.Options{})
+// startCRI starts a private containerd with o, imports the pause image and
+// the busybox image (as criBusybox) into the CRI's namespace, and returns
+// the CRI runtime client.
+func startCRI(t testing.TB, o harness.Options) (*harness.Containerd, cri.RuntimeServiceClient) {
+	t.Helper()
+	h := harness.StartContainerd(t, o)
 	pause, err := testimage.Pause()
 	if err != nil {
 		t.Fatal(err)
@@ -36,12 +38,24 @@ func TestCRIPodOneVM(t *testing.T) {
 		t.Fatal(err)
 	}
 	h.ImportImage(t, bb, criBusybox, "k8s.io")
+	return h, criRuntime(t, h)
+}
+
+// criRuntime dials the CRI of h; the connection is closed at test end.
+func criRuntime(t testing.TB, h *harness.Containerd) cri.RuntimeServiceClient {
+	t.Helper()
 	conn, err := grpc.NewClient("unix://"+h.Address, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer conn.Close()
-	rs := cri.NewRuntimeServiceClient(conn)
+	t.Cleanup(func() { conn.Close() })
+	return cri.NewRuntimeServiceClient(conn)
+}
+
+// TestCRIPodOneVM runs a pod with two containers on the raksh handler: one
+// VM (one QEMU) for the pod, ExecSync works, and removing the pod stops it.
+func TestCRIPodOneVM(t *testing.T) {
+	h, rs := startCRI(t, harness.Options{})
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	checkRuntimeFeatures(ctx, t, h, rs)

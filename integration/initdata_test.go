@@ -21,13 +21,10 @@ import (
 	"testing"
 	"time"
 
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 	cri "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	"github.com/raksh-project/raksh/envelope"
 	"github.com/raksh-project/raksh/integration/harness"
-	"github.com/raksh-project/raksh/integration/testimage"
 	rakshruntime "github.com/raksh-project/raksh/runtime"
 	"github.com/raksh-project/raksh/tee/initdata"
 )
@@ -244,23 +241,7 @@ func TestInitDataSim(t *testing.T) {
 // invalid document is refused before any VM boots.
 func TestCRIInitData(t *testing.T) {
 	harness.RequiresRoot(t)
-	h := harness.StartContainerd(t, harness.Options{RuntimeConfig: "tee = \"sim\"\n"})
-	pause, err := testimage.Pause()
-	if err != nil {
-		t.Fatal(err)
-	}
-	h.ImportImage(t, pause, testimage.PauseRef, "k8s.io")
-	bb, err := testimage.Busybox(nil, "/bin/sh")
-	if err != nil {
-		t.Fatal(err)
-	}
-	h.ImportImage(t, bb, criBusybox, "k8s.io")
-	conn, err := grpc.NewClient("unix://"+h.Address, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	rs := cri.NewRuntimeServiceClient(conn)
+	h, rs := startCRI(t, harness.Options{RuntimeConfig: "tee = \"sim\"\n"})
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
 	podConfig := func(name, doc string) *cri.PodSandboxConfig {

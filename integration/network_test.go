@@ -19,12 +19,9 @@ import (
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/net/websocket"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 	cri "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	"github.com/raksh-project/raksh/integration/harness"
-	"github.com/raksh-project/raksh/integration/testimage"
 )
 
 // The test network: a CNI bridge on a private subnet, no masquerade, no
@@ -46,25 +43,10 @@ type netEnv struct {
 }
 
 func startNetEnv(t testing.TB) *netEnv {
-	h := harness.StartContainerd(t, harness.Options{CNI: testCNI})
-	pause, err := testimage.Pause()
-	if err != nil {
-		t.Fatal(err)
-	}
-	h.ImportImage(t, pause, testimage.PauseRef, "k8s.io")
-	bb, err := testimage.Busybox(nil, "/bin/sh")
-	if err != nil {
-		t.Fatal(err)
-	}
-	h.ImportImage(t, bb, criBusybox, "k8s.io")
-	conn, err := grpc.NewClient("unix://"+h.Address, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close() })
+	h, rs := startCRI(t, harness.Options{CNI: testCNI})
 	ctx, cancel := context.WithTimeout(context.Background(), 12*time.Minute)
 	t.Cleanup(cancel)
-	return &netEnv{h: h, rs: cri.NewRuntimeServiceClient(conn), ctx: ctx}
+	return &netEnv{h: h, rs: rs, ctx: ctx}
 }
 
 type testPod struct {

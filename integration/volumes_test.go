@@ -13,8 +13,6 @@ import (
 	"testing"
 	"time"
 
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 	cri "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	"github.com/raksh-project/raksh/integration/harness"
@@ -220,10 +218,7 @@ func TestCRIVolumes(t *testing.T) {
 	pause, err := testimage.Pause()
 	must(t, err)
 	h.ImportImage(t, pause, testimage.PauseRef, "k8s.io")
-	conn, err := grpc.NewClient("unix://"+h.Address, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	must(t, err)
-	defer conn.Close()
-	rs := cri.NewRuntimeServiceClient(conn)
+	rs := criRuntime(t, h)
 	ctx, cancel := context.WithTimeout(context.Background(), 6*time.Minute)
 	defer cancel()
 

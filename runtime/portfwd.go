@@ -3,7 +3,6 @@ package runtime
 import (
 	"context"
 	"fmt"
-	"io"
 	"net"
 	"strconv"
 	"sync"
@@ -12,6 +11,7 @@ import (
 	"github.com/containerd/log"
 
 	agentapi "github.com/raksh-project/raksh/api/agent/v1"
+	"github.com/raksh-project/raksh/internal/transport"
 	"github.com/raksh-project/raksh/runtime/network"
 	"github.com/raksh-project/raksh/runtime/vm"
 )
@@ -125,7 +125,7 @@ func (f *portForwarder) accept(ctx context.Context, l net.Listener, port uint32)
 				return
 			}
 			defer s.Close()
-			splice(c, s)
+			transport.Splice(c, s)
 		}()
 	}
 }
@@ -137,23 +137,4 @@ func (f *portForwarder) closeAll() {
 		l.Close()
 		delete(f.ls, p)
 	}
-}
-
-// splice copies both ways until both directions are done, passing each
-// end-of-stream on as a half close.
-func splice(a, b net.Conn) {
-	var wg sync.WaitGroup
-	cp := func(dst, src net.Conn) {
-		defer wg.Done()
-		io.Copy(dst, src)
-		if cw, ok := dst.(interface{ CloseWrite() error }); ok {
-			cw.CloseWrite()
-		} else {
-			dst.Close()
-		}
-	}
-	wg.Add(2)
-	go cp(a, b)
-	go cp(b, a)
-	wg.Wait()
 }

@@ -2,14 +2,13 @@ package runtime
 
 import (
 	"context"
-	"io"
 	"net"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/containerd/log"
 
+	"github.com/raksh-project/raksh/internal/transport"
 	"github.com/raksh-project/raksh/internal/wire"
 	"github.com/raksh-project/raksh/runtime/vm"
 )
@@ -42,19 +41,5 @@ func proxy(ctx context.Context, guest net.Conn, target, addr string) {
 		return
 	}
 	defer host.Close()
-	var wg sync.WaitGroup
-	wg.Add(2)
-	go func() {
-		defer wg.Done()
-		io.Copy(host, guest)
-		if tc, ok := host.(*net.TCPConn); ok {
-			tc.CloseWrite()
-		}
-	}()
-	go func() {
-		defer wg.Done()
-		io.Copy(guest, host)
-		guest.Close()
-	}()
-	wg.Wait()
+	transport.Splice(guest, host)
 }

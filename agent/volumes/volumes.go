@@ -25,6 +25,7 @@ import (
 	"github.com/containerd/errdefs"
 	"golang.org/x/sys/unix"
 
+	"github.com/raksh-project/raksh/agent/scratch"
 	"github.com/raksh-project/raksh/internal/wire"
 )
 
@@ -226,6 +227,8 @@ func (s *Store) podTmpfs(pod, name string, size int64, flags uintptr) (string, e
 	}
 	if size > 0 {
 		data += fmt.Sprintf(",size=%d", size)
+	} else if room := scratch.TmpfsSize(); room != "" && name != "shm" {
+		data += "," + room // RAM plus the encrypted scratch swap
 	}
 	if err := unix.Mount("tmpfs", dir, "tmpfs", flags, data); err != nil {
 		return "", fmt.Errorf("mount tmpfs for pod %s: %w", pod, err)

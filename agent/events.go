@@ -48,3 +48,40 @@ func (e *eventsService) Stream(ctx context.Context, _ *agentapi.StreamEventsRequ
 		}
 	}
 }
+
+func (s *Service) reap() {
+	for e := range s.rt.Exits() {
+		s.mu.Lock()
+		p, ok := s.byPid[e.Pid]
+		if ok {
+			delete(s.byPid, e.Pid)
+		} else {
+			if len(s.early) > 1024 {
+				clear(s.early)
+			}
+			s.early[e.Pid] = e.Status
+		}
+		s.mu.Unlock()
+		if ok {
+			log.G(context.Background()).WithFields(log.Fields{"id": p.id, "exec": p.execID, "pid": e.Pid, "status": e.Status}).Debug("process exited")
+			p.setExited(e.Status)
+		}
+	}
+}
+
+// track registers pid for process p, delivering an exit that was reaped
+// before the pid was known.
+func (s *Service) track(p *process, pid int) {
+	s.mu.Lock()
+	p.setPid(pid)
+	status, exited := s.early[pid]
+	if exited {
+		delete(s.early, pid)
+	} else {
+		s.byPid[pid] = p
+	}
+	s.mu.Unlock()
+	if exited {
+		p.setExited(status)
+	}
+}

@@ -17,8 +17,8 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/raksh-project/raksh/agent"
-	"github.com/raksh-project/raksh/agent/scratch"
 	"github.com/raksh-project/raksh/agent/kbssession"
+	"github.com/raksh-project/raksh/agent/scratch"
 	"github.com/raksh-project/raksh/internal/transport"
 	"github.com/raksh-project/raksh/internal/version"
 	"github.com/raksh-project/raksh/internal/wire"

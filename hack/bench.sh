@@ -13,6 +13,8 @@ run() { echo "== $*" | tee -a "$res"; "$@" 2>&1 | grep -E '^(Benchmark|ok|FAIL|-
 run go test -tags integration -run '^$' -bench 'RunVsRunc|HostRSS' -benchtime 5x -timeout 30m ./integration/
 # Pod network (root): raksh vs runc pod on one CNI bridge, one run; pod start with and without a NIC.
 run go test -tags integration -run '^$' -bench 'PodNetwork' -benchtime 1x -timeout 20m ./integration/
+# Volumes (root): pod start with a 10-file ConfigMap vs none, update propagation; one run.
+run go test -tags integration -run '^$' -bench 'ConfigMapVolume' -benchtime 1x -timeout 20m ./integration/
 run go test -tags integration -run '^$' -bench 'BootToAgent' -benchtime 5x -timeout 30m ./runtime/vm/
 # Components.
 run go test -run '^$' -bench . -benchtime 200x ./envelope/ ./tee/sim/ ./kbs/...

@@ -393,13 +393,9 @@ func (s *Service) Connect(ctx context.Context, r *taskAPI.ConnectRequest) (*task
 	return resp, nil
 }
 
-// Shutdown stops the agent (and powers the VM off) once it has answered.
+// Shutdown asks the agent to stop (and power the VM off). It does so in
+// Serve, once the shim has the answer and closed the session.
 func (s *Service) Shutdown(ctx context.Context, r *taskAPI.ShutdownRequest) (*ptypes.Empty, error) {
-	if s.shutdown != nil {
-		go func() {
-			time.Sleep(50 * time.Millisecond) // let the reply reach the shim
-			s.shutdown()
-		}()
-	}
+	s.shutdownOnce.Do(func() { close(s.shutdownReq) })
 	return &ptypes.Empty{}, nil
 }

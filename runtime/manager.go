@@ -157,7 +157,13 @@ func (m manager) Stop(ctx context.Context, id string) (shim.StopStatus, error) {
 				}
 			}
 		}
-		if cfg.Debug {
+		// The virtio-fs share holds bind mounts of node paths: unmounted
+		// before anything under dir is removed, and dir kept if one is left.
+		shareErr := vm.CleanupShared(vm.SharedDir(dir))
+		if shareErr != nil {
+			log.G(ctx).WithError(shareErr).WithField("dir", dir).Error("failed to clean up the virtio-fs share; the VM's state directory is kept")
+		}
+		if cfg.Debug || shareErr != nil {
 			// Keep the console log for debugging; the sockets go.
 			os.Remove(filepath.Join(dir, "agent.sock"))
 			os.Remove(filepath.Join(dir, "qmp.sock"))
@@ -254,6 +260,7 @@ func NewQEMUVM(ctx context.Context, cfg Config, id string, nics []qemu.NIC) (vm.
 		BootTimeout:     cfg.BootTimeout,
 		KVMProbeTimeout: cfg.KVMProbeTimeout,
 		AccelCache:      filepath.Join(cfg.StateDir, "accel"),
+		VirtioFSD:       virtioFSD(cfg),
 	})
 	if initrd != nil {
 		return closeAfterStart{Instance: inst, f: initrd}, nil

@@ -4,10 +4,12 @@ import (
 	"context"
 	"fmt"
 
+	"github.com/containerd/containerd/v2/pkg/namespaces"
 	"github.com/containerd/log"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
 	agentapi "github.com/raksh-project/raksh/api/agent/v1"
+	"github.com/raksh-project/raksh/runtime/launch"
 	"github.com/raksh-project/raksh/runtime/vm"
 	"github.com/raksh-project/raksh/runtime/volumes"
 )
@@ -17,7 +19,8 @@ import (
 // copies updated until stopVolumes. Bind mounts it does not deliver are
 // refused by the agent, naming them.
 func (s *Service) deliverVolumes(ctx context.Context, v vm.Instance, cfg Config, id string, spec *specs.Spec) error {
-	vols := volumes.Classify(spec)
+	share := launch.SharesFS(cfg)
+	vols := volumes.Classify(spec, share)
 	if len(vols) == 0 {
 		return nil
 	}
@@ -26,6 +29,9 @@ func (s *Service) deliverVolumes(ctx context.Context, v vm.Instance, cfg Config,
 		s.volumes = volumes.NewSyncer(agentapi.NewVolumesClient(v.Client()), volumes.Config{
 			MaxBytes: cfg.Volumes.MaxBytes, MaxFiles: cfg.Volumes.MaxFiles, PollInterval: cfg.Volumes.PollInterval,
 		})
+		if share {
+			s.volumes.WithShare(volumes.NewShare(vm.SharedDir(vmDir(cfg, namespaceOf(ctx), s.id))))
+		}
 	}
 	syncer := s.volumes
 	s.mu.Unlock()
@@ -46,6 +52,22 @@ func (s *Service) stopVolumes(ctx context.Context, id string) {
 	syncer := s.volumes
 	s.mu.Unlock()
 	if syncer != nil {
-		syncer.Stop(id)
+		if err := syncer.Stop(id); err != nil {
+			log.G(ctx).WithError(err).WithField("id", id).Warn("failed to remove shared mounts from the virtio-fs share")
+		}
 	}
+}
+
+// virtioFSD is the VM's virtiofsd when the runtime config shares node
+// paths (shared_fs = "virtio-fs"), else nil.
+func virtioFSD(cfg Config) *vm.VirtioFSD {
+	if !launch.SharesFS(cfg) {
+		return nil
+	}
+	return &vm.VirtioFSD{Path: cfg.VirtioFSDPath, Tag: launch.VirtioFSTag}
+}
+
+func namespaceOf(ctx context.Context) string {
+	ns, _ := namespaces.Namespace(ctx)
+	return ns
 }

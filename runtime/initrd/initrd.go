@@ -27,6 +27,8 @@ var DefaultModules = []string{
 	"virtio_blk", "dm_mod", "dm_crypt", "dm_integrity", "authenc", "xts", "ecb",
 	// Plain images' layers as read-only erofs disks (docs/storage.md).
 	"erofs",
+	// Host volumes shared with virtio-fs when the runtime config allows it.
+	"virtiofs",
 }
 
 // Options describe an initrd.

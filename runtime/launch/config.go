@@ -103,6 +103,13 @@ type Config struct {
 	// O_TMPFILE, so they vanish with the last process holding them). Put
 	// it on a disk, not a tmpfs.
 	ScratchDir string `toml:"scratch_dir"`
+	// SharedFS is "none" (or empty, the default: nothing of the node is
+	// shared with the guest, hostPath and persistent volumes are refused)
+	// or "virtio-fs" (they are shared through one virtiofsd per pod; the
+	// content is the node's, not confidential). See docs/volumes.md.
+	SharedFS string `toml:"shared_fs"`
+	// VirtioFSDPath is the virtiofsd binary (shared_fs = "virtio-fs").
+	VirtioFSDPath string `toml:"virtiofsd_path"`
 	// PodScratchDiskMiB is the scratch disk of the pod whose VM is launched
 	// (ScratchDiskMiB), set by the shim per pod; not a TOML key.
 	PodScratchDiskMiB uint `toml:"-"`
@@ -153,6 +160,7 @@ func DefaultConfig() Config {
 	cfg.ScratchDir = "/var/lib/raksh/scratch"
 	cfg.PlainRootfs = PlainRootfsErofs
 	cfg.MkfsErofs = "mkfs.erofs"
+	cfg.VirtioFSDPath = DefaultVirtioFSD
 	return cfg
 }
 
@@ -206,6 +214,9 @@ func LoadConfig(path string) (Config, error) {
 		return cfg, fmt.Errorf("runtime config %s: plain_rootfs %q is not erofs or tar", path, cfg.PlainRootfs)
 	}
 	if err := validStorage(cfg); err != nil {
+		return cfg, fmt.Errorf("runtime config %s: %w", path, err)
+	}
+	if err := validSharedFS(cfg); err != nil {
 		return cfg, fmt.Errorf("runtime config %s: %w", path, err)
 	}
 	return cfg, nil

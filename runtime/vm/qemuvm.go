@@ -37,6 +37,10 @@ type QEMUOptions struct {
 	KVMProbeTimeout time.Duration
 	// AccelCache is the file remembering the probe's result.
 	AccelCache string
+	// VirtioFSD, if set, starts a virtiofsd sharing SharedDir(Dir) with
+	// the guest before each QEMU and ends it with QEMU; Shutdown unmounts
+	// whatever was bound into the share before removing Dir.
+	VirtioFSD *VirtioFSD
 }
 
 // AccelAuto picks KVM when a probe boot proves it works, else TCG.
@@ -47,6 +51,7 @@ type qemuVM struct {
 
 	mu     sync.Mutex
 	proc   *qemu.Process
+	fsd    *virtiofsd
 	sess   transport.Session
 	client *ttrpc.Client
 	done   chan struct{}
@@ -105,6 +110,12 @@ func (v *qemuVM) Start(ctx context.Context) error {
 	if cfg.ConsoleLog == "" {
 		cfg.ConsoleLog = filepath.Join(v.opts.Dir, "console.log")
 	}
+	if fs := v.opts.VirtioFSD; fs != nil {
+		if err := prepareShared(SharedDir(v.opts.Dir)); err != nil {
+			return err
+		}
+		cfg.VirtioFS = &qemu.VirtioFS{Socket: filepath.Join(v.opts.Dir, virtioFSDSocket), Tag: fs.Tag}
+	}
 	probing := false
 	if cfg.Accel == AccelAuto {
 		cfg.Accel = ProbeAccel(v.opts.AccelCache)
@@ -147,6 +158,16 @@ func (v *qemuVM) boot(ctx context.Context, cfg qemu.Config, timeout time.Duratio
 	os.Remove(cfg.QMPSocket)
 	os.Remove(cfg.ConsoleLog)
 	cfg.NICs = withVhost(cfg.NICs, cfg.Accel)
+	if cfg.VirtioFS != nil {
+		// One virtiofsd per QEMU: it serves one connection.
+		fsd, err := startVirtioFSD(v.opts.VirtioFSD.Path, SharedDir(v.opts.Dir), cfg.VirtioFS.Socket, 30*time.Second)
+		if err != nil {
+			return err
+		}
+		v.mu.Lock()
+		v.fsd = fsd
+		v.mu.Unlock()
+	}
 	proc, err := qemu.Start(cfg)
 	if err != nil {
 		return err
@@ -282,9 +303,10 @@ func (v *qemuVM) AcceptStream() (string, net.Conn, error) {
 
 func (v *qemuVM) stopProcess(ctx context.Context) {
 	v.mu.Lock()
-	proc, sess, client := v.proc, v.sess, v.client
-	v.sess, v.client = nil, nil
+	proc, sess, client, fsd := v.proc, v.sess, v.client, v.fsd
+	v.sess, v.client, v.fsd = nil, nil, nil
 	v.mu.Unlock()
+	defer fsd.kill()
 	if client != nil {
 		client.Close()
 	}
@@ -301,6 +323,12 @@ func (v *qemuVM) stopProcess(ctx context.Context) {
 func (v *qemuVM) Shutdown(ctx context.Context) error {
 	v.stopProcess(ctx)
 	v.once.Do(func() { close(v.done) })
+	if v.opts.VirtioFSD != nil {
+		// Before anything under Dir is removed: the share holds node paths.
+		if err := CleanupShared(SharedDir(v.opts.Dir)); err != nil {
+			return err
+		}
+	}
 	if v.opts.KeepDir {
 		os.Remove(filepath.Join(v.opts.Dir, "agent.sock"))
 		os.Remove(filepath.Join(v.opts.Dir, "qmp.sock"))

@@ -4,8 +4,10 @@
 // CRI's per-pod files into the guest through the agent's Volumes service,
 // polls them for kubelet's atomic ..data swaps and token rotations and
 // sends the updates, and asks the agent for a guest tmpfs for each
-// emptyDir. Nothing of a volume is ever shared with the guest: the guest
-// gets copies, bounded by Config.
+// emptyDir. Those are never shared with the guest: the guest gets copies,
+// bounded by Config. Only when the runtime config sets shared_fs =
+// "virtio-fs" are the other bind mounts (hostPath, persistent volumes,
+// image volumes) shared live through the pod's virtio-fs share (Share).
 package volumes
 
 import (
@@ -56,6 +58,8 @@ const (
 	File
 	// EmptyDir is a guest tmpfs shared by the pod's containers.
 	EmptyDir
+	// Shared is a node path shared with virtio-fs (shared_fs).
+	Shared
 )
 
 // Volume is a mount of the spec the shim delivers.
@@ -70,6 +74,9 @@ type Volume struct {
 	// for medium: Memory; 0 for a disk-backed one).
 	Name      string
 	SizeBytes int64
+	// Options are a shared mount's bind options (ro, rro, rbind,
+	// propagation).
+	Options []string
 }
 
 // copied are the kubelet volume plugins whose content is copied.
@@ -83,9 +90,10 @@ func isBind(m specs.Mount) bool {
 }
 
 // Classify returns the bind mounts of spec the shim delivers into the
-// guest. Any other bind mount is left to the agent, which refuses it
+// guest. With share (shared_fs = "virtio-fs"), every other bind mount but
+// /dev/shm is Shared; without, it is left to the agent, which refuses it
 // naming it (hostPath, PVs, subPath mounts, nerdctl -v).
-func Classify(spec *specs.Spec) []Volume {
+func Classify(spec *specs.Spec, share bool) []Volume {
 	var vols []Volume
 	for _, m := range spec.Mounts {
 		if !isBind(m) {
@@ -95,16 +103,23 @@ func Classify(spec *specs.Spec) []Volume {
 			switch {
 			case slices.Contains(copied, plugin):
 				vols = append(vols, Volume{Kind: Tree, Source: m.Source, Destination: path.Clean(m.Destination), Plugin: plugin})
+				continue
 			case plugin == "empty-dir":
 				vols = append(vols, Volume{Kind: EmptyDir, Source: m.Source, Destination: path.Clean(m.Destination), Plugin: plugin,
 					Name: name, SizeBytes: tmpfsSize(m.Source)})
+				continue
 			}
-			continue
+			// Persistent volumes (csi, local, ...): shared or refused.
 		}
 		if slices.Contains(criFiles, path.Clean(m.Destination)) {
 			if st, err := os.Stat(m.Source); err == nil && st.Mode().IsRegular() {
 				vols = append(vols, Volume{Kind: File, Source: m.Source, Destination: path.Clean(m.Destination), Plugin: "cri"})
+				continue
 			}
+		}
+		if share && sharedCandidate(m) {
+			vols = append(vols, Volume{Kind: Shared, Source: m.Source, Destination: path.Clean(m.Destination), Plugin: "shared",
+				Options: slices.Clone(m.Options)})
 		}
 	}
 	return vols
@@ -254,6 +269,7 @@ func fingerprint(v Volume) [32]byte {
 type Syncer struct {
 	client agentapi.VolumesService
 	cfg    Config
+	share  *Share
 
 	mu      sync.Mutex
 	watches map[string]context.CancelFunc
@@ -274,6 +290,12 @@ func NewSyncer(client agentapi.VolumesService, cfg Config) *Syncer {
 	return &Syncer{client: client, cfg: cfg, watches: map[string]context.CancelFunc{}}
 }
 
+// WithShare has s share Shared volumes through share.
+func (s *Syncer) WithShare(share *Share) *Syncer {
+	s.share = share
+	return s
+}
+
 func (s *Syncer) put(ctx context.Context, id, pod string, v Volume) error {
 	req := &agentapi.PutVolumeRequest{ContainerId: id, Destination: v.Destination}
 	switch v.Kind {
@@ -284,6 +306,19 @@ func (s *Syncer) put(ctx context.Context, id, pod string, v Volume) error {
 	case EmptyDir:
 		req.Kind = agentapi.VolumeKind_VOLUME_KIND_EMPTY_DIR
 		req.PodId, req.Name, req.SizeBytes = pod, v.Name, v.SizeBytes
+	case Shared:
+		if s.share == nil {
+			return fmt.Errorf("bind mount of %q at %q: no virtio-fs share (shared_fs): %w", v.Source, v.Destination, errdefs.ErrInvalidArgument)
+		}
+		req.Kind = agentapi.VolumeKind_VOLUME_KIND_SHARED
+		req.Name = ShareID(id, v.Destination)
+		if err := s.share.Bind(id, req.Name, v); err != nil {
+			return err
+		}
+		if _, err := s.client.Put(ctx, req); err != nil {
+			return fmt.Errorf("share bind mount of %q at %q with the guest: %w", v.Source, v.Destination, err)
+		}
+		return nil
 	}
 	entries, err := read(v, s.cfg)
 	if err != nil {
@@ -299,7 +334,12 @@ func (s *Syncer) put(ctx context.Context, id, pod string, v Volume) error {
 // Deliver copies container id's volumes into the guest (pod is its CRI
 // sandbox, or id) and starts polling the copied ones for updates until
 // Stop. It fails, naming the volume, on any volume it cannot deliver.
-func (s *Syncer) Deliver(ctx context.Context, id, pod string, vols []Volume) error {
+func (s *Syncer) Deliver(ctx context.Context, id, pod string, vols []Volume) (retErr error) {
+	defer func() {
+		if retErr != nil && s.share != nil {
+			s.share.Unbind(id)
+		}
+	}()
 	var (
 		watched []Volume
 		prints  [][32]byte
@@ -311,7 +351,7 @@ func (s *Syncer) Deliver(ctx context.Context, id, pod string, vols []Volume) err
 		if err := s.put(ctx, id, pod, v); err != nil {
 			return err
 		}
-		if v.Kind != EmptyDir {
+		if v.Kind == Tree || v.Kind == File {
 			watched = append(watched, v)
 			prints = append(prints, fp)
 		}
@@ -358,8 +398,9 @@ func (s *Syncer) poll(ctx context.Context, id, pod string, vols []Volume, prints
 	}
 }
 
-// Stop ends the polling of container id's volumes.
-func (s *Syncer) Stop(id string) {
+// Stop ends the polling of container id's volumes and removes its
+// shared mounts from the pod's virtio-fs share.
+func (s *Syncer) Stop(id string) error {
 	s.mu.Lock()
 	cancel := s.watches[id]
 	delete(s.watches, id)
@@ -367,4 +408,8 @@ func (s *Syncer) Stop(id string) {
 	if cancel != nil {
 		cancel()
 	}
+	if s.share != nil {
+		return s.share.Unbind(id)
+	}
+	return nil
 }

@@ -31,6 +31,12 @@ const (
 	VolumeKind_VOLUME_KIND_FILE VolumeKind = 1
 	// VOLUME_KIND_EMPTY_DIR is a guest tmpfs shared by the pod's containers.
 	VolumeKind_VOLUME_KIND_EMPTY_DIR VolumeKind = 2
+	// VOLUME_KIND_SHARED is a node directory or file shared with virtio-fs
+	// (only when the runtime config sets shared_fs = "virtio-fs"): name is
+	// the opaque id of its entry in the pod's virtio-fs share (lower-case
+	// letters and digits, never a path); entries is empty. The content is
+	// the node's, live, and not confidential.
+	VolumeKind_VOLUME_KIND_SHARED VolumeKind = 3
 )
 
 // Enum value maps for VolumeKind.
@@ -39,11 +45,13 @@ var (
 		0: "VOLUME_KIND_TREE",
 		1: "VOLUME_KIND_FILE",
 		2: "VOLUME_KIND_EMPTY_DIR",
+		3: "VOLUME_KIND_SHARED",
 	}
 	VolumeKind_value = map[string]int32{
 		"VOLUME_KIND_TREE":      0,
 		"VOLUME_KIND_FILE":      1,
 		"VOLUME_KIND_EMPTY_DIR": 2,
+		"VOLUME_KIND_SHARED":    3,
 	}
 )
 
@@ -228,7 +236,8 @@ type PutVolumeRequest struct {
 	Kind        VolumeKind     `protobuf:"varint,3,opt,name=kind,proto3,enum=raksh.agent.v1.VolumeKind" json:"kind,omitempty"`
 	Entries     []*VolumeEntry `protobuf:"bytes,4,rep,name=entries,proto3" json:"entries,omitempty"`
 	// pod_id and name identify an emptyDir in its pod; size_bytes limits its
-	// tmpfs (0: tmpfs's default, half the guest's memory).
+	// tmpfs (0: tmpfs's default, half the guest's memory). For a shared
+	// volume, name is its id in the pod's virtio-fs share.
 	PodId         string `protobuf:"bytes,5,opt,name=pod_id,json=podId,proto3" json:"pod_id,omitempty"`
 	Name          string `protobuf:"bytes,6,opt,name=name,proto3" json:"name,omitempty"`
 	SizeBytes     int64  `protobuf:"varint,7,opt,name=size_bytes,json=sizeBytes,proto3" json:"size_bytes,omitempty"`
@@ -456,12 +465,13 @@ const file_agent_v1_volumes_proto_rawDesc = "" +
 	"\x11PutVolumeResponse\"9\n" +
 	"\x14RemoveVolumesRequest\x12!\n" +
 	"\fcontainer_id\x18\x01 \x01(\tR\vcontainerId\"\x17\n" +
-	"\x15RemoveVolumesResponse*S\n" +
+	"\x15RemoveVolumesResponse*k\n" +
 	"\n" +
 	"VolumeKind\x12\x14\n" +
 	"\x10VOLUME_KIND_TREE\x10\x00\x12\x14\n" +
 	"\x10VOLUME_KIND_FILE\x10\x01\x12\x19\n" +
-	"\x15VOLUME_KIND_EMPTY_DIR\x10\x02*O\n" +
+	"\x15VOLUME_KIND_EMPTY_DIR\x10\x02\x12\x16\n" +
+	"\x12VOLUME_KIND_SHARED\x10\x03*O\n" +
 	"\tEntryType\x12\x12\n" +
 	"\x0eENTRY_TYPE_DIR\x10\x00\x12\x16\n" +
 	"\x12ENTRY_TYPE_REGULAR\x10\x01\x12\x16\n" +

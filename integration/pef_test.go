@@ -33,7 +33,9 @@ import (
 // a raksh-kbs whose verifier lists that key as simulated and whose policy
 // allows insecure claims for it (and pins the key and the init data), gets
 // the workload key and runs the sealed container. The sealed file is not on
-// the node's disk. Refusals: a policy without allow_insecure, a verifier
+// the node's disk. Without any broker reachable, an envelope naming a
+// workload key sealed into the initrd (--seal-resource) opens, one naming
+// another key does not. Refusals: a policy without allow_insecure, a verifier
 // trusting the key for hardware, the node's init data changed after
 // sealing (one byte: the command line no longer matches) and a sealed
 // initrd with one byte of its ESM blob flipped (no VM starts for these
@@ -84,6 +86,15 @@ func TestPEFSim(t *testing.T) {
 	secretFile := filepath.Join(dir, "app.secret")
 	os.WriteFile(secretFile, []byte(appSecret), 0o600)
 	attestPub := filepath.Join(dir, "attest.pub")
+	// A workload key sealed into the initrd: envelopes naming it open
+	// without a broker.
+	localKey, err := envelope.GenerateKey(envelope.KeyP384)
+	if err != nil {
+		t.Fatal(err)
+	}
+	localPEM, _ := envelope.MarshalPrivateKey(localKey)
+	localKeyFile := filepath.Join(dir, "local.key")
+	os.WriteFile(localKeyFile, localPEM, 0o600)
 	start := time.Now()
 	var sealed struct {
 		Cmdline          string `json:"cmdline"`
@@ -92,7 +103,8 @@ func TestPEFSim(t *testing.T) {
 	out := rakshctlRun("initrd", "build", "--agent", filepath.Join(harness.Output(), "bin", "raksh-agent"),
 		"--runc", harness.Bin(t, "runc"), "--modules-dir", filepath.Join(harness.Output(), "deps", "kernel", "modules"),
 		"--out", sealedInitrd, "--seal-for", "pef", "--wrapping-key", uvPub, "--runtime-config", h.RuntimeConfigPath,
-		"--seal-file", "app.secret="+secretFile, "--attestation-public-key", attestPub, "-o", "json")
+		"--seal-file", "app.secret="+secretFile, "--seal-resource", "default/local/key="+localKeyFile,
+		"--attestation-public-key", attestPub, "-o", "json")
 	if err := json.Unmarshal([]byte(out), &sealed); err != nil || !strings.Contains(sealed.Cmdline, "raksh.init_data="+digest) {
 		t.Fatalf("rakshctl initrd build --seal-for pef: %v\n%s", err, out)
 	}
@@ -130,13 +142,12 @@ func TestPEFSim(t *testing.T) {
 	}
 
 	secret := randomSecret(t, "pef-env-")
-	run := func(t *testing.T, id string) (string, error) {
+	runWith := func(t *testing.T, id string, r envelope.Recipient) (string, error) {
 		t.Helper()
 		env, err := envelope.Seal(&envelope.Spec{
 			Args: []string{"sh", "-c", `echo "SECRET=$SECRET"`},
 			Env:  []string{"SECRET=" + secret},
-		}, envelope.Binding{Namespace: "default", Pod: id, Container: id},
-			envelope.Recipient{KeyID: "kbs:///default/workload/pef", Key: key.Public()})
+		}, envelope.Binding{Namespace: "default", Pod: id, Container: id}, r)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -145,6 +156,9 @@ func TestPEFSim(t *testing.T) {
 		return h.CtrContext(ctx, "run", "--rm", "--runtime", rakshRuntime,
 			"--annotation", envelope.ContainerAnnotation+"="+string(env),
 			"--env", "SECRET="+envelope.Placeholder, busyboxRef, id, envelope.Placeholder)
+	}
+	run := func(t *testing.T, id string) (string, error) {
+		return runWith(t, id, envelope.Recipient{KeyID: "kbs:///default/workload/pef", Key: key.Public()})
 	}
 	refused := func(t *testing.T, id, want string) {
 		t.Helper()
@@ -186,6 +200,22 @@ func TestPEFSim(t *testing.T) {
 				t.Fatalf("the sealed file is on the node's disk: %v", hits)
 			}
 		}
+	})
+	t.Run("workload key sealed into the initrd, no broker", func(t *testing.T) {
+		// No [proxy] kbs: the guest cannot reach any broker; the key
+		// comes from the files the (simulated) ultravisor released.
+		setConfig(t, baseConfig)
+		start := time.Now()
+		out, err := runWith(t, "raksh-pef-local", envelope.Recipient{KeyID: "kbs:///default/local/key", Key: localKey.Public()})
+		if err != nil {
+			t.Fatalf("ctr run: %v\n%s", err, out)
+		}
+		if !strings.Contains(out, "SECRET="+secret) {
+			t.Fatalf("the sealed container did not get its secret:\n%s", out)
+		}
+		t.Logf("sealed container ran with its key from the sealed initrd in %s", time.Since(start).Round(100*time.Millisecond))
+		// A key that was not sealed needs the broker, and there is none.
+		refused(t, "raksh-pef-local-nobroker", "failed to get key kbs:///default/workload/pef")
 	})
 	t.Run("policy without allow_insecure", func(t *testing.T) {
 		k.setPolicy(t, policy(false))

@@ -222,3 +222,66 @@ func TestErofsRootfs(t *testing.T) {
 		t.Errorf("after the image's removal: layer images %v, temporary files %v", imgs, temps)
 	}
 }
+
+// TestBigImageErofs runs an image of about 600 MB (a 600 MiB random layer
+// the container does not read, on the busybox layers) in a 512 MiB guest
+// on the erofs path: the container starts and reads its image files from
+// the erofs disks, the guest's memory holds none of the unread layer, and
+// the pod's removal leaves no VM, no temporary layer image and, once the
+// image is removed, no layer image. On the tar path the same image cannot
+// start (the guest's tmpfs is smaller than the image; docs/storage.md).
+func TestBigImageErofs(t *testing.T) {
+	h := harness.StartContainerd(t, harness.Options{RuntimeConfig: erofsConfig + "memory_mib = 512\n"})
+	const ref = "docker.io/library/big:600"
+	dir, err := os.MkdirTemp("/var/tmp", "rk-big-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(dir)
+	start := time.Now()
+	h.ImportImage(t, layeredImage(t, dir, 600), ref, "")
+	os.RemoveAll(dir)
+	t.Logf("600 MiB image built and imported in %s", time.Since(start).Round(time.Second))
+
+	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
+	defer cancel()
+	start = time.Now()
+	if out, err := h.CtrContext(ctx, "run", "-d", "--runtime", rakshRuntime, ref, "big", "sleep", "600"); err != nil {
+		t.Fatalf("run: %v %s", err, out)
+	}
+	waitStatus(t, h, "big", "RUNNING", 5*time.Minute)
+	t.Logf("running after %s (first run: includes building the layer images)", time.Since(start).Round(100*time.Millisecond))
+	out, err := h.CtrContext(ctx, "task", "exec", "--exec-id", "check", "big", "sh", "-c",
+		"cat /etc/raksh-marker; stat -c %s /data/blob; grep ' / ' /proc/mounts; grep -E 'MemTotal|MemAvailable' /proc/meminfo")
+	if err != nil {
+		t.Fatalf("exec: %v %q", err, out)
+	}
+	if !strings.HasPrefix(out, "from-the-image\n629145600\noverlay / overlay ") || strings.Count(out, "/run/raksh-layers/") != 3 {
+		t.Fatalf("in the guest: %q (want the marker, the 600 MiB file, a rootfs on 3 erofs layers)", out)
+	}
+	t.Logf("guest: %s; QEMU RSS %s", strings.Join(strings.Fields(out)[len(strings.Fields(out))-6:], " "), rss(h.QEMUProcesses()[0]))
+	imgs, _ := layerImages(t, h)
+	if len(imgs) != 3 {
+		t.Fatalf("layer images %v, want 3", imgs)
+	}
+	h.CtrContext(ctx, "task", "kill", "-s", "SIGKILL", "big")
+	deadline := time.Now().Add(time.Minute)
+	for {
+		if out, err := h.CtrContext(ctx, "task", "rm", "-f", "big"); err == nil || strings.Contains(out, "not found") || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	if out, err := h.CtrContext(ctx, "container", "rm", "big"); err != nil {
+		t.Fatalf("container rm: %v %s", err, out)
+	}
+	if p := h.QEMUProcesses(); len(p) != 0 {
+		t.Errorf("QEMU still running: %v", p)
+	}
+	if out, err := h.CtrContext(ctx, "image", "rm", "--sync", ref); err != nil {
+		t.Fatalf("image rm: %v %s", err, out)
+	}
+	if imgs, temps := layerImages(t, h); len(imgs) != 0 || len(temps) != 0 {
+		t.Errorf("after the image's removal: layer images %v, temporary files %v", imgs, temps)
+	}
+}

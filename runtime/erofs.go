@@ -15,6 +15,7 @@ import (
 
 	"github.com/containerd/containerd/api/types"
 	"github.com/containerd/containerd/v2/core/mount"
+	"github.com/containerd/containerd/v2/pkg/sys/reaper"
 	"github.com/containerd/errdefs"
 	"github.com/containerd/log"
 
@@ -28,6 +29,30 @@ import (
 // snapshot's own directory, so it is shared by every pod using the layer
 // and removed with the snapshot when containerd garbage-collects it.
 const LayerImageName = "raksh-layer.erofs"
+
+// runCommand runs cmd to its end. The shim replaces it (useReaper): there
+// containerd's reaper collects every child's exit, so exec.Cmd.Wait alone
+// would fail with ECHILD.
+var runCommand = (*exec.Cmd).Run
+
+// useReaper makes runCommand wait through containerd's reaper (the shim
+// runs with it).
+func useReaper() {
+	runCommand = func(cmd *exec.Cmd) error {
+		ec, err := reaper.Default.Start(cmd)
+		if err != nil {
+			return err
+		}
+		status, err := reaper.Default.Wait(cmd, ec)
+		if err != nil {
+			return err
+		}
+		if status != 0 {
+			return fmt.Errorf("%s exited with status %d", filepath.Base(cmd.Path), status)
+		}
+		return nil
+	}
+}
 
 // layerDisks remembers which layer images are already attached to the
 // pod's VM, so containers sharing layers share the disks.
@@ -99,12 +124,15 @@ func layerImage(ctx context.Context, mkfs, lower string) (string, error) {
 	defer os.Remove(tmp.Name())
 	start := time.Now()
 	cmd := exec.CommandContext(ctx, mkfs, "--quiet", "--preserve-mtime", tmp.Name(), lower)
-	if out, err := cmd.CombinedOutput(); err != nil {
+	var outBuf strings.Builder
+	cmd.Stdout, cmd.Stderr = &outBuf, &outBuf
+	if err := runCommand(cmd); err != nil {
+		out := outBuf.String()
 		if errors.Is(err, exec.ErrNotFound) || errors.Is(err, os.ErrNotExist) {
 			return "", fmt.Errorf("plain_rootfs = %q needs %s (erofs-utils): %v; install erofs-utils or set plain_rootfs = %q in the runtime config: %w",
 				launch.PlainRootfsErofs, mkfs, err, launch.PlainRootfsTar, errdefs.ErrFailedPrecondition)
 		}
-		return "", fmt.Errorf("build erofs image of layer %s: %v: %s", filepath.Base(filepath.Dir(lower)), err, strings.TrimSpace(string(out)))
+		return "", fmt.Errorf("build erofs image of layer %s: %v: %s", filepath.Base(filepath.Dir(lower)), err, strings.TrimSpace(out))
 	}
 	if err := os.Rename(tmp.Name(), img); err != nil {
 		return "", fmt.Errorf("layer image: %w", err)

@@ -10,6 +10,7 @@ import (
 
 	taskAPI "github.com/containerd/containerd/api/runtime/task/v3"
 	"github.com/containerd/containerd/api/types"
+	"github.com/containerd/containerd/v2/pkg/oom"
 	"github.com/containerd/errdefs"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
@@ -58,6 +59,9 @@ type Service struct {
 	initData InitData
 	// net is the pod network of the guest (podnet.go).
 	net podNet
+	// oom watches containers' cgroups for OOM kills (init_linux.go).
+	oom     oom.Watcher
+	oomOnce sync.Once
 }
 
 // WithProxyDialer sets how the agent reaches host-side services (key broker,

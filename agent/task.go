@@ -47,6 +47,7 @@ func (s *Service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 			s.mu.Lock()
 			delete(s.containers, r.ID)
 			s.mu.Unlock()
+			releaseRootfs(c.bundle)
 			os.RemoveAll(c.bundle)
 		}
 	}()
@@ -245,6 +246,9 @@ func (s *Service) Delete(ctx context.Context, r *taskAPI.DeleteRequest) (*taskAP
 		e.closeIO()
 	}
 	s.mu.Unlock()
+	if err := releaseRootfs(c.bundle); err != nil {
+		log.G(ctx).WithError(err).WithField("id", c.id).Warn("failed to unmount rootfs")
+	}
 	if err := os.RemoveAll(c.bundle); err != nil {
 		log.G(ctx).WithError(err).WithField("id", c.id).Warn("failed to remove bundle")
 	}

@@ -23,7 +23,8 @@ var initrdCommand = &cli.Command{
 blob is put in front of it, for the platform's wrapping key (--wrapping-key), holding
 the SHA-512 of the kernel, this initrd and the exact kernel command line the shim
 renders from --runtime-config (tee = "pef", the node's init data bound), and the
---seal-file files plus, with --attestation-public-key, a fresh attestation key. The
+--seal-file files, the --seal-resource workload keys (envelopes naming them open
+without a key broker) and, with --attestation-public-key, a fresh attestation key. The
 ultravisor (or, with [pef] simulated_ultravisor_key, the shim's INSECURE simulated
 one) releases them into /raksh/pef only to a VM booting exactly that.`,
 		Flags: []cli.Flag{
@@ -38,6 +39,7 @@ one) releases them into /raksh/pef only to a VM booting exactly that.`,
 			&cli.StringFlag{Name: "wrapping-key", Usage: "with --seal-for pef: the platform's wrapping public key (RSA, PEM; on PEF hardware: tpm2_readpublic -c 0x81800001 -f pem)"},
 			&cli.StringFlag{Name: "runtime-config", Value: launch.DefaultConfigPath, Usage: "with --seal-for pef: the node's runtime.toml (tee = \"pef\"); kernel and command line are sealed as the shim renders them"},
 			&cli.StringSliceFlag{Name: "seal-file", Usage: "with --seal-for pef: file NAME=SRC the ultravisor releases into /raksh/pef/NAME (repeatable; at most 4096 bytes)"},
+			&cli.StringSliceFlag{Name: "seal-resource", Usage: "with --seal-for pef: workload key REPO/TYPE/TAG=SRC (or kbs:///REPO/TYPE/TAG=SRC) the agent takes from the released files instead of asking the key broker (repeatable)"},
 			&cli.StringFlag{Name: "attestation-public-key", Usage: "with --seal-for pef: seal a fresh P-384 attestation key (raksh-attest.key) and write its public half to this file, for raksh-kbs [pef] trusted_keys or simulated_keys"},
 			outputFlag("text", "text", "json"),
 		},
@@ -57,7 +59,7 @@ one) releases them into /raksh/pef only to a VM booting exactly that.`,
 			var seal *pefSeal
 			switch c.String("seal-for") {
 			case "":
-				for _, f := range []string{"wrapping-key", "seal-file", "attestation-public-key"} {
+				for _, f := range []string{"wrapping-key", "seal-file", "seal-resource", "attestation-public-key"} {
 					if c.IsSet(f) {
 						return fmt.Errorf("--%s needs --seal-for pef: %w", f, errdefs.ErrInvalidArgument)
 					}

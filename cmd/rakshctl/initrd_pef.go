@@ -18,6 +18,7 @@ import (
 	"github.com/containerd/errdefs"
 	"github.com/urfave/cli/v2"
 
+	"github.com/raksh-project/raksh/envelope"
 	"github.com/raksh-project/raksh/runtime/launch"
 	"github.com/raksh-project/raksh/tee/pef"
 )
@@ -33,6 +34,7 @@ type pefSeal struct {
 	attestPubOut string
 	attestPub    []byte
 	attestID     string
+	resources    []string
 }
 
 func newPEFSeal(c *cli.Context) (*pefSeal, error) {
@@ -71,6 +73,32 @@ func newPEFSeal(c *cli.Context) (*pefSeal, error) {
 		}
 		s.files[name] = b
 	}
+	for _, f := range c.StringSlice("seal-resource") {
+		kid, src, ok := cutEq(f)
+		if !ok {
+			return nil, fmt.Errorf("--seal-resource %q: want REPO/TYPE/TAG=SRC: %w", f, errdefs.ErrInvalidArgument)
+		}
+		if !strings.HasPrefix(kid, envelope.KeyIDScheme) {
+			kid = envelope.KeyIDScheme + kid
+		}
+		p, err := envelope.ParseKeyID(kid)
+		if err != nil {
+			return nil, fmt.Errorf("--seal-resource: %w", err)
+		}
+		b, err := readInput(c, src, pef.MaxFileSize)
+		if err != nil {
+			return nil, fmt.Errorf("--seal-resource %s: %w", p, err)
+		}
+		if _, err := envelope.ParsePrivateKey(b); err != nil {
+			return nil, fmt.Errorf("--seal-resource %s: %s is not a workload private key: %w", p, src, err)
+		}
+		name := pef.ResourceFileName(p)
+		if _, dup := s.files[name]; dup {
+			return nil, fmt.Errorf("--seal-resource %s given twice: %w", p, errdefs.ErrInvalidArgument)
+		}
+		s.files[name] = b
+		s.resources = append(s.resources, p)
+	}
 	if s.attestPubOut != "" {
 		key, err := ecdsa.GenerateKey(elliptic.P384(), rand.Reader)
 		if err != nil {
@@ -91,7 +119,7 @@ func newPEFSeal(c *cli.Context) (*pefSeal, error) {
 		s.attestID = hex.EncodeToString(id[:])
 	}
 	if len(s.files) == 0 {
-		return nil, fmt.Errorf("--seal-for pef seals nothing: give --seal-file and/or --attestation-public-key: %w", errdefs.ErrInvalidArgument)
+		return nil, fmt.Errorf("--seal-for pef seals nothing: give --seal-file, --seal-resource and/or --attestation-public-key: %w", errdefs.ErrInvalidArgument)
 	}
 	return s, nil
 }
@@ -134,6 +162,7 @@ func (s *pefSeal) report(res map[string]any) {
 	res["kernel"] = s.kernelPath
 	res["cmdline"] = s.cmdline
 	res["sealed_files"] = s.names()
+	res["sealed_resources"] = s.resources
 	if s.attestPubOut != "" {
 		res["attestation_public_key"] = s.attestPubOut
 		res["attestation_key_id"] = s.attestID
@@ -142,6 +171,9 @@ func (s *pefSeal) report(res map[string]any) {
 
 func (s *pefSeal) print(w io.Writer) {
 	fmt.Fprintf(w, "sealed for pef: kernel %s, command line %q, file(s) %s\n", s.kernelPath, s.cmdline, strings.Join(s.names(), ", "))
+	if len(s.resources) > 0 {
+		fmt.Fprintf(w, "workload keys sealed (no key broker needed): %s\n", strings.Join(s.resources, ", "))
+	}
 	if s.attestPubOut != "" {
 		fmt.Fprintf(w, "attestation public key %s (key id %s): trust it in raksh-kbs [pef] trusted_keys, or simulated_keys for the simulated ultravisor\n", s.attestPubOut, s.attestID)
 	}

@@ -48,10 +48,12 @@ func TestInitrdSealForPEF(t *testing.T) {
 	secret := filepath.Join(dir, "app.secret")
 	os.WriteFile(secret, []byte("s3cret"), 0o600)
 	attestPub := filepath.Join(dir, "attest.pub")
+	wkey, wpub := filepath.Join(dir, "w.key"), filepath.Join(dir, "w.pub")
+	run(t, "", "keys", "generate", "--private", wkey, "--public", wpub)
 
 	args := []string{"initrd", "build", "--agent", agent, "--runc", runc, "--out", out,
 		"--seal-for", "pef", "--wrapping-key", uvPub, "--runtime-config", rtc,
-		"--seal-file", "app.secret=" + secret, "--attestation-public-key", attestPub}
+		"--seal-file", "app.secret=" + secret, "--seal-resource", "default/local/key=" + wkey, "--attestation-public-key", attestPub}
 	stdout, progress, err := runErr(t, append(args, "-o", "json")...)
 	if err != nil {
 		t.Fatal(err)
@@ -59,6 +61,7 @@ func TestInitrdSealForPEF(t *testing.T) {
 	var res struct {
 		Out, Cmdline, Kernel, SealedFor string
 		SealedFiles                     []string `json:"sealed_files"`
+		SealedResources                 []string `json:"sealed_resources"`
 		AttestationKeyID                string   `json:"attestation_key_id"`
 	}
 	if err := json.Unmarshal([]byte(stdout), &res); err != nil {
@@ -72,7 +75,7 @@ func TestInitrdSealForPEF(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if res.Out != out || res.Cmdline != cmdline || res.Kernel != kernel || strings.Join(res.SealedFiles, ",") != "app.secret,raksh-attest.key" {
+	if res.Out != out || res.Cmdline != cmdline || res.Kernel != kernel || len(res.SealedFiles) != 3 || strings.Join(res.SealedResources, ",") != "default/local/key" {
 		t.Fatalf("json: %s", stdout)
 	}
 	if !strings.Contains(progress, "initrd: sealing for pef") || strings.Contains(progress+stdout, "s3cret") {
@@ -85,7 +88,8 @@ func TestInitrdSealForPEF(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if string(files["app.secret"]) != "s3cret" {
+	wantKey, _ := os.ReadFile(wkey)
+	if string(files["app.secret"]) != "s3cret" || string(files[pef.ResourceFileName("default/local/key")]) != string(wantKey) {
 		t.Fatalf("released files: %v", len(files))
 	}
 	ak, err := pef.ParseAttestationKey(files[pef.AttestationKeyFile])
@@ -119,6 +123,8 @@ func TestInitrdSealForPEF(t *testing.T) {
 		"no wrapping key":            {[]string{"--seal-for", "pef", "--seal-file", "a=" + secret}, "needs --wrapping-key"},
 		"private key as wrapping key": {[]string{"--seal-for", "pef", "--wrapping-key", secret, "--runtime-config", rtc,
 			"--seal-file", "a=" + secret}, "not PEM"},
+		"resource not a key":     {[]string{"--seal-for", "pef", "--wrapping-key", uvPub, "--runtime-config", rtc, "--seal-resource", "default/local/key=" + secret}, "not a workload private key"},
+		"bad resource path":      {[]string{"--seal-for", "pef", "--wrapping-key", uvPub, "--runtime-config", rtc, "--seal-resource", "default/key=" + wkey}, "repo>/<type>/<tag>"},
 		"nothing to seal":        {[]string{"--seal-for", "pef", "--wrapping-key", uvPub, "--runtime-config", rtc}, "seals nothing"},
 		"attestation key name":   {[]string{"--seal-for", "pef", "--wrapping-key", uvPub, "--runtime-config", rtc, "--seal-file", "raksh-attest.key=" + secret}, "attestation key's"},
 		"runtime config not pef": {[]string{"--seal-for", "pef", "--wrapping-key", uvPub, "--runtime-config", writeTOML(t, "tee = \"sim\"\n"), "--seal-file", "a=" + secret}, `tee = "sim"`},

@@ -113,7 +113,20 @@ type Config struct {
 	// PodScratchDiskMiB is the scratch disk of the pod whose VM is launched
 	// (ScratchDiskMiB), set by the shim per pod; not a TOML key.
 	PodScratchDiskMiB uint `toml:"-"`
+	// PlainRootfs is how the rootfs of a plain (non-raksh) image reaches
+	// the guest: "erofs" (each image layer as a cached read-only erofs
+	// disk, stacked with overlayfs in the guest) or "tar" (the rootfs
+	// streamed as a tar into guest memory). See docs/storage.md.
+	PlainRootfs string `toml:"plain_rootfs"`
+	// MkfsErofs is the mkfs.erofs binary (erofs-utils) used for "erofs".
+	MkfsErofs string `toml:"mkfs_erofs"`
 }
+
+// Plain rootfs modes (Config.PlainRootfs).
+const (
+	PlainRootfsErofs = "erofs"
+	PlainRootfsTar   = "tar"
+)
 
 // VolumesConfig is the [volumes] table (docs/volumes.md). Zero fields take
 // the defaults: 16 MiB and 1024 entries per volume, polled every second.
@@ -145,6 +158,8 @@ func DefaultConfig() Config {
 	cfg.MemoryMaxMiB = 8192
 	cfg.ScratchDiskMaxMiB = 65536
 	cfg.ScratchDir = "/var/lib/raksh/scratch"
+	cfg.PlainRootfs = PlainRootfsErofs
+	cfg.MkfsErofs = "mkfs.erofs"
 	cfg.VirtioFSDPath = DefaultVirtioFSD
 	return cfg
 }
@@ -192,6 +207,11 @@ func LoadConfig(path string) (Config, error) {
 	}
 	if err := validImageKeys(cfg); err != nil {
 		return cfg, fmt.Errorf("runtime config %s: %w", path, err)
+	}
+	switch cfg.PlainRootfs {
+	case PlainRootfsErofs, PlainRootfsTar:
+	default:
+		return cfg, fmt.Errorf("runtime config %s: plain_rootfs %q is not erofs or tar", path, cfg.PlainRootfs)
 	}
 	if err := validStorage(cfg); err != nil {
 		return cfg, fmt.Errorf("runtime config %s: %w", path, err)

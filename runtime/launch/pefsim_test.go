@@ -15,6 +15,7 @@ import (
 	"testing"
 
 	"github.com/containerd/errdefs"
+	"github.com/u-root/u-root/pkg/dt"
 
 	"github.com/raksh-project/raksh/tee/pef"
 )
@@ -114,16 +115,11 @@ func TestSimulatedUltravisorBoot(t *testing.T) {
 			t.Errorf("%s: the error carries the secret", name)
 		}
 	}
-	// A byte of the ESM blob flipped (in the sealed digests' ciphertext).
-	blob, _, err := pef.FindESMBlob(sealed)
-	if err != nil {
-		t.Fatal(err)
-	}
-	off := bytes.Index(sealed, blob) + len(blob)/2
+	// A byte of the ESM blob flipped: in the sealed digests' ciphertext.
 	tampered := bytes.Clone(sealed)
-	tampered[off] ^= 0x01
+	tampered[sealedDigestsOffset(t, sealed)] ^= 0x01
 	os.WriteFile(sealedPath, tampered, 0o644)
-	refused("flipped ESM blob byte", errdefs.ErrPermissionDenied, "")
+	refused("flipped ESM blob byte", pef.ErrIntegrity, "digests-fdt")
 	other := writeRSAKey(t, filepath.Join(dir, "other.key"))
 	os.WriteFile(sealedPath, seal(&other.PublicKey, cmdline), 0o644)
 	refused("another platform key", pef.ErrNoKey, "not sealed for this platform")
@@ -147,4 +143,32 @@ func mustRead(t *testing.T, p string) []byte {
 		t.Fatal(err)
 	}
 	return b
+}
+
+// sealedDigestsOffset returns the offset, in a sealed initrd, of a byte in
+// the middle of the ESM blob's sealed digests (/digest/digests-fdt
+// ciphertext).
+func sealedDigestsOffset(t *testing.T, initrd []byte) int {
+	t.Helper()
+	blob, _, err := pef.FindESMBlob(initrd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := dt.ReadFDT(bytes.NewReader(blob))
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, ok := f.RootNode.LookupChildByName("digest")
+	if !ok {
+		t.Fatal("no /digest")
+	}
+	n, ok := d.LookupChildByName("digests-fdt")
+	if !ok {
+		t.Fatal("no /digest/digests-fdt")
+	}
+	ct, ok := n.LookProperty("ciphertext")
+	if !ok {
+		t.Fatal("no ciphertext")
+	}
+	return bytes.Index(initrd, ct.Value) + len(ct.Value)/2
 }

@@ -36,6 +36,10 @@ type evidencePayload struct {
 	// honest guest sealed for the simulated ultravisor says so, and a
 	// verifier trusting its key for hardware refuses it.
 	Simulated bool `json:"simulated,omitempty"`
+	// InitDataDigest is the init-data digest on the VM's kernel command
+	// line (raksh.init_data), which the ultravisor checked against the
+	// sealed command line before releasing the attestation key.
+	InitDataDigest []byte `json:"init_data_digest,omitempty"`
 }
 
 // AttesterOpt configures an Attester.
@@ -86,9 +90,10 @@ func (a *Attester) KeySource() KeySource { return a.src }
 // Type returns tee.PEF.
 func (a *Attester) Type() tee.Type { return tee.PEF }
 
-// Evidence returns a JWS (ES384, compact) over the report data, signed with
-// the released attestation key.
-func (a *Attester) Evidence(_ context.Context, reportData [tee.ReportDataSize]byte) ([]byte, error) {
+// Evidence returns a JWS (ES384, compact) over the report data and the
+// init-data digest of the kernel command line, signed with the released
+// attestation key.
+func (a *Attester) Evidence(ctx context.Context, reportData [tee.ReportDataSize]byte) ([]byte, error) {
 	b, err := a.src.ReadFile(AttestationKeyFile)
 	if err != nil {
 		return nil, err
@@ -101,7 +106,11 @@ func (a *Attester) Evidence(_ context.Context, reportData [tee.ReportDataSize]by
 	if err != nil {
 		return nil, err
 	}
-	payload, err := json.Marshal(evidencePayload{TEE: tee.PEF, ReportData: reportData[:], Simulated: a.simulated})
+	digest, err := a.InitDataDigest(ctx)
+	if err != nil {
+		return nil, err
+	}
+	payload, err := json.Marshal(evidencePayload{TEE: tee.PEF, ReportData: reportData[:], Simulated: a.simulated, InitDataDigest: digest})
 	if err != nil {
 		return nil, err
 	}
@@ -248,6 +257,9 @@ func (v *Verifier) Verify(_ context.Context, evidence []byte, reportData [tee.Re
 		if p.Simulated && !k.simulated {
 			return nil, ErrSimulated
 		}
+		if n := len(p.InitDataDigest); n != 0 && n != 32 && n != 48 {
+			return nil, fmt.Errorf("pef: init-data digest of %d bytes: %w", n, errdefs.ErrInvalidArgument)
+		}
 		der, err := x509.MarshalPKIXPublicKey(k.pub)
 		if err != nil {
 			return nil, err
@@ -257,7 +269,10 @@ func (v *Verifier) Verify(_ context.Context, evidence []byte, reportData [tee.Re
 			TEE:         tee.PEF,
 			Measurement: m[:],
 			Insecure:    k.simulated,
-			Extra:       map[string]any{"attestation_key": hex.EncodeToString(m[:])},
+			// Signed by a key released only to a VM booting the sealed
+			// command line, which carries the digest.
+			InitDataDigest: p.InitDataDigest,
+			Extra:          map[string]any{"attestation_key": hex.EncodeToString(m[:])},
 		}
 		copy(c.ReportData[:], p.ReportData)
 		return c, nil

@@ -256,6 +256,23 @@ func TestPEFModeEndToEnd(t *testing.T) {
 	if err != nil || c.TEE != tee.PEF || !c.Insecure || c.ReportData != rd || len(c.Measurement) != 48 {
 		t.Fatalf("Verify = %+v, %v", c, err)
 	}
+	if c.InitDataDigest != nil {
+		t.Fatalf("init-data digest %x from a command line without one", c.InitDataDigest)
+	}
+	// The init-data digest of the command line (sealed with it) is in
+	// the signed evidence and the claims.
+	digest := bytes.Repeat([]byte{0xab}, 32)
+	cmdline := filepath.Join(t.TempDir(), "cmdline")
+	os.WriteFile(cmdline, []byte("console=ttyS0 svm=on raksh.init_data="+strings.Repeat("ab", 32)+"\n"), 0o644)
+	defer func(p string) { CmdlinePath = p }(CmdlinePath)
+	CmdlinePath = cmdline
+	ev2, err := a.Evidence(context.Background(), rd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c, err := v.Verify(context.Background(), ev2, rd); err != nil || !bytes.Equal(c.InitDataDigest, digest) {
+		t.Fatalf("init-data digest in the claims: %+v, %v", c, err)
+	}
 	// The same key trusted for hardware: the evidence of a VM the
 	// simulated ultravisor booted is refused, a hardware VM's (no
 	// simulated statement) is accepted and not insecure.

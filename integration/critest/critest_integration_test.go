@@ -114,7 +114,7 @@ func TestCritest(t *testing.T) {
 	// volumes must opt in to (docs/volumes.md).
 	c := harness.StartContainerd(t, harness.Options{
 		RuntimeConfig: "shared_fs = \"virtio-fs\"\n",
-		CNI: &harness.CNI{Bridge: "rkcri0", Subnet: "10.199.37.0/24", PortMap: true},
+		CNI:           &harness.CNI{Bridge: "rkcri0", Subnet: "10.199.37.0/24", PortMap: true},
 		Config: fmt.Sprintf(`
 [plugins.'io.containerd.cri.v1.images'.registry]
   config_path = %q

@@ -123,6 +123,15 @@ func (v *volumesService) Put(ctx context.Context, r *agentapi.PutVolumeRequest) 
 	return &agentapi.PutVolumeResponse{}, nil
 }
 
+// Get implements agentapi.VolumesService.
+func (v *volumesService) Get(ctx context.Context, r *agentapi.GetVolumeRequest) (*agentapi.GetVolumeResponse, error) {
+	data, truncated, err := v.s.volumes.Get(r.GetContainerId(), r.GetDestination(), r.GetMaxBytes())
+	if err != nil {
+		return nil, errgrpc.ToGRPC(err)
+	}
+	return &agentapi.GetVolumeResponse{Data: data, Truncated: truncated}, nil
+}
+
 // Remove implements agentapi.VolumesService.
 func (v *volumesService) Remove(ctx context.Context, r *agentapi.RemoveVolumesRequest) (*agentapi.RemoveVolumesResponse, error) {
 	if err := v.s.volumes.RemoveContainer(r.GetContainerId()); err != nil {

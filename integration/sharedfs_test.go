@@ -173,7 +173,40 @@ func TestCRIHostPathVirtioFS(t *testing.T) {
 		return string(r.Stdout) + string(r.Stderr), r.ExitCode
 	}
 
-	sb, _, c := runPod("sfpod")
+	sb, pod, c := runPod("sfpod")
+
+	// The termination message a container writes is copied back to
+	// kubelet's node file before its exit is reported.
+	termLog := filepath.Join(data, "termination-log")
+	must(t, os.WriteFile(termLog, nil, 0o666))
+	tc, err := rs.CreateContainer(ctx, &cri.CreateContainerRequest{
+		PodSandboxId: sb, SandboxConfig: pod,
+		Config: &cri.ContainerConfig{
+			Metadata: &cri.ContainerMetadata{Name: "term"},
+			Image:    &cri.ImageSpec{Image: busyboxRef},
+			Command:  []string{"sh", "-c", "echo 'bye: disk full' > /dev/termination-log; exit 3"},
+			Mounts:   []*cri.Mount{{ContainerPath: "/dev/termination-log", HostPath: termLog}},
+		},
+	})
+	must(t, err)
+	_, err = rs.StartContainer(ctx, &cri.StartContainerRequest{ContainerId: tc.ContainerId})
+	must(t, err)
+	for deadline := time.Now().Add(time.Minute); ; time.Sleep(300 * time.Millisecond) {
+		st, err := rs.ContainerStatus(ctx, &cri.ContainerStatusRequest{ContainerId: tc.ContainerId})
+		must(t, err)
+		if st.Status.State == cri.ContainerState_CONTAINER_EXITED {
+			if st.Status.ExitCode != 3 {
+				t.Errorf("termination container exit code %d", st.Status.ExitCode)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("termination container did not exit")
+		}
+	}
+	if b, err := os.ReadFile(termLog); err != nil || string(b) != "bye: disk full\n" {
+		t.Errorf("termination message on the node: %q, %v", b, err)
+	}
 	if out, code := exec(c, "cat /rw/from-node /rw/rel-link /rw/abs-link /ro/kept /etc/single.conf"); code != 0 || out != "node-v1\nvia-link\nsfpod\nread-only\none-file\n" {
 		t.Errorf("node content, symlinks and a single file in the guest: exit %d: %q", code, out)
 	}

@@ -73,3 +73,18 @@ func namespaceOf(ctx context.Context) string {
 	ns, _ := namespaces.Namespace(ctx)
 	return ns
 }
+
+// copyBackVolumes copies container id's termination message back to the
+// node after its init process exited (before the exit is published, so
+// kubelet finds it).
+func (s *Service) copyBackVolumes(ctx context.Context, id string) {
+	s.mu.Lock()
+	syncer := s.volumes
+	s.mu.Unlock()
+	if syncer == nil {
+		return
+	}
+	if err := syncer.CopyBack(ctx, id); err != nil {
+		log.G(ctx).WithError(err).WithField("id", id).Warn("termination message not copied back to the node")
+	}
+}

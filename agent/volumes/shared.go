@@ -3,6 +3,7 @@ package volumes
 import (
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"sort"
@@ -138,4 +139,33 @@ func unmountUnder(dir string) error {
 		return fmt.Errorf("%d mounts left under %s (first %s): not removed", len(left), dir, left[0].Mountpoint)
 	}
 	return nil
+}
+
+// MaxGetBytes bounds what Get returns, whatever the shim asks.
+const MaxGetBytes = 1 << 20
+
+// Get returns up to max bytes (at most MaxGetBytes) of the current content
+// of a container's File volume at destination, and whether it held more.
+func (s *Store) Get(container, destination string, max int64) ([]byte, bool, error) {
+	p, kind, ok := s.Lookup(container, destination)
+	if !ok || kind != File {
+		return nil, false, fmt.Errorf("no file volume at %q of container %q: %w", destination, container, errdefs.ErrNotFound)
+	}
+	if max <= 0 || max > MaxGetBytes {
+		max = MaxGetBytes
+	}
+	f, err := os.OpenFile(p, os.O_RDONLY|unix.O_NOFOLLOW, 0)
+	if err != nil {
+		return nil, false, err
+	}
+	defer f.Close()
+	b := make([]byte, max+1)
+	n, err := io.ReadFull(f, b)
+	if err != nil && !errors.Is(err, io.ErrUnexpectedEOF) && !errors.Is(err, io.EOF) {
+		return nil, false, err
+	}
+	if int64(n) > max {
+		return b[:max], true, nil
+	}
+	return b[:n], false, nil
 }

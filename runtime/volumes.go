@@ -3,6 +3,7 @@ package runtime
 import (
 	"context"
 	"fmt"
+	"path/filepath"
 
 	"github.com/containerd/containerd/v2/pkg/namespaces"
 	"github.com/containerd/log"
@@ -30,7 +31,8 @@ func (s *Service) deliverVolumes(ctx context.Context, v vm.Instance, cfg Config,
 			MaxBytes: cfg.Volumes.MaxBytes, MaxFiles: cfg.Volumes.MaxFiles, PollInterval: cfg.Volumes.PollInterval,
 		})
 		if share {
-			s.volumes.WithShare(volumes.NewShare(vm.SharedDir(vmDir(cfg, namespaceOf(ctx), s.id))))
+			dir := vmDir(cfg, namespaceOf(ctx), s.id)
+			s.volumes.WithShare(volumes.NewShare(vm.SharedDir(dir), filepath.Join(dir, vm.VirtioFSDPidFile)))
 		}
 	}
 	syncer := s.volumes

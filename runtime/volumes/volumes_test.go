@@ -113,8 +113,8 @@ func TestParseBind(t *testing.T) {
 		{[]string{"rbind", "rprivate", "rw"}, bindFlags{recursive: true, prop: unix.MS_PRIVATE}},
 		{[]string{"bind", "ro"}, bindFlags{readOnly: true, prop: unix.MS_PRIVATE}},
 		{[]string{"rbind", "rro", "rprivate"}, bindFlags{recursive: true, readOnly: true, rro: true, prop: unix.MS_PRIVATE}},
-		{[]string{"rbind", "rslave"}, bindFlags{recursive: true, prop: unix.MS_SLAVE, shared: true}},
-		{[]string{"rbind", "rshared"}, bindFlags{recursive: true, prop: unix.MS_SLAVE, shared: true}},
+		{[]string{"rbind", "rslave"}, bindFlags{recursive: true, prop: unix.MS_SLAVE}},
+		{[]string{"rbind", "rshared"}, bindFlags{recursive: true, prop: unix.MS_SLAVE}},
 	} {
 		if got := parseBind(tc.opts); got != tc.want {
 			t.Errorf("%v: %+v, want %+v", tc.opts, got, tc.want)

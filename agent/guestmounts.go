@@ -42,7 +42,7 @@ func (s *Service) guestMounts(c *container) ([]specs.Mount, error) {
 	resolve := func(m specs.Mount) (mounts.Resolved, bool) {
 		if p, kind, ok := s.volumes.Lookup(c.id, m.Destination); ok {
 			// Trees are copies the agent keeps updating: never writable.
-			return mounts.Resolved{Path: p, ReadOnly: kind == volumes.Tree}, true
+			return mounts.Resolved{Path: p, ReadOnly: kind == volumes.Tree, Shared: kind == volumes.Shared}, true
 		}
 		if path.Clean(m.Destination) == mounts.ShmDestination {
 			p, err := s.volumes.Shm(podOf(c))
@@ -97,6 +97,8 @@ func (v *volumesService) Put(ctx context.Context, r *agentapi.PutVolumeRequest) 
 		vol.Kind = volumes.File
 	case agentapi.VolumeKind_VOLUME_KIND_EMPTY_DIR:
 		vol.Kind = volumes.EmptyDir
+	case agentapi.VolumeKind_VOLUME_KIND_SHARED:
+		vol.Kind = volumes.Shared
 	default:
 		return nil, errgrpc.ToGRPCf(errdefs.ErrInvalidArgument, "unknown volume kind %d", r.GetKind())
 	}
@@ -119,6 +121,15 @@ func (v *volumesService) Put(ctx context.Context, r *agentapi.PutVolumeRequest) 
 	}
 	log.G(ctx).WithField("id", vol.Container).WithField("destination", vol.Destination).WithField("entries", len(vol.Entries)).Debug("volume delivered")
 	return &agentapi.PutVolumeResponse{}, nil
+}
+
+// Get implements agentapi.VolumesService.
+func (v *volumesService) Get(ctx context.Context, r *agentapi.GetVolumeRequest) (*agentapi.GetVolumeResponse, error) {
+	data, truncated, err := v.s.volumes.Get(r.GetContainerId(), r.GetDestination(), r.GetMaxBytes())
+	if err != nil {
+		return nil, errgrpc.ToGRPC(err)
+	}
+	return &agentapi.GetVolumeResponse{Data: data, Truncated: truncated}, nil
 }
 
 // Remove implements agentapi.VolumesService.

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	eventstypes "github.com/containerd/containerd/api/events"
+	taskAPI "github.com/containerd/containerd/api/runtime/task/v3"
 	"github.com/containerd/errdefs"
 	"github.com/containerd/errdefs/pkg/errgrpc"
 	"github.com/containerd/ttrpc"
@@ -101,5 +102,52 @@ func TestEventsStream(t *testing.T) {
 		if !ok || oom.ContainerID != want || env.Topic != agentapi.TopicTaskOOM || env.Timestamp == nil {
 			t.Fatalf("event %v (%T) on %q, want TaskOOM of %s on %s", ev, ev, env.Topic, want, agentapi.TopicTaskOOM)
 		}
+	}
+}
+
+// TestShutdownAfterSessionClose: the agent stops only once the shim, having
+// had the answer to Shutdown, closed the session (no delay guessed for the
+// answer to reach the host).
+func TestShutdownAfterSessionClose(t *testing.T) {
+	stopped := make(chan struct{})
+	svc := agent.NewService(t.TempDir(), agenttest.NewHostRuntime(), agent.WithShutdown(func() { close(stopped) }))
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	host, guest := net.Pipe()
+	served := make(chan error, 1)
+	go func() {
+		sess, err := transport.Server(ctx, guest, 10*time.Millisecond)
+		if err != nil {
+			served <- err
+			return
+		}
+		served <- agent.Serve(ctx, sess, svc)
+	}()
+	sess, err := transport.Client(ctx, host)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctrl, err := sess.Open(ctx, transport.ControlStream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := ttrpc.NewClient(ctrl)
+	defer c.Close()
+	if _, err := taskAPI.NewTTRPCTaskClient(c).Shutdown(ctx, &taskAPI.ShutdownRequest{Now: true}); err != nil {
+		t.Fatalf("Shutdown: %v", err)
+	}
+	select {
+	case <-stopped:
+		t.Fatal("the agent stopped before the shim closed the session")
+	default:
+	}
+	sess.Close()
+	select {
+	case <-stopped:
+	case <-time.After(30 * time.Second):
+		t.Fatal("the agent did not stop after the shim closed the session")
+	}
+	if err := <-served; err != nil {
+		t.Errorf("Serve after Shutdown: %v", err)
 	}
 }

@@ -78,6 +78,7 @@ func (d KeyDir) PrivateKeys(ctx context.Context, layer ocispec.Descriptor) ([][]
 // prepareRootfs builds a container's root filesystem in dest (an empty
 // directory in guest memory) from what the shim passed: a rootfs
 // descriptor the guest builds the rootfs from itself (then no rootfs
+// mounts), the erofs layer disks of a plain image (wire.RootfsErofs
 // mounts), or one rootfs mount naming the tar stream of a host snapshot.
 func (s *Service) prepareRootfs(ctx context.Context, id string, mounts []*types.Mount, desc *agentapi.RootfsDescriptor, dest string) error {
 	if desc != nil {
@@ -85,6 +86,9 @@ func (s *Service) prepareRootfs(ctx context.Context, id string, mounts []*types.
 			return fmt.Errorf("a rootfs descriptor and %d rootfs mounts: want one or the other: %w", len(mounts), errdefs.ErrInvalidArgument)
 		}
 		return s.buildImageRootfs(ctx, id, desc, dest)
+	}
+	if len(mounts) > 0 && mounts[0].Type == wire.RootfsErofs {
+		return s.mountLayers(ctx, id, mounts, dest)
 	}
 	return s.receiveRootfs(ctx, id, mounts, dest)
 }

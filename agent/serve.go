@@ -3,8 +3,10 @@ package agent
 import (
 	"context"
 	"net"
+	"time"
 
 	taskAPI "github.com/containerd/containerd/api/runtime/task/v3"
+	"github.com/containerd/log"
 	"github.com/containerd/ttrpc"
 
 	agentapi "github.com/raksh-project/raksh/api/agent/v1"
@@ -45,10 +47,37 @@ func Serve(ctx context.Context, sess transport.Session, svc *Service) error {
 			svc.HandleStream(ctx, name, c)
 		}
 	}()
+	go func() {
+		select {
+		case <-svc.shutdownReq:
+		case <-sess.Done():
+			return
+		}
+		// The shim closes the session once it has the answer to Shutdown;
+		// if it never does, stop anyway.
+		select {
+		case <-sess.Done():
+		case <-time.After(shutdownGrace):
+			log.G(ctx).WithField("grace", shutdownGrace).Warn("the shim did not close the session after Shutdown: closing it")
+			sess.Close()
+		}
+	}()
 	err = server.Serve(ctx, l)
 	<-sess.Done()
+	select {
+	case <-svc.shutdownReq:
+		if svc.shutdown != nil {
+			svc.shutdown()
+		}
+		return nil
+	default:
+	}
 	return err
 }
+
+// shutdownGrace bounds how long the agent waits, after answering Shutdown,
+// for the shim to close the session.
+const shutdownGrace = 5 * time.Second
 
 // chanListener is a net.Listener fed with control streams.
 type chanListener struct {

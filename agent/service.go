@@ -10,6 +10,7 @@ import (
 
 	taskAPI "github.com/containerd/containerd/api/runtime/task/v3"
 	"github.com/containerd/containerd/api/types"
+	"github.com/containerd/containerd/v2/pkg/oom"
 	"github.com/containerd/errdefs"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
@@ -38,8 +39,12 @@ type Service struct {
 	teeType func(ctx context.Context) string
 	// Stats returns cgroup metrics of a container; nil disables Stats.
 	stats func(id string) (any, error)
-	// shutdown is called after Shutdown has answered.
+	// shutdown is called once the shim, having had the answer to Shutdown,
+	// closed the session (see Serve).
 	shutdown func()
+	// shutdownReq is closed by Shutdown.
+	shutdownReq  chan struct{}
+	shutdownOnce sync.Once
 	// dialProxy reaches an allow-listed host-side service; nil if none.
 	dialProxy func(ctx context.Context, target string) (net.Conn, error)
 	// created is called after a container was created.
@@ -54,6 +59,9 @@ type Service struct {
 	initData InitData
 	// net is the pod network of the guest (podnet.go).
 	net podNet
+	// oom watches containers' cgroups for OOM kills (init_linux.go).
+	oom     oom.Watcher
+	oomOnce sync.Once
 }
 
 // WithProxyDialer sets how the agent reaches host-side services (key broker,
@@ -80,14 +88,15 @@ func WithShutdown(f func()) Opt { return func(s *Service) { s.shutdown = f } }
 // NewService returns a task service keeping bundles under root.
 func NewService(root string, rt Runtime, opts ...Opt) *Service {
 	s := &Service{
-		root:       root,
-		rt:         rt,
-		streams:    newStreams(),
-		containers: map[string]*container{},
-		byPid:      map[int]*process{},
-		early:      map[int]int{},
-		events:     make(chan *types.Envelope, 64),
-		volumes:    volumes.NewStore(root+"-volumes", volumes.DefaultLimits),
+		root:        root,
+		rt:          rt,
+		streams:     newStreams(),
+		containers:  map[string]*container{},
+		byPid:       map[int]*process{},
+		early:       map[int]int{},
+		events:      make(chan *types.Envelope, 64),
+		shutdownReq: make(chan struct{}),
+		volumes:     volumes.NewStore(root+"-volumes", volumes.DefaultLimits),
 	}
 	for _, o := range opts {
 		o(s)

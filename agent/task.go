@@ -47,6 +47,7 @@ func (s *Service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 			s.mu.Lock()
 			delete(s.containers, r.ID)
 			s.mu.Unlock()
+			releaseRootfs(c.bundle)
 			os.RemoveAll(c.bundle)
 		}
 	}()
@@ -245,6 +246,9 @@ func (s *Service) Delete(ctx context.Context, r *taskAPI.DeleteRequest) (*taskAP
 		e.closeIO()
 	}
 	s.mu.Unlock()
+	if err := releaseRootfs(c.bundle); err != nil {
+		log.G(ctx).WithError(err).WithField("id", c.id).Warn("failed to unmount rootfs")
+	}
 	if err := os.RemoveAll(c.bundle); err != nil {
 		log.G(ctx).WithError(err).WithField("id", c.id).Warn("failed to remove bundle")
 	}
@@ -389,13 +393,9 @@ func (s *Service) Connect(ctx context.Context, r *taskAPI.ConnectRequest) (*task
 	return resp, nil
 }
 
-// Shutdown stops the agent (and powers the VM off) once it has answered.
+// Shutdown asks the agent to stop (and power the VM off). It does so in
+// Serve, once the shim has the answer and closed the session.
 func (s *Service) Shutdown(ctx context.Context, r *taskAPI.ShutdownRequest) (*ptypes.Empty, error) {
-	if s.shutdown != nil {
-		go func() {
-			time.Sleep(50 * time.Millisecond) // let the reply reach the shim
-			s.shutdown()
-		}()
-	}
+	s.shutdownOnce.Do(func() { close(s.shutdownReq) })
 	return &ptypes.Empty{}, nil
 }

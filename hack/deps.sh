@@ -29,7 +29,7 @@ log() { echo "deps: $*" >&2; }
 
 packages() {
 	local need=()
-	for p in qemu-system-x86 qemu-system-common cpio libseccomp-dev pkg-config gcc make busybox-static iptables iproute2; do
+	for p in qemu-system-x86 qemu-system-ppc qemu-system-common cpio libseccomp-dev pkg-config gcc make busybox-static iptables iproute2 erofs-utils; do
 		dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
 	done
 	if [ "${#need[@]}" -gt 0 ]; then

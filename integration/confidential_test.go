@@ -52,6 +52,13 @@ type kbsTLS struct {
 // startKBSWith is startKBS, serving HTTPS when tc is not nil.
 func startKBSWith(t *testing.T, tc *kbsTLS) *kbsProcess {
 	t.Helper()
+	return startKBSConfig(t, tc, "")
+}
+
+// startKBSConfig is startKBSWith with a raksh-kbs configuration file
+// holding config (e.g. a [pef] verifier section), when not empty.
+func startKBSConfig(t *testing.T, tc *kbsTLS, config string) *kbsProcess {
+	t.Helper()
 	simPub := filepath.Join(harness.Output(), "keys", "sim-platform.pub")
 	if _, err := os.Stat(simPub); err != nil {
 		t.Fatalf("sim platform key not generated (run hack/build-guest.sh): %v", err)
@@ -72,6 +79,13 @@ func startKBSWith(t *testing.T, tc *kbsTLS) *kbsProcess {
 	args := []string{"--address", "127.0.0.1:0",
 		"--resource-dir", filepath.Join(dir, "resources"), "--policy", filepath.Join(dir, "policy.json"),
 		"--admin-public-key", adminPub, "--sim-platform-keys", simPub}
+	if config != "" {
+		p := filepath.Join(dir, "kbs.toml")
+		if err := os.WriteFile(p, []byte(config), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		args = append(args, "--config", p)
+	}
 	scheme := "http://"
 	var adminTLS *tls.Config
 	if tc != nil {

@@ -12,8 +12,9 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/containerd/containerd/v2/pkg/namespaces"
+	"github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2/process"
 	"github.com/containerd/fifo"
+	runc "github.com/containerd/go-runc"
 	"github.com/containerd/log"
 
 	"github.com/raksh-project/raksh/internal/wire"
@@ -27,7 +28,6 @@ type hostIO struct {
 	stdinSrc       io.ReadCloser
 	outputs        sync.WaitGroup
 	closers        []io.Closer
-	cmd            *exec.Cmd
 	streamNames    [3]string
 	stdinCloseOnce sync.Once
 	closeOnce      sync.Once
@@ -102,10 +102,10 @@ func newHostIO(ctx context.Context, v vm.Instance, id, execID, stdin, stdout, st
 }
 
 // openOutputs opens the host side of stdout and stderr: a fifo path,
-// file://PATH or binary://PATH?args (containerd's logging binary protocol).
+// file://PATH or binary[-v2]://PATH?args (containerd's logging binary protocol).
 func (h *hostIO) openOutputs(ctx context.Context, id, stdout, stderr string) (io.Writer, io.Writer, error) {
 	u, err := url.Parse(stdout)
-	if stdout != "" && err == nil && u.Scheme == "binary" {
+	if stdout != "" && err == nil && (u.Scheme == "binary" || u.Scheme == "binary-v2") {
 		return h.startLogger(ctx, id, u)
 	}
 	var ws [2]io.Writer
@@ -142,52 +142,26 @@ func (h *hostIO) openOutputs(ctx context.Context, id, stdout, stderr string) (io
 	return ws[0], ws[1], nil
 }
 
+// startLogger starts a logging binary with containerd's runc-shim
+// implementation (process.NewBinaryIO: stdout on fd 3, stderr on fd 4, ready
+// on fd 5; SIGTERM and a bounded wait, then SIGKILL, on Close) and returns
+// the write ends of its stdout and stderr pipes.
 func (h *hostIO) startLogger(ctx context.Context, id string, u *url.URL) (io.Writer, io.Writer, error) {
-	ns, _ := namespaces.Namespace(ctx)
-	outR, outW, err := os.Pipe()
+	bio, err := process.NewBinaryIO(ctx, id, u)
 	if err != nil {
-		return nil, nil, err
-	}
-	errR, errW, err := os.Pipe()
-	if err != nil {
-		return nil, nil, err
-	}
-	readyR, readyW, err := os.Pipe()
-	if err != nil {
-		return nil, nil, err
-	}
-	var args []string
-	for k, vs := range u.Query() {
-		args = append(args, k)
-		if len(vs) > 0 && vs[0] != "" {
-			args = append(args, vs[0])
-		}
-	}
-	cmd := exec.Command(u.Path, args...)
-	cmd.Env = append(os.Environ(), "CONTAINER_ID="+id, "CONTAINER_NAMESPACE="+ns)
-	cmd.ExtraFiles = []*os.File{outR, errR, readyW}
-	if err := cmd.Start(); err != nil {
 		return nil, nil, fmt.Errorf("start logging binary %s: %w", u.Path, err)
 	}
-	outR.Close()
-	errR.Close()
-	readyW.Close()
-	h.cmd = cmd
-	h.closers = append(h.closers, outW, errW)
-	// The logger closes fd 5 when it is ready.
-	done := make(chan struct{})
-	go func() {
-		io.Copy(io.Discard, readyR)
-		readyR.Close()
-		close(done)
-	}()
-	select {
-	case <-done:
-	case <-time.After(30 * time.Second):
-		cmd.Process.Kill()
-		return nil, nil, fmt.Errorf("logging binary %s did not become ready", u.Path)
+	h.closers = append(h.closers, bio)
+	// The binary IO hands the write ends to the command a runc shim would
+	// start (Set); here they are fed from the VM's streams.
+	var c exec.Cmd
+	bio.Set(&c)
+	if sc, ok := bio.(runc.StartCloser); ok { // our copies of the read ends
+		if err := sc.CloseAfterStart(); err != nil {
+			return nil, nil, err
+		}
 	}
-	return outW, errW, nil
+	return c.Stdout, c.Stderr, nil
 }
 
 // StreamNames returns the stream names to hand the agent.
@@ -225,9 +199,6 @@ func (h *hostIO) Close() {
 	h.closeOnce.Do(func() {
 		for _, c := range h.closers {
 			c.Close()
-		}
-		if h.cmd != nil {
-			go h.cmd.Wait()
 		}
 	})
 }

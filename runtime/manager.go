@@ -157,7 +157,13 @@ func (m manager) Stop(ctx context.Context, id string) (shim.StopStatus, error) {
 				}
 			}
 		}
-		if cfg.Debug {
+		// The virtio-fs share holds bind mounts of node paths: unmounted
+		// before anything under dir is removed, and dir kept if one is left.
+		shareErr := vm.CleanupShared(vm.SharedDir(dir))
+		if shareErr != nil {
+			log.G(ctx).WithError(shareErr).WithField("dir", dir).Error("failed to clean up the virtio-fs share; the VM's state directory is kept")
+		}
+		if cfg.Debug || shareErr != nil {
 			// Keep the console log for debugging; the sockets go.
 			os.Remove(filepath.Join(dir, "agent.sock"))
 			os.Remove(filepath.Join(dir, "qmp.sock"))
@@ -204,17 +210,18 @@ const maxSocketPath = launch.MaxSocketPath
 // virtio-net device on each of nics.
 func NewQEMUVM(ctx context.Context, cfg Config, id string, nics []qemu.NIC) (vm.Instance, error) {
 	ns, _ := namespaces.Namespace(ctx)
-	for what, p := range map[string]string{"kernel": cfg.Kernel, "initrd": cfg.Initrd} {
-		if _, err := os.Stat(p); err != nil {
-			return nil, fmt.Errorf("guest %s: %v (set %s in the runtime config): %w", what, err, what, errdefs.ErrFailedPrecondition)
-		}
-	}
 	if err := launch.Probe(ctx, cfg, "/"); err != nil {
 		return nil, err
 	}
 	qc, err := launch.QEMUConfig(cfg, cfg.PodInitData)
 	if err != nil {
 		return nil, err
+	}
+	// The initrd is [pef] sealed_initrd on PEF.
+	for what, p := range map[string]string{"kernel": qc.Kernel, "initrd": qc.Initrd} {
+		if _, err := os.Stat(p); err != nil {
+			return nil, fmt.Errorf("guest %s: %v (set %s in the runtime config): %w", what, err, what, errdefs.ErrFailedPrecondition)
+		}
 	}
 	var cid uint32
 	switch cfg.Transport {
@@ -237,12 +244,26 @@ func NewQEMUVM(ctx context.Context, cfg Config, id string, nics []qemu.NIC) (vm.
 		}
 		qc.Disks = append(qc.Disks, qemu.Disk{File: f, Serial: scratch.Serial})
 	}
-	return vm.NewQEMU(vm.QEMUOptions{
+	var initrd *os.File
+	if launch.PEFSimulated(cfg) {
+		if initrd, err = simulatedUltravisorInitrd(ctx, cfg, &qc); err != nil {
+			for _, d := range qc.Disks {
+				d.File.Close()
+			}
+			return nil, err
+		}
+	}
+	inst := vm.NewQEMU(vm.QEMUOptions{
 		Config:          qc,
 		Dir:             vmDir(cfg, ns, id),
 		KeepDir:         cfg.Debug,
 		BootTimeout:     cfg.BootTimeout,
 		KVMProbeTimeout: cfg.KVMProbeTimeout,
 		AccelCache:      filepath.Join(cfg.StateDir, "accel"),
-	}), nil
+		VirtioFSD:       virtioFSD(cfg),
+	})
+	if initrd != nil {
+		return closeAfterStart{Instance: inst, f: initrd}, nil
+	}
+	return inst, nil
 }

@@ -10,6 +10,7 @@ import (
 
 // Register registers the Raksh task service as the shim's ttrpc plugin.
 func Register() {
+	useReaper()
 	registry.Register(&plugin.Registration{
 		Type:     plugins.TTRPCPlugin,
 		ID:       "task",

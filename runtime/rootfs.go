@@ -19,6 +19,7 @@ import (
 
 	agentapi "github.com/raksh-project/raksh/api/agent/v1"
 	"github.com/raksh-project/raksh/internal/wire"
+	"github.com/raksh-project/raksh/runtime/launch"
 	"github.com/raksh-project/raksh/runtime/vm"
 	"github.com/raksh-project/raksh/snapshotter/rootfs"
 )
@@ -34,9 +35,11 @@ import (
 // wire.BlobStream per layer;
 // the guest pulls, verifies, decrypts and unpacks. A raksh rootfs whose
 // descriptor is unreadable or unsupported is refused, never run on the
-// host-side stub. Any other rootfs is mounted on the host and streamed as a
-// tar archive.
-func (s *Service) sendRootfs(ctx context.Context, v vm.Instance, c *hostContainer, mounts []*types.Mount) ([]*types.Mount, *agentapi.RootfsDescriptor, <-chan error, error) {
+// host-side stub. A plain image's layers go to the VM as read-only erofs
+// disks when cfg.PlainRootfs is "erofs" (erofs.go) and the rootfs has that
+// shape; any other rootfs is mounted on the host and streamed as a tar
+// archive.
+func (s *Service) sendRootfs(ctx context.Context, v vm.Instance, cfg *Config, c *hostContainer, mounts []*types.Mount) ([]*types.Mount, *agentapi.RootfsDescriptor, <-chan error, error) {
 	var ms []mount.Mount
 	for _, m := range mounts {
 		ms = append(ms, mount.Mount{Type: m.Type, Source: m.Source, Target: m.Target, Options: m.Options})
@@ -47,6 +50,18 @@ func (s *Service) sendRootfs(ctx context.Context, v vm.Instance, c *hostContaine
 		return nil, nil, nil, fmt.Errorf("refusing container %q: its raksh rootfs descriptor is unusable: %w: %w", c.id, err, errdefs.ErrInvalidArgument)
 	case ok:
 		return s.sendImageRootfs(ctx, v, c, d)
+	}
+	if cfg.PlainRootfs == launch.PlainRootfsErofs && len(ms) > 0 {
+		out, ok, why, err := s.sendErofsRootfs(ctx, v, cfg, c.id, ms)
+		if err != nil {
+			return nil, nil, nil, err
+		}
+		if ok {
+			done := make(chan error, 1)
+			done <- nil
+			return out, nil, done, nil
+		}
+		log.G(ctx).WithField("id", c.id).WithField("reason", why).Info("rootfs: streaming a tar instead of erofs layer disks")
 	}
 
 	root := filepath.Join(c.bundle, "rootfs")

@@ -71,6 +71,8 @@ type Service struct {
 	volumes *volumes.Syncer
 	// net is the pod netns attached to the VM (nil: no pod network).
 	net *network.Network
+	// layers are the erofs layer disks attached to the VM (erofs.go).
+	layers layerDisks
 }
 
 type hostContainer struct {
@@ -379,7 +381,7 @@ func (s *Service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 		}
 	}()
 
-	agentRootfs, rootfsDesc, rootfsDone, err := s.sendRootfs(ctx, v, c, r.Rootfs)
+	agentRootfs, rootfsDesc, rootfsDone, err := s.sendRootfs(ctx, v, &cfg, c, r.Rootfs)
 	if err != nil {
 		return nil, errgrpc.ToGRPC(err)
 	}
@@ -467,6 +469,9 @@ func (s *Service) waitExit(ctx context.Context, agent taskAPI.TTRPCTaskService, 
 	}
 	if p.io != nil && !p.io.Drain(drainTimeout) {
 		log.G(ctx).WithFields(log.Fields{"id": p.id, "exec": p.execID}).Warn("output not drained in time")
+	}
+	if err == nil && p.execID == "" {
+		s.copyBackVolumes(ctx, p.id)
 	}
 	if p.setExited(status, at) {
 		s.send(&eventstypes.TaskExit{ContainerID: p.id, ID: p.eventID(), Pid: p.info().pid, ExitStatus: status, ExitedAt: protobuf.ToTimestamp(at)})

@@ -159,8 +159,13 @@ func (s *Snapshotter) commitRemote(ctx context.Context, key, parent, target stri
 		}
 	}()
 	return s.ms.WithTransaction(ctx, true, func(ctx context.Context) error {
-		td, err = prepareDirectory(filepath.Join(s.root, "snapshots"), snapshots.KindActive)
+		// The directory layout of containerd's overlay snapshotter: an
+		// (empty) fs directory children's upper directories are owned like.
+		td, err = os.MkdirTemp(filepath.Join(s.root, "snapshots"), "new-")
 		if err != nil {
+			return fmt.Errorf("failed to create temp dir: %w", err)
+		}
+		if err := os.Mkdir(filepath.Join(td, "fs"), 0o755); err != nil {
 			return err
 		}
 		if err := writeLayerRecord(td, rec); err != nil {

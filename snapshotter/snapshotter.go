@@ -16,17 +16,14 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
-	"strings"
 	"sync"
-	"syscall"
 
 	"github.com/containerd/containerd/v2/core/content"
 	"github.com/containerd/containerd/v2/core/images"
 	"github.com/containerd/containerd/v2/core/mount"
 	"github.com/containerd/containerd/v2/core/snapshots"
 	"github.com/containerd/containerd/v2/core/snapshots/storage"
-	"github.com/containerd/containerd/v2/plugins/snapshots/overlay/overlayutils"
-	"github.com/containerd/continuity/fs"
+	"github.com/containerd/containerd/v2/plugins/snapshots/overlay"
 	"github.com/containerd/errdefs"
 	"github.com/containerd/log"
 
@@ -92,12 +89,20 @@ func WithImageLister(l ImageLister) Opt {
 
 // Snapshotter is the raksh snapshotter. It implements snapshots.Snapshotter
 // and, through Differ, diff.Applier.
+//
+// Ordinary snapshots are containerd's overlay snapshotter (package
+// plugins/snapshots/overlay), sharing this snapshotter's metadata store and
+// directory layout (<root>/snapshots/<id>/fs). Raksh adds files to a
+// snapshot's directory beside fs: the layer record of a guest-pulled or
+// ciphertext-only layer, a marker on snapshots whose parent chain holds such
+// layers, and the rootfs descriptor directory a container rootfs on a raksh
+// image mounts instead of an overlay.
 type Snapshotter struct {
+	overlay snapshots.Snapshotter
 	root    string
 	ms      *storage.MetaStore
 	opts    options
 	cache   *BlobCache
-	overlay []string // overlay mount options
 
 	// cacheMu orders cache pruning (write lock) against writers of layer
 	// records that refer to cached blobs (read lock).
@@ -118,18 +123,6 @@ func New(root string, opts ...Opt) (*Snapshotter, error) {
 	if err := os.MkdirAll(root, 0o700); err != nil {
 		return nil, err
 	}
-	supportsDType, err := fs.SupportsDType(root)
-	if err != nil {
-		return nil, err
-	}
-	if !supportsDType {
-		return nil, fmt.Errorf("%s does not support d_type: %w", root, errdefs.ErrFailedPrecondition)
-	}
-	for _, d := range []string{"snapshots"} {
-		if err := os.Mkdir(filepath.Join(root, d), 0o700); err != nil && !os.IsExist(err) {
-			return nil, err
-		}
-	}
 	cache, err := NewBlobCache(filepath.Join(root, "cache"))
 	if err != nil {
 		return nil, err
@@ -138,71 +131,61 @@ func New(root string, opts ...Opt) (*Snapshotter, error) {
 	if err != nil {
 		return nil, err
 	}
-	mopts := append([]string(nil), o.mountOptions...)
-	if !hasOption(mopts, "userxattr") {
-		userxattr, err := overlayutils.NeedsUserXAttr(root)
-		if err != nil {
-			log.L.WithError(err).Debug("cannot detect whether overlay needs userxattr")
-		}
-		if userxattr {
-			mopts = append(mopts, "userxattr")
-		}
+	oopts := []overlay.Opt{overlay.WithMetaStore(ms), overlay.WithMountOptions(o.mountOptions)}
+	if o.asyncRemove {
+		oopts = append(oopts, overlay.AsynchronousRemove)
 	}
-	if !hasOption(mopts, "index") {
-		if _, err := os.Stat("/sys/module/overlay/parameters/index"); err == nil {
-			mopts = append(mopts, "index=off")
-		}
-	}
-	sn := &Snapshotter{root: root, ms: ms, opts: o, cache: cache, overlay: mopts}
-	// A kill -9 inside a create transaction can leave a snapshot directory
-	// whose ID was never committed; the ID is then handed out again and the
-	// rename into place would fail. Remove such directories now.
-	var stale []string
-	if err := ms.WithTransaction(context.Background(), false, func(ctx context.Context) (err error) {
-		stale, err = sn.getCleanupDirectories(ctx)
-		return err
-	}); err != nil {
+	inner, err := overlay.NewSnapshotter(root, oopts...)
+	if err != nil {
 		ms.Close()
 		return nil, err
 	}
-	for _, dir := range stale {
-		log.L.WithField("path", dir).Info("removing snapshot directory left by an interrupted transaction")
-		if err := os.RemoveAll(dir); err != nil {
-			ms.Close()
-			return nil, err
-		}
+	sn := &Snapshotter{overlay: inner, root: root, ms: ms, opts: o, cache: cache}
+	// A kill -9 inside a create transaction can leave a snapshot directory
+	// whose ID was never committed; the ID is then handed out again and the
+	// rename into place would fail. Remove such directories now.
+	if err := sn.cleanupDirectories(context.Background()); err != nil {
+		ms.Close()
+		return nil, err
 	}
 	return sn, nil
 }
 
-func hasOption(options []string, key string) bool {
-	for _, option := range options {
-		if k, _, _ := strings.Cut(option, "="); k == key {
-			return true
+// cleanupDirectories removes the directories of removed snapshots and those
+// left by interrupted transactions (overlay's Cleanup), including before the
+// first snapshot was ever committed.
+func (s *Snapshotter) cleanupDirectories(ctx context.Context) error {
+	err := s.overlay.(snapshots.Cleaner).Cleanup(ctx)
+	if !errdefs.IsNotFound(err) {
+		return err
+	}
+	// No snapshot bucket yet: every directory is stale.
+	dir := filepath.Join(s.root, "snapshots")
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return err
+	}
+	for _, e := range entries {
+		p := filepath.Join(dir, e.Name())
+		log.G(ctx).WithField("path", p).Info("removing snapshot directory left by an interrupted transaction")
+		if err := os.RemoveAll(p); err != nil {
+			return err
 		}
 	}
-	return false
+	return nil
 }
 
 // Cache returns the ciphertext blob cache.
 func (s *Snapshotter) Cache() *BlobCache { return s.cache }
 
 // Stat returns the info for an active or committed snapshot by name or key.
-func (s *Snapshotter) Stat(ctx context.Context, key string) (info snapshots.Info, err error) {
-	err = s.ms.WithTransaction(ctx, false, func(ctx context.Context) error {
-		_, info, _, err = storage.GetInfo(ctx, key)
-		return err
-	})
-	return info, err
+func (s *Snapshotter) Stat(ctx context.Context, key string) (snapshots.Info, error) {
+	return s.overlay.Stat(ctx, key)
 }
 
 // Update updates the labels of a snapshot.
-func (s *Snapshotter) Update(ctx context.Context, info snapshots.Info, fieldpaths ...string) (newInfo snapshots.Info, err error) {
-	err = s.ms.WithTransaction(ctx, true, func(ctx context.Context) error {
-		newInfo, err = storage.UpdateInfo(ctx, info, fieldpaths...)
-		return err
-	})
-	return newInfo, err
+func (s *Snapshotter) Update(ctx context.Context, info snapshots.Info, fieldpaths ...string) (snapshots.Info, error) {
+	return s.overlay.Update(ctx, info, fieldpaths...)
 }
 
 // Usage returns the resources taken by the snapshot identified by key. For
@@ -210,26 +193,7 @@ func (s *Snapshotter) Update(ctx context.Context, info snapshots.Info, fieldpath
 // encrypted layers use no space in their snapshot (the shared ciphertext
 // cache is accounted for separately, see BlobCache).
 func (s *Snapshotter) Usage(ctx context.Context, key string) (snapshots.Usage, error) {
-	var (
-		usage snapshots.Usage
-		info  snapshots.Info
-		id    string
-		err   error
-	)
-	if err := s.ms.WithTransaction(ctx, false, func(ctx context.Context) error {
-		id, info, usage, err = storage.GetInfo(ctx, key)
-		return err
-	}); err != nil {
-		return usage, err
-	}
-	if info.Kind == snapshots.KindActive {
-		du, err := fs.DiskUsage(ctx, s.upperPath(id))
-		if err != nil {
-			return snapshots.Usage{}, err
-		}
-		usage = snapshots.Usage(du)
-	}
-	return usage, nil
+	return s.overlay.Usage(ctx, key)
 }
 
 // Prepare creates an active snapshot. For an extraction snapshot of a layer
@@ -276,214 +240,124 @@ func (s *Snapshotter) View(ctx context.Context, key, parent string, opts ...snap
 }
 
 // Mounts returns the mounts of the active or view snapshot identified by key.
-func (s *Snapshotter) Mounts(ctx context.Context, key string) (_ []mount.Mount, err error) {
+func (s *Snapshotter) Mounts(ctx context.Context, key string) ([]mount.Mount, error) {
 	var sn storage.Snapshot
-	if err := s.ms.WithTransaction(ctx, false, func(ctx context.Context) error {
+	if err := s.ms.WithTransaction(ctx, false, func(ctx context.Context) (err error) {
 		sn, err = storage.GetSnapshot(ctx, key)
-		if err != nil {
-			return fmt.Errorf("failed to get active mount: %w", err)
-		}
-		return nil
+		return err
 	}); err != nil {
-		return nil, err
+		return nil, fmt.Errorf("failed to get active mount: %w", err)
 	}
-	return s.mounts(sn), nil
+	if m, ok := s.rootfsMounts(sn.ID); ok {
+		return m, nil
+	}
+	return s.overlay.Mounts(ctx, key)
 }
 
 // Commit turns the active snapshot key into the committed snapshot name.
 // A layer record the differ wrote into the active snapshot stays with it.
 func (s *Snapshotter) Commit(ctx context.Context, name, key string, opts ...snapshots.Opt) error {
-	return s.ms.WithTransaction(ctx, true, func(ctx context.Context) error {
-		id, _, _, err := storage.GetInfo(ctx, key)
-		if err != nil {
-			return err
-		}
-		usage, err := fs.DiskUsage(ctx, s.upperPath(id))
-		if err != nil {
-			return err
-		}
-		if _, err = storage.CommitActive(ctx, key, name, snapshots.Usage(usage), opts...); err != nil {
-			return fmt.Errorf("failed to commit snapshot %s: %w", key, err)
-		}
-		return nil
-	})
+	return s.overlay.Commit(ctx, name, key, opts...)
 }
 
 // Remove abandons the snapshot identified by key. The snapshot immediately
 // becomes unavailable; its directory is removed now or, with async removal,
 // on the next Cleanup. Cached ciphertext is released by Cleanup.
-func (s *Snapshotter) Remove(ctx context.Context, key string) (err error) {
-	var removals []string
-	defer func() {
-		if err == nil {
-			for _, dir := range removals {
-				if err := os.RemoveAll(dir); err != nil {
-					log.G(ctx).WithError(err).WithField("path", dir).Warn("failed to remove directory")
-				}
-			}
-		}
-	}()
-	return s.ms.WithTransaction(ctx, true, func(ctx context.Context) error {
-		if _, _, err = storage.Remove(ctx, key); err != nil {
-			return fmt.Errorf("failed to remove snapshot %s: %w", key, err)
-		}
-		if !s.opts.asyncRemove {
-			removals, err = s.getCleanupDirectories(ctx)
-			if err != nil {
-				return fmt.Errorf("unable to get directories for removal: %w", err)
-			}
-		}
-		return nil
-	})
+func (s *Snapshotter) Remove(ctx context.Context, key string) error {
+	return s.overlay.Remove(ctx, key)
 }
 
 // Walk calls fn for every snapshot matching the filters.
 func (s *Snapshotter) Walk(ctx context.Context, fn snapshots.WalkFunc, filters ...string) error {
-	return s.ms.WithTransaction(ctx, false, func(ctx context.Context) error {
-		return storage.WalkInfo(ctx, fn, filters...)
-	})
+	return s.overlay.Walk(ctx, fn, filters...)
 }
 
 // Cleanup removes directories of removed snapshots and cached ciphertext no
 // snapshot refers to any more.
 func (s *Snapshotter) Cleanup(ctx context.Context) error {
-	var (
-		dirs []string
-		used map[string]struct{}
-	)
 	s.cacheMu.Lock()
 	defer s.cacheMu.Unlock()
-	if err := s.ms.WithTransaction(ctx, true, func(ctx context.Context) (err error) {
-		dirs, err = s.getCleanupDirectories(ctx)
-		if err != nil {
-			return err
-		}
+	if err := s.cleanupDirectories(ctx); err != nil {
+		return err
+	}
+	var used map[string]struct{}
+	if err := s.ms.WithTransaction(ctx, false, func(ctx context.Context) (err error) {
 		used, err = s.usedBlobs(ctx)
 		return err
 	}); err != nil {
 		return err
 	}
-	for _, dir := range dirs {
-		if err := os.RemoveAll(dir); err != nil {
-			log.G(ctx).WithError(err).WithField("path", dir).Warn("failed to remove directory")
-		}
-	}
 	return s.cache.Prune(ctx, used)
 }
 
-func (s *Snapshotter) getCleanupDirectories(ctx context.Context) ([]string, error) {
-	ids, err := storage.IDMap(ctx)
-	if errdefs.IsNotFound(err) {
-		ids = nil // a database without snapshots yet: every directory is stale
-	} else if err != nil {
-		return nil, err
+// createSnapshot creates the snapshot with containerd's overlay snapshotter
+// and adds raksh's files to its directory: the layer record of a staged
+// encrypted layer, the chain marker, and for a container rootfs on a raksh
+// image the rootfs descriptor, whose bind mount it then returns. If that
+// fails the snapshot is removed again.
+func (s *Snapshotter) createSnapshot(ctx context.Context, kind snapshots.Kind, key, parent string, opts []snapshots.Opt, staged *layerRecord) (_ []mount.Mount, err error) {
+	var mounts []mount.Mount
+	if kind == snapshots.KindView {
+		mounts, err = s.overlay.View(ctx, key, parent, opts...)
+	} else {
+		mounts, err = s.overlay.Prepare(ctx, key, parent, opts...)
 	}
-	snapshotDir := filepath.Join(s.root, "snapshots")
-	entries, err := os.ReadDir(snapshotDir)
 	if err != nil {
 		return nil, err
 	}
-	var cleanup []string
-	for _, e := range entries {
-		if _, ok := ids[e.Name()]; ok {
-			continue
-		}
-		cleanup = append(cleanup, filepath.Join(snapshotDir, e.Name()))
-	}
-	return cleanup, nil
-}
-
-func (s *Snapshotter) createSnapshot(ctx context.Context, kind snapshots.Kind, key, parent string, opts []snapshots.Opt, staged *layerRecord) (_ []mount.Mount, err error) {
-	var (
-		sn       storage.Snapshot
-		td, path string
-		isRootfs bool
-	)
 	defer func() {
 		if err != nil {
-			if td != "" {
-				if err1 := os.RemoveAll(td); err1 != nil {
-					log.G(ctx).WithError(err1).Warn("failed to cleanup temp snapshot directory")
-				}
-			}
-			if path != "" {
-				if err1 := os.RemoveAll(path); err1 != nil {
-					log.G(ctx).WithError(err1).WithField("path", path).Error("failed to reclaim snapshot directory, directory may need removal")
-					err = fmt.Errorf("failed to remove path: %v: %w", err1, err)
-				}
+			if err1 := s.overlay.Remove(ctx, key); err1 != nil {
+				log.G(ctx).WithError(err1).WithField("key", key).Error("failed to remove snapshot after a failed prepare")
 			}
 		}
 	}()
 
-	if err := s.ms.WithTransaction(ctx, true, func(ctx context.Context) (err error) {
-		snapshotDir := filepath.Join(s.root, "snapshots")
-		td, err = prepareDirectory(snapshotDir, kind)
-		if err != nil {
-			return fmt.Errorf("failed to create prepare snapshot dir: %w", err)
+	var (
+		sn   storage.Snapshot
+		info snapshots.Info
+		desc *rootfs.Descriptor
+	)
+	if err := s.ms.WithTransaction(ctx, false, func(ctx context.Context) (err error) {
+		if sn, err = storage.GetSnapshot(ctx, key); err != nil {
+			return fmt.Errorf("failed to get snapshot: %w", err)
 		}
-		sn, err = storage.CreateSnapshot(ctx, kind, key, parent, opts...)
-		if err != nil {
-			return fmt.Errorf("failed to create snapshot: %w", err)
-		}
-		_, info, _, err := storage.GetInfo(ctx, key)
-		if err != nil {
+		if _, info, _, err = storage.GetInfo(ctx, key); err != nil {
 			return fmt.Errorf("failed to get snapshot info: %w", err)
 		}
-
-		if staged != nil {
-			staged.DiffID = info.Labels[snapshots.LabelSnapshotDiffID]
-			if err := writeLayerRecord(td, staged); err != nil {
-				return err
-			}
-		}
-		if len(sn.ParentIDs) > 0 && s.chainHasRaksh(sn.ParentIDs[0]) {
-			// Mark the chain so children find out from their parent alone.
-			if err := os.WriteFile(filepath.Join(td, chainMarkerName), nil, 0o644); err != nil {
-				return err
-			}
-		}
 		if staged == nil && len(sn.ParentIDs) > 0 && !isExtraction(key, info.Labels) && s.chainHasRaksh(sn.ParentIDs[0]) {
-			desc, err := s.rootfsDescriptor(ctx, sn.ParentIDs)
-			if err != nil {
-				return err
-			}
-			if desc != nil {
-				if err := rootfs.Write(filepath.Join(td, "rootfs"), desc); err != nil {
-					return fmt.Errorf("failed to write raksh rootfs descriptor: %w", err)
-				}
-				isRootfs = true
-			}
+			desc, err = s.rootfsDescriptor(ctx, sn.ParentIDs)
 		}
-
-		if len(sn.ParentIDs) > 0 && !isRootfs {
-			st, err := os.Stat(s.upperPath(sn.ParentIDs[0]))
-			if err != nil {
-				return fmt.Errorf("failed to stat parent: %w", err)
-			}
-			stat, ok := st.Sys().(*syscall.Stat_t)
-			if !ok {
-				return errors.New("incompatible types after stat call: *syscall.Stat_t expected")
-			}
-			if err := os.Lchown(filepath.Join(td, "fs"), int(stat.Uid), int(stat.Gid)); err != nil {
-				return fmt.Errorf("failed to chown: %w", err)
-			}
-		}
-
-		path = filepath.Join(snapshotDir, sn.ID)
-		if err = os.Rename(td, path); err != nil {
-			return fmt.Errorf("failed to rename: %w", err)
-		}
-		td = ""
-		return nil
+		return err
 	}); err != nil {
 		return nil, err
+	}
+	dir := s.snapshotPath(sn.ID)
+	if staged != nil {
+		staged.DiffID = info.Labels[snapshots.LabelSnapshotDiffID]
+		if err := writeLayerRecord(dir, staged); err != nil {
+			return nil, err
+		}
+	}
+	if len(sn.ParentIDs) > 0 && s.chainHasRaksh(sn.ParentIDs[0]) {
+		// Mark the chain so children find out from their parent alone.
+		if err := os.WriteFile(filepath.Join(dir, chainMarkerName), nil, 0o644); err != nil {
+			return nil, err
+		}
+	}
+	if desc != nil {
+		if err := rootfs.Write(s.rootfsPath(sn.ID), desc); err != nil {
+			return nil, fmt.Errorf("failed to write raksh rootfs descriptor: %w", err)
+		}
+		m, _ := s.rootfsMounts(sn.ID)
+		return m, nil
 	}
 	if staged != nil {
 		// Read-only last mount: containerd's unpacker treats the layer as
 		// staged and commits without fetching or applying it.
 		return []mount.Mount{{Source: s.upperPath(sn.ID), Type: "bind", Options: []string{"ro", "rbind"}}}, nil
 	}
-	return s.mounts(sn), nil
+	return mounts, nil
 }
 
 // extractionKey matches containerd's unpack keys (snapshots.UnpackKeyFormat,
@@ -501,57 +375,21 @@ func isExtraction(key string, labels map[string]string) bool {
 	return extractionKey.MatchString(key)
 }
 
-func prepareDirectory(snapshotDir string, kind snapshots.Kind) (string, error) {
-	td, err := os.MkdirTemp(snapshotDir, "new-")
-	if err != nil {
-		return "", fmt.Errorf("failed to create temp dir: %w", err)
+// rootfsMounts returns the read-only bind mount of snapshot id's rootfs
+// descriptor directory, if it has one.
+func (s *Snapshotter) rootfsMounts(id string) ([]mount.Mount, bool) {
+	dir := s.rootfsPath(id)
+	if !fileExists(filepath.Join(dir, rootfs.FileName)) {
+		return nil, false
 	}
-	if err := os.Mkdir(filepath.Join(td, "fs"), 0o755); err != nil {
-		return td, err
-	}
-	if kind == snapshots.KindActive {
-		if err := os.Mkdir(filepath.Join(td, "work"), 0o711); err != nil {
-			return td, err
-		}
-	}
-	return td, nil
+	return []mount.Mount{{Source: dir, Type: "bind", Options: []string{"ro", "rbind"}}}, true
 }
 
-func (s *Snapshotter) mounts(sn storage.Snapshot) []mount.Mount {
-	if dir := s.rootfsPath(sn.ID); fileExists(filepath.Join(dir, rootfs.FileName)) {
-		return []mount.Mount{{Source: dir, Type: "bind", Options: []string{"ro", "rbind"}}}
-	}
-	if len(sn.ParentIDs) == 0 {
-		roFlag := "rw"
-		if sn.Kind == snapshots.KindView {
-			roFlag = "ro"
-		}
-		return []mount.Mount{{Source: s.upperPath(sn.ID), Type: "bind", Options: []string{roFlag, "rbind"}}}
-	}
-	var options []string
-	if sn.Kind == snapshots.KindActive {
-		options = append(options,
-			fmt.Sprintf("workdir=%s", s.workPath(sn.ID)),
-			fmt.Sprintf("upperdir=%s", s.upperPath(sn.ID)),
-		)
-	} else if len(sn.ParentIDs) == 1 {
-		return []mount.Mount{{Source: s.upperPath(sn.ParentIDs[0]), Type: "bind", Options: []string{"ro", "rbind"}}}
-	}
-	parentPaths := make([]string, len(sn.ParentIDs))
-	for i := range sn.ParentIDs {
-		parentPaths[i] = s.upperPath(sn.ParentIDs[i])
-	}
-	options = append(options, fmt.Sprintf("lowerdir=%s", strings.Join(parentPaths, ":")))
-	options = append(options, s.overlay...)
-	return []mount.Mount{{Type: "overlay", Source: "overlay", Options: options}}
-}
-
+// Snapshot directories as containerd's overlay snapshotter lays them out,
+// plus raksh's rootfs descriptor directory.
 func (s *Snapshotter) snapshotPath(id string) string { return filepath.Join(s.root, "snapshots", id) }
 func (s *Snapshotter) upperPath(id string) string {
 	return filepath.Join(s.root, "snapshots", id, "fs")
-}
-func (s *Snapshotter) workPath(id string) string {
-	return filepath.Join(s.root, "snapshots", id, "work")
 }
 func (s *Snapshotter) rootfsPath(id string) string {
 	return filepath.Join(s.root, "snapshots", id, "rootfs")
@@ -573,5 +411,5 @@ func fileExists(p string) bool {
 
 // Close closes the metadata store.
 func (s *Snapshotter) Close() error {
-	return s.ms.Close()
+	return s.overlay.Close()
 }

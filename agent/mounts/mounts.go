@@ -43,6 +43,12 @@ type Resolved struct {
 	// ReadOnly forces a read-only bind whatever the spec says (copies the
 	// agent updates are never writable by the container).
 	ReadOnly bool
+	// Shared marks an entry of the pod's virtio-fs share. The node's bind
+	// of it is already read-only as the spec asks (ro: its top mount only,
+	// as runc; rro: recursively), so a plain "ro" is not repeated in the
+	// guest, where the whole share is one mount and "ro" would also cover
+	// the node's submounts; "rro" is kept.
+	Shared bool
 }
 
 // Resolver returns what was delivered in the guest for the bind mount m
@@ -88,6 +94,9 @@ func Rewrite(ms []specs.Mount, resolve Resolver) ([]specs.Mount, error) {
 		case IsBind(m):
 			if r, ok := resolveMount(resolve, m); ok {
 				opts := bindOptions(m.Options)
+				if r.Shared {
+					opts = slices.DeleteFunc(opts, func(o string) bool { return o == "ro" })
+				}
 				if r.ReadOnly && !slices.Contains(opts, "ro") {
 					opts = append(opts, "ro")
 				}
@@ -99,7 +108,7 @@ func Rewrite(ms []specs.Mount, resolve Resolver) ([]specs.Mount, error) {
 					Options: []string{"nosuid", "noexec", "nodev", "mode=1777", "size=" + DefaultShmSize}})
 				continue
 			}
-			refused = append(refused, fmt.Sprintf("%s: a node path cannot reach the guest (only kubelet volumes, CRI's files and emptyDir are delivered; see docs/volumes.md)", Describe(m)))
+			refused = append(refused, fmt.Sprintf("%s: a node path cannot reach the guest (only kubelet volumes, CRI's files and emptyDir are delivered; node paths are shared only with shared_fs = \"virtio-fs\" in the runtime config; see docs/volumes.md)", Describe(m)))
 		case guestFS[m.Type]:
 			m.Source = m.Type
 			out = append(out, m)

@@ -100,3 +100,26 @@ func TestCheckDevices(t *testing.T) {
 		t.Fatalf("got %v", err)
 	}
 }
+
+// TestRewriteShared: a virtio-fs share entry is bound with the spec's
+// options but without a plain "ro" (the node's bind enforces it on its top
+// mount only, as runc does); "rro" is kept.
+func TestRewriteShared(t *testing.T) {
+	resolve := func(m specs.Mount) (Resolved, bool) {
+		return Resolved{Path: "/run/raksh-volumes/c/x/" + filepath.Base(m.Destination), Shared: true}, true
+	}
+	got, err := Rewrite([]specs.Mount{
+		{Destination: "/ro", Type: "bind", Source: "/host/a", Options: []string{"rbind", "rprivate", "ro"}},
+		{Destination: "/rro", Type: "bind", Source: "/host/b", Options: []string{"rbind", "rprivate", "ro", "rro"}},
+		{Destination: "/rw", Type: "bind", Source: "/host/c", Options: []string{"rbind", "rslave", "rw"}},
+	}, resolve)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := [][]string{{"rbind", "rprivate"}, {"rbind", "rprivate", "rro"}, {"rbind", "rslave"}}
+	for i, m := range got {
+		if m.Source != "/run/raksh-volumes/c/x"+m.Destination || !reflect.DeepEqual(m.Options, want[i]) {
+			t.Errorf("%s: %+v, want options %v", m.Destination, m, want[i])
+		}
+	}
+}

@@ -19,6 +19,7 @@ import (
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
 	"github.com/raksh-project/raksh/envelope"
+	"github.com/raksh-project/raksh/tee/pef"
 )
 
 // Binding identifies the container an envelope is opened for.
@@ -62,6 +63,46 @@ func (s StaticKeys) PrivateKey(_ context.Context, kid string) (crypto.PrivateKey
 		return nil, fmt.Errorf("key %s: %w", kid, errdefs.ErrNotFound)
 	}
 	return k, nil
+}
+
+// ReleasedFiles reads files a TEE released to this guest by name
+// (pef.KeySource: sealed into the initrd, released by the PEF ultravisor).
+type ReleasedFiles interface {
+	ReadFile(name string) ([]byte, error)
+}
+
+// ReleasedKeys is a KeySource taking the workload key of kid
+// kbs:///repo/type/tag from the released file
+// pef.ResourceFileName(repo/type/tag), sealed into the initrd by its owner:
+// PEF without a key broker. A key not released there is asked of Fallback
+// (the broker), if any.
+type ReleasedKeys struct {
+	Files    ReleasedFiles
+	Fallback KeySource
+}
+
+// PrivateKey implements KeySource.
+func (r ReleasedKeys) PrivateKey(ctx context.Context, kid string) (crypto.PrivateKey, error) {
+	p, err := envelope.ParseKeyID(kid)
+	if err != nil {
+		return nil, err
+	}
+	data, err := r.Files.ReadFile(pef.ResourceFileName(p))
+	if errdefs.IsNotFound(err) {
+		if r.Fallback == nil {
+			return nil, fmt.Errorf("key %s was not sealed into the initrd and there is no key broker: %w", kid, errdefs.ErrNotFound)
+		}
+		return r.Fallback.PrivateKey(ctx, kid)
+	}
+	if err != nil {
+		return nil, err
+	}
+	key, err := envelope.ParsePrivateKey(data)
+	if err != nil {
+		return nil, fmt.Errorf("sealed resource %s is not a workload key: %w", p, err)
+	}
+	log.G(ctx).WithField("kid", kid).Info("workload key from the initrd's sealed files (released by the ultravisor)")
+	return key, nil
 }
 
 // ResourceGetter fetches a KBS resource by path (repo/type/tag); the KBS

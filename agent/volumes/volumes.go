@@ -41,6 +41,10 @@ const (
 	File
 	// EmptyDir is a guest tmpfs shared by the pod's containers.
 	EmptyDir
+	// Shared is an entry of the pod's virtio-fs share (the node's
+	// content, live; only with shared_fs in the runtime config), named by
+	// an opaque id (ValidShareID) in Name.
+	Shared
 )
 
 // EntryType is the type of an entry of a Tree volume.
@@ -140,6 +144,13 @@ func (s *Store) Put(v Volume) error {
 		err = s.putFile(guest, v.Entries)
 	case EmptyDir:
 		guest, err = s.emptyDir(v.Pod, v.Name, v.SizeBytes)
+	case Shared:
+		if len(v.Entries) > 0 {
+			err = fmt.Errorf("a shared volume carries no entries: %w", errdefs.ErrInvalidArgument)
+			break
+		}
+		guest = filepath.Join(s.root, "c", v.Container, digest(v.Destination))
+		err = s.putShared(guest, v.Name)
 	default:
 		err = fmt.Errorf("unknown volume kind %d: %w", v.Kind, errdefs.ErrInvalidArgument)
 	}
@@ -172,7 +183,13 @@ func (s *Store) RemoveContainer(container string) error {
 	if wire.ValidID(container) != nil {
 		return nil
 	}
-	return os.RemoveAll(filepath.Join(s.root, "c", container))
+	dir := filepath.Join(s.root, "c", container)
+	// Shared volumes are mounts of the node's files: detached before
+	// anything is removed, and nothing removed if one is left.
+	if err := unmountUnder(dir); err != nil {
+		return err
+	}
+	return os.RemoveAll(dir)
 }
 
 // RemovePod unmounts and removes a pod's emptyDirs and /dev/shm.

@@ -144,3 +144,23 @@ func TestPutRejects(t *testing.T) {
 		}
 	}
 }
+
+// TestValidShareID: the node names a share entry only by an opaque id;
+// anything that could be a path, or leave the share, is refused.
+func TestValidShareID(t *testing.T) {
+	for _, id := range []string{"v0123456789abcdef0123456789abcdef", "a", strings.Repeat("z", 64)} {
+		if err := ValidShareID(id); err != nil {
+			t.Errorf("%q refused: %v", id, err)
+		}
+	}
+	for _, id := range []string{"", ".", "..", "../etc", "a/b", "/etc", "V1", "a-b", "a.b", "a\x00", strings.Repeat("z", 65), "ä"} {
+		if err := ValidShareID(id); err == nil {
+			t.Errorf("%q accepted", id)
+		}
+	}
+	s := NewStore(t.TempDir(), DefaultLimits)
+	err := s.Put(Volume{Container: "c1", Destination: "/data", Kind: Shared, Name: "../../etc"})
+	if err == nil || !strings.Contains(err.Error(), "share id") {
+		t.Fatalf("Put with a path as share id: %v", err)
+	}
+}

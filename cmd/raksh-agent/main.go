@@ -157,7 +157,7 @@ func run(ctx context.Context) error {
 		agent.WithProxyDialer(func(ctx context.Context, target string) (net.Conn, error) {
 			return sess.Open(ctx, wire.ProxyPrefix+target)
 		}),
-		agent.WithKeySource(kbs.KeySource()),
+		agent.WithKeySource(keySource(kbs)),
 		agent.WithInitData(kbs),
 		agent.WithCreated(func(ctx context.Context, id string) { svc.WatchOOM(ctx, id) }),
 		agent.WithShutdown(func() {

@@ -6,9 +6,11 @@ import (
 	"strings"
 	"time"
 
+	"github.com/containerd/errdefs"
 	"github.com/urfave/cli/v2"
 
 	"github.com/raksh-project/raksh/runtime/initrd"
+	"github.com/raksh-project/raksh/runtime/launch"
 )
 
 var initrdCommand = &cli.Command{
@@ -16,7 +18,15 @@ var initrdCommand = &cli.Command{
 	Usage: "build the Raksh guest initrd",
 	Subcommands: []*cli.Command{{
 		Name:  "build",
-		Usage: "assemble the agent, runc and kernel modules into a gzip newc cpio initrd",
+		Usage: "assemble the agent, runc and kernel modules into a newc cpio initrd; --seal-for pef seals it for a PEF platform",
+		Description: `With --seal-for pef the initrd is sealed for IBM Power PEF (docs/tee.md): an ESM
+blob is put in front of it, for the platform's wrapping key (--wrapping-key), holding
+the SHA-512 of the kernel, this initrd and the exact kernel command line the shim
+renders from --runtime-config (tee = "pef", the node's init data bound), and the
+--seal-file files, the --seal-resource workload keys (envelopes naming them open
+without a key broker) and, with --attestation-public-key, a fresh attestation key. The
+ultravisor (or, with [pef] simulated_ultravisor_key, the shim's INSECURE simulated
+one) releases them into /raksh/pef only to a VM booting exactly that.`,
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "agent", Usage: "static raksh-agent binary (becomes /init)", Required: true},
 			&cli.StringFlag{Name: "runc", Usage: "static runc binary", Required: true},
@@ -25,6 +35,12 @@ var initrdCommand = &cli.Command{
 			&cli.StringSliceFlag{Name: "file", Usage: "extra file DEST=SRC (repeatable)"},
 			&cli.StringFlag{Name: "out", Usage: "initrd file to write", Required: true},
 			&cli.BoolFlag{Name: "gzip", Usage: "gzip the archive (smaller; slower to boot under TCG)"},
+			&cli.StringFlag{Name: "seal-for", Usage: "seal the initrd for a TEE platform: pef"},
+			&cli.StringFlag{Name: "wrapping-key", Usage: "with --seal-for pef: the platform's wrapping public key (RSA, PEM; on PEF hardware: tpm2_readpublic -c 0x81800001 -f pem)"},
+			&cli.StringFlag{Name: "runtime-config", Value: launch.DefaultConfigPath, Usage: "with --seal-for pef: the node's runtime.toml (tee = \"pef\"); kernel and command line are sealed as the shim renders them"},
+			&cli.StringSliceFlag{Name: "seal-file", Usage: "with --seal-for pef: file NAME=SRC the ultravisor releases into /raksh/pef/NAME (repeatable; at most 4096 bytes)"},
+			&cli.StringSliceFlag{Name: "seal-resource", Usage: "with --seal-for pef: workload key REPO/TYPE/TAG=SRC (or kbs:///REPO/TYPE/TAG=SRC) the agent takes from the released files instead of asking the key broker (repeatable)"},
+			&cli.StringFlag{Name: "attestation-public-key", Usage: "with --seal-for pef: seal a fresh P-384 attestation key (raksh-attest.key) and write its public half to this file, for raksh-kbs [pef] trusted_keys or simulated_keys"},
 			outputFlag("text", "text", "json"),
 		},
 		Action: func(c *cli.Context) error {
@@ -39,6 +55,21 @@ var initrdCommand = &cli.Command{
 					return fmt.Errorf("--file %q: want DEST=SRC", f)
 				}
 				files[dst] = src
+			}
+			var seal *pefSeal
+			switch c.String("seal-for") {
+			case "":
+				for _, f := range []string{"wrapping-key", "seal-file", "seal-resource", "attestation-public-key"} {
+					if c.IsSet(f) {
+						return fmt.Errorf("--%s needs --seal-for pef: %w", f, errdefs.ErrInvalidArgument)
+					}
+				}
+			case "pef":
+				if seal, err = newPEFSeal(c); err != nil {
+					return err
+				}
+			default:
+				return fmt.Errorf("--seal-for %q: only pef is supported: %w", c.String("seal-for"), errdefs.ErrInvalidArgument)
 			}
 			mods := c.StringSlice("module")
 			if len(mods) == 0 {
@@ -66,17 +97,34 @@ var initrdCommand = &cli.Command{
 				fmt.Fprintf(progress, "initrd: %d extra file(s)\n", len(files))
 			}
 			fmt.Fprintf(progress, "initrd: writing the cpio archive (gzip: %v)\n", o.Gzip)
+			if seal != nil {
+				o.Output += ".initramfs.tmp"
+				defer os.Remove(o.Output)
+			}
 			if err := initrd.Build(o); err != nil {
 				return err
+			}
+			if seal != nil {
+				if err := seal.seal(progress, o.Output, c.String("out")); err != nil {
+					return err
+				}
+				o.Output = c.String("out")
 			}
 			st, err := os.Stat(o.Output)
 			if err != nil {
 				return err
 			}
 			if format == "json" {
-				return printJSON(c.App.Writer, map[string]any{"out": o.Output, "bytes": st.Size(), "gzip": o.Gzip, "seconds": time.Since(start).Seconds()})
+				res := map[string]any{"out": o.Output, "bytes": st.Size(), "gzip": o.Gzip, "seconds": time.Since(start).Seconds()}
+				if seal != nil {
+					seal.report(res)
+				}
+				return printJSON(c.App.Writer, res)
 			}
 			fmt.Fprintf(c.App.Writer, "wrote %s (%d bytes) in %.1fs\n", o.Output, st.Size(), time.Since(start).Seconds())
+			if seal != nil {
+				seal.print(c.App.Writer)
+			}
 			return nil
 		},
 	}},

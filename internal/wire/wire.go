@@ -48,3 +48,35 @@ func ValidID(id string) error {
 	}
 	return nil
 }
+
+// RootfsErofs is the rootfs mount type of one read-only layer of a plain
+// image that the shim hot-plugged as an erofs virtio-blk disk. The agent
+// gets one such mount per layer, topmost first (overlayfs lowerdir order),
+// each with Source = the disk's serial (LayerSerial); it stacks them with
+// overlayfs under a writable upper directory in the guest. No host path is
+// passed.
+const RootfsErofs = "raksh.erofs"
+
+// layerSerialPrefix starts the virtio-blk serial of a layer disk.
+const layerSerialPrefix = "raksh-ro-"
+
+// LayerSerial is the virtio-blk serial of the n-th layer disk hot-plugged
+// into a VM (at most 20 bytes, virtio-blk's limit).
+func LayerSerial(n int) string { return fmt.Sprintf("%s%d", layerSerialPrefix, n) }
+
+// ParseLayerSerial returns n of a serial made by LayerSerial, or an error
+// for anything else.
+func ParseLayerSerial(s string) (int, error) {
+	num, ok := strings.CutPrefix(s, layerSerialPrefix)
+	if !ok || num == "" || len(num) > 9 || (len(num) > 1 && num[0] == '0') {
+		return 0, fmt.Errorf("invalid layer disk serial %q", s)
+	}
+	n := 0
+	for _, c := range num {
+		if c < '0' || c > '9' {
+			return 0, fmt.Errorf("invalid layer disk serial %q", s)
+		}
+		n = n*10 + int(c-'0')
+	}
+	return n, nil
+}

@@ -33,3 +33,20 @@ func TestStreamNames(t *testing.T) {
 		}
 	}
 }
+
+func TestLayerSerial(t *testing.T) {
+	for _, n := range []int{0, 7, 123456789} {
+		s := LayerSerial(n)
+		if len(s) > 20 {
+			t.Errorf("serial %q is longer than virtio-blk's 20 bytes", s)
+		}
+		if got, err := ParseLayerSerial(s); err != nil || got != n {
+			t.Errorf("ParseLayerSerial(%q) = %d, %v", s, got, err)
+		}
+	}
+	for _, bad := range []string{"", "raksh-ro-", "raksh-ro-01", "raksh-ro--1", "raksh-ro-1a", "raksh-scratch", "raksh-ro-1/../x", "raksh-ro-1234567890"} {
+		if _, err := ParseLayerSerial(bad); err == nil {
+			t.Errorf("%q accepted", bad)
+		}
+	}
+}

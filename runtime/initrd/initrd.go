@@ -25,6 +25,10 @@ var DefaultModules = []string{
 	"vmw_vsock_virtio_transport", "overlay", "virtio_net",
 	// The encrypted scratch disk (agent/scratch).
 	"virtio_blk", "dm_mod", "dm_crypt", "dm_integrity", "authenc", "xts", "ecb",
+	// Plain images' layers as read-only erofs disks (docs/storage.md).
+	"erofs",
+	// Host volumes shared with virtio-fs when the runtime config allows it.
+	"virtiofs",
 }
 
 // Options describe an initrd.

@@ -103,10 +103,30 @@ type Config struct {
 	// O_TMPFILE, so they vanish with the last process holding them). Put
 	// it on a disk, not a tmpfs.
 	ScratchDir string `toml:"scratch_dir"`
+	// SharedFS is "none" (or empty, the default: nothing of the node is
+	// shared with the guest, hostPath and persistent volumes are refused)
+	// or "virtio-fs" (they are shared through one virtiofsd per pod; the
+	// content is the node's, not confidential). See docs/volumes.md.
+	SharedFS string `toml:"shared_fs"`
+	// VirtioFSDPath is the virtiofsd binary (shared_fs = "virtio-fs").
+	VirtioFSDPath string `toml:"virtiofsd_path"`
 	// PodScratchDiskMiB is the scratch disk of the pod whose VM is launched
 	// (ScratchDiskMiB), set by the shim per pod; not a TOML key.
 	PodScratchDiskMiB uint `toml:"-"`
+	// PlainRootfs is how the rootfs of a plain (non-raksh) image reaches
+	// the guest: "erofs" (each image layer as a cached read-only erofs
+	// disk, stacked with overlayfs in the guest) or "tar" (the rootfs
+	// streamed as a tar into guest memory). See docs/storage.md.
+	PlainRootfs string `toml:"plain_rootfs"`
+	// MkfsErofs is the mkfs.erofs binary (erofs-utils) used for "erofs".
+	MkfsErofs string `toml:"mkfs_erofs"`
 }
+
+// Plain rootfs modes (Config.PlainRootfs).
+const (
+	PlainRootfsErofs = "erofs"
+	PlainRootfsTar   = "tar"
+)
 
 // VolumesConfig is the [volumes] table (docs/volumes.md). Zero fields take
 // the defaults: 16 MiB and 1024 entries per volume, polled every second.
@@ -138,6 +158,9 @@ func DefaultConfig() Config {
 	cfg.MemoryMaxMiB = 8192
 	cfg.ScratchDiskMaxMiB = 65536
 	cfg.ScratchDir = "/var/lib/raksh/scratch"
+	cfg.PlainRootfs = PlainRootfsErofs
+	cfg.MkfsErofs = "mkfs.erofs"
+	cfg.VirtioFSDPath = DefaultVirtioFSD
 	return cfg
 }
 
@@ -185,7 +208,15 @@ func LoadConfig(path string) (Config, error) {
 	if err := validImageKeys(cfg); err != nil {
 		return cfg, fmt.Errorf("runtime config %s: %w", path, err)
 	}
+	switch cfg.PlainRootfs {
+	case PlainRootfsErofs, PlainRootfsTar:
+	default:
+		return cfg, fmt.Errorf("runtime config %s: plain_rootfs %q is not erofs or tar", path, cfg.PlainRootfs)
+	}
 	if err := validStorage(cfg); err != nil {
+		return cfg, fmt.Errorf("runtime config %s: %w", path, err)
+	}
+	if err := validSharedFS(cfg); err != nil {
 		return cfg, fmt.Errorf("runtime config %s: %w", path, err)
 	}
 	return cfg, nil

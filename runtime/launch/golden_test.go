@@ -23,13 +23,17 @@ var update = flag.Bool("update", false, "rewrite the golden QEMU command lines")
 // sockets the VM layer adds) and compares it to testdata/golden/<tee>.args.
 // The snp, tdx and pef lines follow QEMU's documentation of sev-snp-guest
 // (9.1+), tdx-guest (10.1+) and pef-guest; they are rendered, not run (no
-// TEE hardware here). Regenerate with go test -run TestGoldenQEMU -update.
+// TEE hardware here). pef-sim is PEF on the simulated ultravisor: a plain
+// x86 VM with the kernel parameters of a secure one (the shim swaps the
+// sealed initrd for what the simulated ultravisor releases, see
+// TestSimulatedUltravisorBoot). Regenerate with go test -run
+// TestGoldenQEMU -update.
 func TestGoldenQEMU(t *testing.T) {
 	doc, err := os.ReadFile("testdata/init-data.json")
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, name := range []string{"none", "sim", "snp", "tdx", "pef"} {
+	for _, name := range []string{"none", "sim", "snp", "tdx", "pef", "pef-sim"} {
 		t.Run(name, func(t *testing.T) {
 			cfg, err := LoadConfig(filepath.Join("testdata", "golden", name+".toml"))
 			if err != nil {
@@ -74,13 +78,25 @@ func TestGoldenQEMU(t *testing.T) {
 			// The init-data digest is bound where the backend binds it.
 			digest := initdata.Digest(doc)
 			want64 := map[string]string{
-				"snp": "host-data=" + b64(digest),
-				"tdx": `"mrconfigid":"` + b64(append(bytes.Clone(digest), make([]byte, 16)...)) + `"`,
-				"pef": "raksh.init_data=" + hex.EncodeToString(digest),
-				"sim": "raksh.sim.init_data=" + hex.EncodeToString(digest),
+				"snp":     "host-data=" + b64(digest),
+				"tdx":     `"mrconfigid":"` + b64(append(bytes.Clone(digest), make([]byte, 16)...)) + `"`,
+				"pef":     "raksh.init_data=" + hex.EncodeToString(digest),
+				"pef-sim": "raksh.init_data=" + hex.EncodeToString(digest),
+				"sim":     "raksh.sim.init_data=" + hex.EncodeToString(digest),
 			}[name]
 			if want64 != "" && !strings.Contains(got, want64) {
 				t.Errorf("%s does not bind the init-data digest (%s)", name, want64)
+			}
+			// What rakshctl seals a PEF initrd for is what the shim
+			// renders: the same kernel and -append.
+			if strings.HasPrefix(name, "pef") {
+				kernel, cmdline, err := PEFSealTarget(cfg)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if kernel != qc.Kernel || !strings.Contains(got, "\n-append\n"+cmdline+"\n") {
+					t.Errorf("sealed for kernel %q, command line %q; the shim renders:\n%s", kernel, cmdline, got)
+				}
 			}
 		})
 	}
@@ -130,22 +146,24 @@ func TestPodInitDataAnnotation(t *testing.T) {
 
 func TestLoadConfigHardwareTEE(t *testing.T) {
 	for name, tc := range map[string]struct{ body, want string }{
-		"snp without firmware":  {"tee = \"snp\"\n", "[snp] firmware"},
-		"tdx without firmware":  {"tee = \"tdx\"\n", "[tdx] firmware"},
-		"pef without initrd":    {"tee = \"pef\"\n", "[pef] sealed_initrd"},
-		"snp on pc":             {"tee = \"snp\"\nmachine = \"pc\"\n[snp]\nfirmware = \"/f\"\n", `needs machine = "q35"`},
-		"pef on q35":            {"tee = \"pef\"\nmachine = \"q35\"\n[pef]\nsealed_initrd = \"/i\"\n", `needs machine = "pseries"`},
-		"pef with x86 qemu":     {"tee = \"pef\"\nqemu_path = \"/usr/bin/qemu-system-x86_64\"\n[pef]\nsealed_initrd = \"/i\"\n", "needs qemu-system-ppc64"},
-		"snp under tcg":         {"tee = \"snp\"\naccel = \"tcg\"\n[snp]\nfirmware = \"/f\"\n", "needs KVM"},
-		"snp debug policy":      {"tee = \"snp\"\n[snp]\nfirmware = \"/f\"\npolicy = 0xb0000\n", "allows debug"},
-		"snp unknown cpu":       {"tee = \"snp\"\n[snp]\nfirmware = \"/f\"\ncpu_model = \"host\"\n", "cpu_model"},
-		"snp bad memory":        {"tee = \"snp\"\n[snp]\nfirmware = \"/f\"\nmemory_backend = \"hugetlb\"\n", "memory_backend"},
-		"snp table for tdx":     {"tee = \"tdx\"\n[tdx]\nfirmware = \"/f\"\n[snp]\nfirmware = \"/f\"\n", `[snp] settings given, but tee = "tdx"`},
-		"sim table without tee": {"[sim]\ninit_data_digest = \"00\"\n", `[sim] settings given`},
-		"sim bad digest":        {"tee = \"sim\"\n[sim]\ninit_data_digest = \"00\"\n", "not a hex SHA-256"},
-		"unknown snp key":       {"tee = \"snp\"\n[snp]\nfirmware = \"/f\"\ncbit = 51\n", "unknown keys"},
-		"missing init data":     {"tee = \"sim\"\ninit_data = \"/nonexistent/init-data.json\"\n", "init_data"},
-		"unknown tee":           {"tee = \"sev\"\n", "not one of none, sim, snp, tdx, pef"},
+		"snp without firmware":   {"tee = \"snp\"\n", "[snp] firmware"},
+		"tdx without firmware":   {"tee = \"tdx\"\n", "[tdx] firmware"},
+		"pef without initrd":     {"tee = \"pef\"\n", "[pef] sealed_initrd"},
+		"pef-sim without initrd": {"tee = \"pef\"\n[pef]\nsimulated_ultravisor_key = \"/k\"\n", "[pef] sealed_initrd"},
+		"pef-sim table for sim":  {"tee = \"sim\"\n[pef]\nsimulated_ultravisor_key = \"/k\"\n", `[pef] settings given, but tee = "sim"`},
+		"snp on pc":              {"tee = \"snp\"\nmachine = \"pc\"\n[snp]\nfirmware = \"/f\"\n", `needs machine = "q35"`},
+		"pef on q35":             {"tee = \"pef\"\nmachine = \"q35\"\n[pef]\nsealed_initrd = \"/i\"\n", `needs machine = "pseries"`},
+		"pef with x86 qemu":      {"tee = \"pef\"\nqemu_path = \"/usr/bin/qemu-system-x86_64\"\n[pef]\nsealed_initrd = \"/i\"\n", "needs qemu-system-ppc64"},
+		"snp under tcg":          {"tee = \"snp\"\naccel = \"tcg\"\n[snp]\nfirmware = \"/f\"\n", "needs KVM"},
+		"snp debug policy":       {"tee = \"snp\"\n[snp]\nfirmware = \"/f\"\npolicy = 0xb0000\n", "allows debug"},
+		"snp unknown cpu":        {"tee = \"snp\"\n[snp]\nfirmware = \"/f\"\ncpu_model = \"host\"\n", "cpu_model"},
+		"snp bad memory":         {"tee = \"snp\"\n[snp]\nfirmware = \"/f\"\nmemory_backend = \"hugetlb\"\n", "memory_backend"},
+		"snp table for tdx":      {"tee = \"tdx\"\n[tdx]\nfirmware = \"/f\"\n[snp]\nfirmware = \"/f\"\n", `[snp] settings given, but tee = "tdx"`},
+		"sim table without tee":  {"[sim]\ninit_data_digest = \"00\"\n", `[sim] settings given`},
+		"sim bad digest":         {"tee = \"sim\"\n[sim]\ninit_data_digest = \"00\"\n", "not a hex SHA-256"},
+		"unknown snp key":        {"tee = \"snp\"\n[snp]\nfirmware = \"/f\"\ncbit = 51\n", "unknown keys"},
+		"missing init data":      {"tee = \"sim\"\ninit_data = \"/nonexistent/init-data.json\"\n", "init_data"},
+		"unknown tee":            {"tee = \"sev\"\n", "not one of none, sim, snp, tdx, pef"},
 	} {
 		t.Run(name, func(t *testing.T) {
 			_, err := LoadConfig(writeConfig(t, tc.body))

@@ -21,6 +21,9 @@ import (
 // /proc are ("/" on a node; tests pass a directory). It names everything
 // missing at once. It does nothing for none and sim.
 func Probe(ctx context.Context, cfg Config, root string) error {
+	if PEFSimulated(cfg) {
+		return probeSimulatedUltravisor(cfg)
+	}
 	if !HardwareTEE(cfg.TEE) {
 		return nil
 	}

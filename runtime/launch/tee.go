@@ -82,6 +82,20 @@ type PEFConfig struct {
 	// exact command line the shim renders, init-data parameter included.
 	// VMs boot it instead of initrd. Required.
 	SealedInitrd string `toml:"sealed_initrd"`
+	// SimulatedUltravisorKey, when set, is the private wrapping key (RSA,
+	// PEM) of a simulated ultravisor (pef.SimUltravisor), and PEF runs
+	// simulated, INSECURELY: on a host without PEF the shim does what the
+	// ultravisor does at UV_ESM (unwrap the ESM blob, check kernel,
+	// initrd and command line, release the sealed files) and boots a
+	// plain VM (qemu_path, machine and accel as without a TEE) with the
+	// released files added to its initrd. The host sees them: it is a
+	// stand-in for testing the PEF path, not a protection.
+	SimulatedUltravisorKey string `toml:"simulated_ultravisor_key"`
+}
+
+// PEFSimulated reports whether cfg runs PEF on the simulated ultravisor.
+func PEFSimulated(cfg Config) bool {
+	return cfg.TEE == TEEPEF && cfg.PEF.SimulatedUltravisorKey != ""
 }
 
 // SimConfig is the [sim] table of the runtime config.
@@ -123,9 +137,12 @@ func validTEE(cfg *Config, md *toml.MetaData) error {
 			return fmt.Errorf("[%s] settings given, but tee = %q: %w", t, cfg.TEE, errdefs.ErrInvalidArgument)
 		}
 	}
-	if !HardwareTEE(cfg.TEE) {
+	if !HardwareTEE(cfg.TEE) || PEFSimulated(*cfg) {
 		if cfg.Machine == "" {
 			cfg.Machine = "pc"
+		}
+		if cfg.TEE == TEEPEF && cfg.PEF.SealedInitrd == "" {
+			return fmt.Errorf("tee \"pef\" needs [pef] sealed_initrd, the initrd rakshctl initrd build --seal-for pef wrote: %w", errdefs.ErrInvalidArgument)
 		}
 		return validSim(cfg)
 	}
@@ -217,7 +234,7 @@ func snpLauncher(cfg Config) (*snp.Launcher, error) {
 // shim passes must come from here.
 func KernelParams(cfg Config) []string {
 	console := "console=ttyS0"
-	if cfg.TEE == TEEPEF {
+	if cfg.TEE == TEEPEF && !PEFSimulated(cfg) {
 		console = "console=hvc0"
 	}
 	params := append([]string{console, "quiet", "panic=-1"}, cfg.KernelParams...)
@@ -333,7 +350,7 @@ func TEEArgs(cfg Config, doc []byte) (tee.LaunchArgs, error) {
 		l, err = tdx.NewLauncher(tdx.LaunchConfig{QuoteGenerationVsockPort: cfg.TDX.QuoteGenerationVsockPort})
 		firmware = cfg.TDX.Firmware
 	case TEEPEF:
-		l, err = pef.NewLauncher(pef.LaunchConfig{})
+		l, err = pef.NewLauncher(pef.LaunchConfig{Simulated: PEFSimulated(cfg)})
 	default:
 		return tee.LaunchArgs{}, validTEE(&cfg, nil)
 	}
@@ -356,7 +373,7 @@ func QEMUConfig(cfg Config, doc []byte) (qemu.Config, error) {
 		MemoryMiB: cfg.MemoryMiB, VCPUs: cfg.VCPUs,
 		Kernel: cfg.Kernel, Initrd: initrd(cfg), KernelParams: KernelParams(cfg), TEE: args,
 	}
-	if HardwareTEE(cfg.TEE) {
+	if HardwareTEE(cfg.TEE) && !PEFSimulated(cfg) {
 		// A hardware TEE needs KVM: no TCG fallback.
 		qc.Accel = qemu.AccelKVM
 	}

@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -37,6 +38,10 @@ type QEMUOptions struct {
 	KVMProbeTimeout time.Duration
 	// AccelCache is the file remembering the probe's result.
 	AccelCache string
+	// VirtioFSD, if set, starts a virtiofsd sharing SharedDir(Dir) with
+	// the guest before each QEMU and ends it with QEMU; Shutdown unmounts
+	// whatever was bound into the share before removing Dir.
+	VirtioFSD *VirtioFSD
 }
 
 // AccelAuto picks KVM when a probe boot proves it works, else TCG.
@@ -45,12 +50,15 @@ const AccelAuto = "auto"
 type qemuVM struct {
 	opts QEMUOptions
 
-	mu     sync.Mutex
-	proc   *qemu.Process
-	sess   transport.Session
-	client *ttrpc.Client
-	done   chan struct{}
-	once   sync.Once
+	mu   sync.Mutex
+	proc *qemu.Process
+	fsd  *virtiofsd
+	// stopping is set once the shim stops the VM.
+	stopping bool
+	sess     transport.Session
+	client   *ttrpc.Client
+	done     chan struct{}
+	once     sync.Once
 }
 
 // NewQEMU returns an Instance that boots opts.Config with QEMU.
@@ -105,6 +113,12 @@ func (v *qemuVM) Start(ctx context.Context) error {
 	if cfg.ConsoleLog == "" {
 		cfg.ConsoleLog = filepath.Join(v.opts.Dir, "console.log")
 	}
+	if fs := v.opts.VirtioFSD; fs != nil {
+		if err := os.MkdirAll(SharedDir(v.opts.Dir), 0o700); err != nil {
+			return err
+		}
+		cfg.VirtioFS = &qemu.VirtioFS{Socket: filepath.Join(v.opts.Dir, virtioFSDSocket), Tag: fs.Tag}
+	}
 	probing := false
 	if cfg.Accel == AccelAuto {
 		cfg.Accel = ProbeAccel(v.opts.AccelCache)
@@ -122,6 +136,9 @@ func (v *qemuVM) Start(ctx context.Context) error {
 		}
 		log.G(ctx).WithError(err).Warn("kvm probe boot failed; falling back to tcg")
 		v.stopProcess(ctx)
+		v.mu.Lock()
+		v.stopping = false
+		v.mu.Unlock()
 		v.remember(qemu.AccelTCG)
 		cfg.Accel = qemu.AccelTCG
 		start = time.Now()
@@ -147,6 +164,29 @@ func (v *qemuVM) boot(ctx context.Context, cfg qemu.Config, timeout time.Duratio
 	os.Remove(cfg.QMPSocket)
 	os.Remove(cfg.ConsoleLog)
 	cfg.NICs = withVhost(cfg.NICs, cfg.Accel)
+	if cfg.VirtioFS != nil {
+		// One virtiofsd per QEMU: it serves one connection.
+		fsd, err := startVirtioFSD(v.opts.VirtioFSD.Path, SharedDir(v.opts.Dir), cfg.VirtioFS.Socket, 30*time.Second)
+		if err != nil {
+			return err
+		}
+		if err := os.WriteFile(filepath.Join(v.opts.Dir, VirtioFSDPidFile), []byte(strconv.Itoa(fsd.cmd.Process.Pid)+"\n"), 0o600); err != nil {
+			fsd.kill()
+			return err
+		}
+		v.mu.Lock()
+		v.fsd = fsd
+		v.mu.Unlock()
+		go func() {
+			<-fsd.done
+			v.mu.Lock()
+			current := v.fsd == fsd
+			v.mu.Unlock()
+			if current && !v.isStopping() {
+				log.G(ctx).WithField("output", fsd.out.String()).Warn("virtiofsd exited")
+			}
+		}()
+	}
 	proc, err := qemu.Start(cfg)
 	if err != nil {
 		return err
@@ -208,6 +248,10 @@ func (v *qemuVM) boot(ctx context.Context, cfg qemu.Config, timeout time.Duratio
 	go func() {
 		select {
 		case <-proc.Done():
+			// Why the VM ended, unless the shim ended it.
+			if !v.isStopping() {
+				log.G(ctx).WithError(proc.ExitError()).Warn("vm exited")
+			}
 		case <-sess.Done():
 		}
 		v.once.Do(func() { close(v.done) })
@@ -282,9 +326,11 @@ func (v *qemuVM) AcceptStream() (string, net.Conn, error) {
 
 func (v *qemuVM) stopProcess(ctx context.Context) {
 	v.mu.Lock()
-	proc, sess, client := v.proc, v.sess, v.client
-	v.sess, v.client = nil, nil
+	proc, sess, client, fsd := v.proc, v.sess, v.client, v.fsd
+	v.sess, v.client, v.fsd = nil, nil, nil
+	v.stopping = true
 	v.mu.Unlock()
+	defer fsd.kill()
 	if client != nil {
 		client.Close()
 	}
@@ -301,6 +347,12 @@ func (v *qemuVM) stopProcess(ctx context.Context) {
 func (v *qemuVM) Shutdown(ctx context.Context) error {
 	v.stopProcess(ctx)
 	v.once.Do(func() { close(v.done) })
+	if v.opts.VirtioFSD != nil {
+		// Before anything under Dir is removed: the share holds node paths.
+		if err := CleanupShared(SharedDir(v.opts.Dir)); err != nil {
+			return err
+		}
+	}
 	if v.opts.KeepDir {
 		os.Remove(filepath.Join(v.opts.Dir, "agent.sock"))
 		os.Remove(filepath.Join(v.opts.Dir, "qmp.sock"))
@@ -321,4 +373,10 @@ func (v *qemuVM) Pid() int {
 		return 0
 	}
 	return v.proc.Pid()
+}
+
+func (v *qemuVM) isStopping() bool {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return v.stopping
 }

@@ -4,8 +4,10 @@
 // CRI's per-pod files into the guest through the agent's Volumes service,
 // polls them for kubelet's atomic ..data swaps and token rotations and
 // sends the updates, and asks the agent for a guest tmpfs for each
-// emptyDir. Nothing of a volume is ever shared with the guest: the guest
-// gets copies, bounded by Config.
+// emptyDir. Those are never shared with the guest: the guest gets copies,
+// bounded by Config. Only when the runtime config sets shared_fs =
+// "virtio-fs" are the other bind mounts (hostPath, persistent volumes,
+// image volumes) shared live through the pod's virtio-fs share (Share).
 package volumes
 
 import (
@@ -56,6 +58,8 @@ const (
 	File
 	// EmptyDir is a guest tmpfs shared by the pod's containers.
 	EmptyDir
+	// Shared is a node path shared with virtio-fs (shared_fs).
+	Shared
 )
 
 // Volume is a mount of the spec the shim delivers.
@@ -70,6 +74,9 @@ type Volume struct {
 	// for medium: Memory; 0 for a disk-backed one).
 	Name      string
 	SizeBytes int64
+	// Options are a shared mount's bind options (ro, rro, rbind,
+	// propagation).
+	Options []string
 }
 
 // copied are the kubelet volume plugins whose content is copied.
@@ -83,9 +90,10 @@ func isBind(m specs.Mount) bool {
 }
 
 // Classify returns the bind mounts of spec the shim delivers into the
-// guest. Any other bind mount is left to the agent, which refuses it
+// guest. With share (shared_fs = "virtio-fs"), every other bind mount but
+// /dev/shm is Shared; without, it is left to the agent, which refuses it
 // naming it (hostPath, PVs, subPath mounts, nerdctl -v).
-func Classify(spec *specs.Spec) []Volume {
+func Classify(spec *specs.Spec, share bool) []Volume {
 	var vols []Volume
 	for _, m := range spec.Mounts {
 		if !isBind(m) {
@@ -95,16 +103,23 @@ func Classify(spec *specs.Spec) []Volume {
 			switch {
 			case slices.Contains(copied, plugin):
 				vols = append(vols, Volume{Kind: Tree, Source: m.Source, Destination: path.Clean(m.Destination), Plugin: plugin})
+				continue
 			case plugin == "empty-dir":
 				vols = append(vols, Volume{Kind: EmptyDir, Source: m.Source, Destination: path.Clean(m.Destination), Plugin: plugin,
 					Name: name, SizeBytes: tmpfsSize(m.Source)})
+				continue
 			}
-			continue
+			// Persistent volumes (csi, local, ...): shared or refused.
 		}
 		if slices.Contains(criFiles, path.Clean(m.Destination)) {
 			if st, err := os.Stat(m.Source); err == nil && st.Mode().IsRegular() {
 				vols = append(vols, Volume{Kind: File, Source: m.Source, Destination: path.Clean(m.Destination), Plugin: "cri"})
+				continue
 			}
+		}
+		if share && sharedCandidate(m) {
+			vols = append(vols, Volume{Kind: Shared, Source: m.Source, Destination: path.Clean(m.Destination), Plugin: "shared",
+				Options: slices.Clone(m.Options)})
 		}
 	}
 	return vols
@@ -254,10 +269,22 @@ func fingerprint(v Volume) [32]byte {
 type Syncer struct {
 	client agentapi.VolumesService
 	cfg    Config
+	share  *Share
 
 	mu      sync.Mutex
 	watches map[string]context.CancelFunc
+	// termLogs are the containers' termination-log file volumes, copied
+	// back to the node at exit.
+	termLogs map[string]Volume
 }
+
+// TerminationLog is where kubelet binds a container's termination
+// message file (its default terminationMessagePath).
+const TerminationLog = "/dev/termination-log"
+
+// MaxTerminationMessage is what is copied back of a termination message:
+// kubelet reads at most 4096 bytes of it.
+const MaxTerminationMessage = 4096
 
 // NewSyncer returns a Syncer putting volumes through client.
 func NewSyncer(client agentapi.VolumesService, cfg Config) *Syncer {
@@ -271,7 +298,13 @@ func NewSyncer(client agentapi.VolumesService, cfg Config) *Syncer {
 	if cfg.PollInterval <= 0 {
 		cfg.PollInterval = def.PollInterval
 	}
-	return &Syncer{client: client, cfg: cfg, watches: map[string]context.CancelFunc{}}
+	return &Syncer{client: client, cfg: cfg, watches: map[string]context.CancelFunc{}, termLogs: map[string]Volume{}}
+}
+
+// WithShare has s share Shared volumes through share.
+func (s *Syncer) WithShare(share *Share) *Syncer {
+	s.share = share
+	return s
 }
 
 func (s *Syncer) put(ctx context.Context, id, pod string, v Volume) error {
@@ -284,6 +317,19 @@ func (s *Syncer) put(ctx context.Context, id, pod string, v Volume) error {
 	case EmptyDir:
 		req.Kind = agentapi.VolumeKind_VOLUME_KIND_EMPTY_DIR
 		req.PodId, req.Name, req.SizeBytes = pod, v.Name, v.SizeBytes
+	case Shared:
+		if s.share == nil {
+			return fmt.Errorf("bind mount of %q at %q: no virtio-fs share (shared_fs): %w", v.Source, v.Destination, errdefs.ErrInvalidArgument)
+		}
+		req.Kind = agentapi.VolumeKind_VOLUME_KIND_SHARED
+		req.Name = ShareID(id, v.Destination)
+		if err := s.share.Bind(id, req.Name, v); err != nil {
+			return err
+		}
+		if _, err := s.client.Put(ctx, req); err != nil {
+			return fmt.Errorf("share bind mount of %q at %q with the guest: %w", v.Source, v.Destination, err)
+		}
+		return nil
 	}
 	entries, err := read(v, s.cfg)
 	if err != nil {
@@ -299,7 +345,12 @@ func (s *Syncer) put(ctx context.Context, id, pod string, v Volume) error {
 // Deliver copies container id's volumes into the guest (pod is its CRI
 // sandbox, or id) and starts polling the copied ones for updates until
 // Stop. It fails, naming the volume, on any volume it cannot deliver.
-func (s *Syncer) Deliver(ctx context.Context, id, pod string, vols []Volume) error {
+func (s *Syncer) Deliver(ctx context.Context, id, pod string, vols []Volume) (retErr error) {
+	defer func() {
+		if retErr != nil && s.share != nil {
+			s.share.Unbind(id)
+		}
+	}()
 	var (
 		watched []Volume
 		prints  [][32]byte
@@ -311,7 +362,12 @@ func (s *Syncer) Deliver(ctx context.Context, id, pod string, vols []Volume) err
 		if err := s.put(ctx, id, pod, v); err != nil {
 			return err
 		}
-		if v.Kind != EmptyDir {
+		if v.Kind == File && v.Destination == TerminationLog {
+			s.mu.Lock()
+			s.termLogs[id] = v
+			s.mu.Unlock()
+		}
+		if v.Kind == Tree || v.Kind == File {
 			watched = append(watched, v)
 			prints = append(prints, fp)
 		}
@@ -358,13 +414,54 @@ func (s *Syncer) poll(ctx context.Context, id, pod string, vols []Volume, prints
 	}
 }
 
-// Stop ends the polling of container id's volumes.
-func (s *Syncer) Stop(id string) {
+// CopyBack writes container id's termination message (what it wrote to
+// /dev/termination-log in the guest, at most MaxTerminationMessage bytes)
+// to the node file kubelet bound there, for kubelet to read once the
+// container has exited. A container without one is not an error. The
+// node file is written in place, never created, and not through a symlink.
+func (s *Syncer) CopyBack(ctx context.Context, id string) error {
+	s.mu.Lock()
+	v, ok := s.termLogs[id]
+	cancel := s.watches[id]
+	s.mu.Unlock()
+	if !ok {
+		return nil
+	}
+	// The copy back must not be sent into the guest again.
+	if cancel != nil {
+		cancel()
+	}
+	r, err := s.client.Get(ctx, &agentapi.GetVolumeRequest{ContainerId: id, Destination: v.Destination, MaxBytes: MaxTerminationMessage})
+	if err != nil {
+		return fmt.Errorf("read the termination message of %s in the guest: %w", id, err)
+	}
+	f, err := os.OpenFile(v.Source, os.O_WRONLY|os.O_TRUNC|unix.O_NOFOLLOW, 0)
+	if err != nil {
+		return fmt.Errorf("termination message file %s: %w", v.Source, err)
+	}
+	if _, err := f.Write(r.GetData()); err != nil {
+		f.Close()
+		return err
+	}
+	if r.GetTruncated() {
+		log.G(ctx).WithField("id", id).Warnf("termination message truncated to %d bytes", MaxTerminationMessage)
+	}
+	return f.Close()
+}
+
+// Stop ends the polling of container id's volumes and removes its
+// shared mounts from the pod's virtio-fs share.
+func (s *Syncer) Stop(id string) error {
 	s.mu.Lock()
 	cancel := s.watches[id]
 	delete(s.watches, id)
+	delete(s.termLogs, id)
 	s.mu.Unlock()
 	if cancel != nil {
 		cancel()
 	}
+	if s.share != nil {
+		return s.share.Unbind(id)
+	}
+	return nil
 }

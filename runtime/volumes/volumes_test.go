@@ -11,7 +11,9 @@ import (
 
 	"github.com/containerd/errdefs"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"golang.org/x/sys/unix"
 
+	agentvolumes "github.com/raksh-project/raksh/agent/volumes"
 	agentapi "github.com/raksh-project/raksh/api/agent/v1"
 	"github.com/raksh-project/raksh/runtime/launch"
 )
@@ -36,7 +38,7 @@ func TestClassify(t *testing.T) {
 		{Destination: "/dev/shm", Type: "bind", Source: "/run/containerd/sandboxes/x/shm", Options: []string{"rbind"}},
 	}}
 	got := map[string]Volume{}
-	for _, v := range Classify(spec) {
+	for _, v := range Classify(spec, false) {
 		got[v.Destination] = v
 	}
 	want := map[string]Kind{"/etc/config": Tree, "/etc/secret": Tree, "/var/run/secrets/kubernetes.io/serviceaccount": Tree,
@@ -51,6 +53,72 @@ func TestClassify(t *testing.T) {
 	}
 	if got["/cache"].Name != "cache" || got["/etc/config"].Plugin != "configmap" {
 		t.Errorf("names: %+v %+v", got["/cache"], got["/etc/config"])
+	}
+}
+
+// TestClassifyShared: with shared_fs, every bind mount that is not copied
+// (hostPath, PVs, subPath mounts, a CRI file that is not a regular file)
+// is shared, with its options; CRI's /dev/shm never is.
+func TestClassifyShared(t *testing.T) {
+	pods := "/var/lib/kubelet/pods/uid-1/volumes/"
+	spec := &specs.Spec{Mounts: []specs.Mount{
+		{Destination: "/etc/config", Type: "bind", Source: pods + "kubernetes.io~configmap/cfg", Options: []string{"rbind", "ro"}},
+		{Destination: "/cache", Type: "bind", Source: pods + "kubernetes.io~empty-dir/cache", Options: []string{"rbind"}},
+		{Destination: "/host", Type: "bind", Source: "/var/lib/data", Options: []string{"rbind", "ro", "rslave"}},
+		{Destination: "/pv", Type: "bind", Source: pods + "kubernetes.io~csi/pv-1/mount", Options: []string{"rbind"}},
+		{Destination: "/sub/", Type: "bind", Source: "/var/lib/kubelet/pods/uid-1/volume-subpaths/cfg/c/0", Options: []string{"rbind"}},
+		{Destination: "/dev/shm", Type: "bind", Source: "/run/containerd/sandboxes/x/shm", Options: []string{"rbind"}},
+		{Destination: "/proc", Type: "proc", Source: "proc"},
+	}}
+	got := map[string]Volume{}
+	for _, v := range Classify(spec, true) {
+		got[v.Destination] = v
+	}
+	want := map[string]Kind{"/etc/config": Tree, "/cache": EmptyDir, "/host": Shared, "/pv": Shared, "/sub": Shared}
+	if len(got) != len(want) {
+		t.Errorf("classified %d mounts, want %d: %+v", len(got), len(want), got)
+	}
+	for d, k := range want {
+		if v, ok := got[d]; !ok || v.Kind != k {
+			t.Errorf("%s: got %+v, want kind %d", d, v, k)
+		}
+	}
+	if o := got["/host"].Options; len(o) != 3 || o[1] != "ro" || o[2] != "rslave" {
+		t.Errorf("options of /host not kept: %v", o)
+	}
+	if _, ok := got["/dev/shm"]; ok {
+		t.Error("/dev/shm shared")
+	}
+}
+
+// TestShareID: ids are opaque, fixed-charset single path elements the
+// agent accepts, distinct per container and destination.
+func TestShareID(t *testing.T) {
+	a, b, c := ShareID("c1", "/data"), ShareID("c1", "/other"), ShareID("c2", "/data")
+	if a == b || a == c || a != ShareID("c1", "/data") {
+		t.Fatalf("ids not distinct or not stable: %s %s %s", a, b, c)
+	}
+	for _, id := range []string{a, b, c, ShareID("c1", "/../../etc")} {
+		if err := agentvolumes.ValidShareID(id); err != nil {
+			t.Errorf("agent refuses %q: %v", id, err)
+		}
+	}
+}
+
+func TestParseBind(t *testing.T) {
+	for _, tc := range []struct {
+		opts []string
+		want bindFlags
+	}{
+		{[]string{"rbind", "rprivate", "rw"}, bindFlags{recursive: true, prop: unix.MS_PRIVATE}},
+		{[]string{"bind", "ro"}, bindFlags{readOnly: true, prop: unix.MS_PRIVATE}},
+		{[]string{"rbind", "rro", "rprivate"}, bindFlags{recursive: true, readOnly: true, rro: true, prop: unix.MS_PRIVATE}},
+		{[]string{"rbind", "rslave"}, bindFlags{recursive: true, prop: unix.MS_SLAVE}},
+		{[]string{"rbind", "rshared"}, bindFlags{recursive: true, prop: unix.MS_SLAVE}},
+	} {
+		if got := parseBind(tc.opts); got != tc.want {
+			t.Errorf("%v: %+v, want %+v", tc.opts, got, tc.want)
+		}
 	}
 }
 
@@ -82,8 +150,9 @@ func configMap(t *testing.T, dir string, files map[string]string) func(map[strin
 }
 
 type fakeAgent struct {
-	mu   sync.Mutex
-	puts []*agentapi.PutVolumeRequest
+	mu         sync.Mutex
+	puts       []*agentapi.PutVolumeRequest
+	guestWrote string
 }
 
 func (f *fakeAgent) Put(_ context.Context, r *agentapi.PutVolumeRequest) (*agentapi.PutVolumeResponse, error) {
@@ -95,6 +164,70 @@ func (f *fakeAgent) Put(_ context.Context, r *agentapi.PutVolumeRequest) (*agent
 
 func (f *fakeAgent) Remove(context.Context, *agentapi.RemoveVolumesRequest) (*agentapi.RemoveVolumesResponse, error) {
 	return &agentapi.RemoveVolumesResponse{}, nil
+}
+
+// Get returns the guest's termination message: the content last put, with
+// "guest wrote" appended as the container would, bounded by max_bytes.
+func (f *fakeAgent) Get(_ context.Context, r *agentapi.GetVolumeRequest) (*agentapi.GetVolumeResponse, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var data []byte
+	for _, p := range f.puts {
+		if p.GetDestination() == r.GetDestination() && len(p.GetEntries()) == 1 {
+			data = append(append([]byte{}, p.GetEntries()[0].GetData()...), []byte(f.guestWrote)...)
+		}
+	}
+	if int64(len(data)) > r.GetMaxBytes() {
+		return &agentapi.GetVolumeResponse{Data: data[:r.GetMaxBytes()], Truncated: true}, nil
+	}
+	return &agentapi.GetVolumeResponse{Data: data}, nil
+}
+
+// TestCopyBackTerminationLog: the container's termination message is
+// written to kubelet's node file in place, bounded, and not re-sent.
+func TestCopyBackTerminationLog(t *testing.T) {
+	dir := t.TempDir()
+	node := filepath.Join(dir, "termlog")
+	os.WriteFile(node, nil, 0o666)
+	agent := &fakeAgent{guestWrote: "exited: disk full\n"}
+	s := NewSyncer(agent, Config{PollInterval: 20 * time.Millisecond})
+	vols := []Volume{{Kind: File, Source: node, Destination: TerminationLog, Plugin: "cri"}}
+	if err := s.Deliver(context.Background(), "c1", "pod", vols); err != nil {
+		t.Fatal(err)
+	}
+	defer s.Stop("c1")
+	if err := s.CopyBack(context.Background(), "c1"); err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := os.ReadFile(node); string(b) != "exited: disk full\n" {
+		t.Fatalf("node file: %q", b)
+	}
+	_, n := agent.last()
+	time.Sleep(100 * time.Millisecond)
+	if _, n2 := agent.last(); n2 != n {
+		t.Errorf("the copied-back message was sent into the guest again (%d puts, then %d)", n, n2)
+	}
+	agent.guestWrote = strings.Repeat("x", 2*MaxTerminationMessage)
+	if err := s.CopyBack(context.Background(), "c1"); err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := os.ReadFile(node); len(b) != MaxTerminationMessage {
+		t.Errorf("message not bounded: %d bytes", len(b))
+	}
+	// Never through a symlink.
+	os.Remove(node)
+	os.Symlink(filepath.Join(dir, "elsewhere"), node)
+	os.WriteFile(filepath.Join(dir, "elsewhere"), []byte("keep"), 0o644)
+	if err := s.CopyBack(context.Background(), "c1"); err == nil {
+		t.Error("copied back through a symlink")
+	}
+	if b, _ := os.ReadFile(filepath.Join(dir, "elsewhere")); string(b) != "keep" {
+		t.Errorf("symlink target written: %q", b)
+	}
+	// A container without a termination log: nothing to do.
+	if err := s.CopyBack(context.Background(), "other"); err != nil {
+		t.Error(err)
+	}
 }
 
 func (f *fakeAgent) last() (*agentapi.PutVolumeRequest, int) {

@@ -115,7 +115,7 @@ func NewAttester(ctx context.Context, opts ...Opt) (tee.Attester, error) {
 		return tdx.NewAttester(c.tsm), nil
 	case tee.PEF:
 		if res.Source == SourceSimUltravisor {
-			return pef.NewAttester(pef.WithKeyDir(c.path(pef.DefaultKeyDir))), nil
+			return pef.NewAttester(pef.WithKeyDir(c.path(pef.DefaultKeyDir)), pef.OnSimulatedUltravisor()), nil
 		}
 		// On a PEF secure VM (ppc64le) released files come from the
 		// ultravisor; elsewhere (tests) from the key dir.

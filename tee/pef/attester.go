@@ -31,6 +31,15 @@ const AttestationKeyFile = "raksh-attest.key"
 type evidencePayload struct {
 	TEE        tee.Type `json:"tee"`
 	ReportData []byte   `json:"report_data"`
+	// Simulated is the guest's own statement that the simulated
+	// ultravisor released its key (it was booted by SimUltravisor). An
+	// honest guest sealed for the simulated ultravisor says so, and a
+	// verifier trusting its key for hardware refuses it.
+	Simulated bool `json:"simulated,omitempty"`
+	// InitDataDigest is the init-data digest on the VM's kernel command
+	// line (raksh.init_data), which the ultravisor checked against the
+	// sealed command line before releasing the attestation key.
+	InitDataDigest []byte `json:"init_data_digest,omitempty"`
 }
 
 // AttesterOpt configures an Attester.
@@ -49,11 +58,17 @@ func WithKeyDir(dir string) AttesterOpt {
 // WithKeySource reads released files from src.
 func WithKeySource(src KeySource) AttesterOpt { return func(a *Attester) { a.src = src } }
 
+// OnSimulatedUltravisor marks the attester as running in a VM the
+// simulated ultravisor booted (SimUltravisor.BootInitrd): its evidence
+// says so, and verifiers accept it only for keys listed as simulated.
+func OnSimulatedUltravisor() AttesterOpt { return func(a *Attester) { a.simulated = true } }
+
 // Attester signs report data with the attestation key the ultravisor
 // released. Only needed when a PEF guest talks to a key broker; Raksh's PEF
 // mode reads its workload keys straight from the KeySource.
 type Attester struct {
-	src KeySource
+	src       KeySource
+	simulated bool
 }
 
 var _ tee.Attester = (*Attester)(nil)
@@ -75,9 +90,10 @@ func (a *Attester) KeySource() KeySource { return a.src }
 // Type returns tee.PEF.
 func (a *Attester) Type() tee.Type { return tee.PEF }
 
-// Evidence returns a JWS (ES384, compact) over the report data, signed with
-// the released attestation key.
-func (a *Attester) Evidence(_ context.Context, reportData [tee.ReportDataSize]byte) ([]byte, error) {
+// Evidence returns a JWS (ES384, compact) over the report data and the
+// init-data digest of the kernel command line, signed with the released
+// attestation key.
+func (a *Attester) Evidence(ctx context.Context, reportData [tee.ReportDataSize]byte) ([]byte, error) {
 	b, err := a.src.ReadFile(AttestationKeyFile)
 	if err != nil {
 		return nil, err
@@ -90,7 +106,11 @@ func (a *Attester) Evidence(_ context.Context, reportData [tee.ReportDataSize]by
 	if err != nil {
 		return nil, err
 	}
-	payload, err := json.Marshal(evidencePayload{TEE: tee.PEF, ReportData: reportData[:]})
+	digest, err := a.InitDataDigest(ctx)
+	if err != nil {
+		return nil, err
+	}
+	payload, err := json.Marshal(evidencePayload{TEE: tee.PEF, ReportData: reportData[:], Simulated: a.simulated, InitDataDigest: digest})
 	if err != nil {
 		return nil, err
 	}
@@ -128,51 +148,87 @@ var (
 	ErrSignature = fmt.Errorf("pef: evidence not signed by a trusted attestation key: %w", errdefs.ErrPermissionDenied)
 	// ErrReportData: the signed report data differs.
 	ErrReportData = fmt.Errorf("pef: report data mismatch: %w", errdefs.ErrPermissionDenied)
+	// ErrSimulated: evidence from a VM the simulated ultravisor booted,
+	// signed by a key the verifier trusts for hardware only.
+	ErrSimulated = fmt.Errorf("pef: evidence from the simulated (insecure) ultravisor, but its key is trusted for hardware only (list it in simulated_keys to accept it as insecure): %w", errdefs.ErrPermissionDenied)
 )
 
 // VerifierConfig configures a PEF verifier.
 type VerifierConfig struct {
 	// TrustedKeys are PEM files with the public attestation keys sealed
-	// into initrds (one per sealed application).
+	// into initrds for PEF hardware (one per sealed application; rakshctl
+	// initrd build --seal-for pef --attestation-public-key writes them).
 	TrustedKeys []string `toml:"trusted_keys"`
-	// Simulated marks the keys as sealed for the simulated ultravisor:
-	// claims then carry Insecure.
-	Simulated bool `toml:"simulated"`
+	// SimulatedKeys are PEM files with public attestation keys sealed for
+	// the simulated ultravisor (SimUltravisor, whose host sees every
+	// released file): their claims carry Insecure, which a key broker
+	// refuses unless its policy allows insecure claims. Evidence that says
+	// it comes from the simulated ultravisor is refused for TrustedKeys.
+	SimulatedKeys []string `toml:"simulated_keys"`
 }
 
 // Verifier checks PEF evidence against the public attestation keys the
 // owner sealed.
 type Verifier struct {
-	keys      []*ecdsa.PublicKey
+	keys []trustedKey
+}
+
+type trustedKey struct {
+	pub       *ecdsa.PublicKey
 	simulated bool
 }
 
 var _ tee.Verifier = (*Verifier)(nil)
 
-// NewVerifier returns a Verifier trusting cfg.TrustedKeys and extra.
+// NewVerifier returns a Verifier trusting cfg.TrustedKeys and extra for
+// hardware, and cfg.SimulatedKeys for the simulated ultravisor.
 func NewVerifier(cfg VerifierConfig, extra ...*ecdsa.PublicKey) (*Verifier, error) {
-	v := &Verifier{keys: extra, simulated: cfg.Simulated}
-	for _, f := range cfg.TrustedKeys {
-		b, err := os.ReadFile(f)
-		if err != nil {
-			return nil, fmt.Errorf("pef: failed to read trusted key: %w", err)
-		}
-		for blk, rest := pem.Decode(b); blk != nil; blk, rest = pem.Decode(rest) {
-			pk, err := x509.ParsePKIXPublicKey(blk.Bytes)
+	v := &Verifier{}
+	for _, k := range extra {
+		v.keys = append(v.keys, trustedKey{pub: k})
+	}
+	for _, set := range []struct {
+		files     []string
+		simulated bool
+	}{{cfg.TrustedKeys, false}, {cfg.SimulatedKeys, true}} {
+		for _, f := range set.files {
+			keys, err := readPublicKeys(f)
 			if err != nil {
-				return nil, fmt.Errorf("pef: bad trusted key in %s: %w", f, errdefs.ErrInvalidArgument)
+				return nil, err
 			}
-			ek, ok := pk.(*ecdsa.PublicKey)
-			if !ok || ek.Curve != elliptic.P384() {
-				return nil, fmt.Errorf("pef: trusted key in %s is not P-384: %w", f, errdefs.ErrInvalidArgument)
+			for _, k := range keys {
+				v.keys = append(v.keys, trustedKey{pub: k, simulated: set.simulated})
 			}
-			v.keys = append(v.keys, ek)
 		}
 	}
 	if len(v.keys) == 0 {
 		return nil, fmt.Errorf("pef: no trusted attestation keys: %w", errdefs.ErrInvalidArgument)
 	}
 	return v, nil
+}
+
+// readPublicKeys reads the P-384 public keys (PKIX PEM) of a file.
+func readPublicKeys(f string) ([]*ecdsa.PublicKey, error) {
+	b, err := os.ReadFile(f)
+	if err != nil {
+		return nil, fmt.Errorf("pef: failed to read trusted key: %w", err)
+	}
+	var keys []*ecdsa.PublicKey
+	for blk, rest := pem.Decode(b); blk != nil; blk, rest = pem.Decode(rest) {
+		pk, err := x509.ParsePKIXPublicKey(blk.Bytes)
+		if err != nil {
+			return nil, fmt.Errorf("pef: bad trusted key in %s: %w", f, errdefs.ErrInvalidArgument)
+		}
+		ek, ok := pk.(*ecdsa.PublicKey)
+		if !ok || ek.Curve != elliptic.P384() {
+			return nil, fmt.Errorf("pef: trusted key in %s is not P-384: %w", f, errdefs.ErrInvalidArgument)
+		}
+		keys = append(keys, ek)
+	}
+	if len(keys) == 0 {
+		return nil, fmt.Errorf("pef: no PEM public key in %s: %w", f, errdefs.ErrInvalidArgument)
+	}
+	return keys, nil
 }
 
 // Type returns tee.PEF.
@@ -187,7 +243,7 @@ func (v *Verifier) Verify(_ context.Context, evidence []byte, reportData [tee.Re
 		return nil, fmt.Errorf("pef: malformed evidence: %w", errdefs.ErrInvalidArgument)
 	}
 	for _, k := range v.keys {
-		payload, err := jws.Verify(k)
+		payload, err := jws.Verify(k.pub)
 		if err != nil {
 			continue
 		}
@@ -198,7 +254,13 @@ func (v *Verifier) Verify(_ context.Context, evidence []byte, reportData [tee.Re
 		if subtle.ConstantTimeCompare(p.ReportData, reportData[:]) != 1 {
 			return nil, ErrReportData
 		}
-		der, err := x509.MarshalPKIXPublicKey(k)
+		if p.Simulated && !k.simulated {
+			return nil, ErrSimulated
+		}
+		if n := len(p.InitDataDigest); n != 0 && n != 32 && n != 48 {
+			return nil, fmt.Errorf("pef: init-data digest of %d bytes: %w", n, errdefs.ErrInvalidArgument)
+		}
+		der, err := x509.MarshalPKIXPublicKey(k.pub)
 		if err != nil {
 			return nil, err
 		}
@@ -206,8 +268,11 @@ func (v *Verifier) Verify(_ context.Context, evidence []byte, reportData [tee.Re
 		c := &tee.Claims{
 			TEE:         tee.PEF,
 			Measurement: m[:],
-			Insecure:    v.simulated,
-			Extra:       map[string]any{"attestation_key": hex.EncodeToString(m[:])},
+			Insecure:    k.simulated,
+			// Signed by a key released only to a VM booting the sealed
+			// command line, which carries the digest.
+			InitDataDigest: p.InitDataDigest,
+			Extra:          map[string]any{"attestation_key": hex.EncodeToString(m[:])},
 		}
 		copy(c.ReportData[:], p.ReportData)
 		return c, nil

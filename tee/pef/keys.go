@@ -1,6 +1,8 @@
 package pef
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"os"
@@ -154,4 +156,15 @@ func readViaUcall(call ucallFunc, name string) ([]byte, error) {
 		}
 	}
 	return data, nil
+}
+
+// ResourceFileName is the name under which a key broker resource
+// (repo/type/tag) is sealed into a PEF initrd (`rakshctl initrd build
+// --seal-for pef --seal-resource`), so the agent can take a workload key
+// from the released files instead of a broker: "kbs-" and the first 40 hex
+// digits of the path's SHA-256 (a released file name holds at most 64
+// bytes, a resource path up to 386).
+func ResourceFileName(resourcePath string) string {
+	sum := sha256.Sum256([]byte(resourcePath))
+	return "kbs-" + hex.EncodeToString(sum[:20])
 }

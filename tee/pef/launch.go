@@ -19,6 +19,11 @@ const InitDataParam = "raksh.init_data"
 type LaunchConfig struct {
 	// ObjectID is the QEMU object id. Default "tee0".
 	ObjectID string `toml:"object_id"`
+	// Simulated renders the launch for the simulated ultravisor
+	// (SimUltravisor, INSECURE): a plain VM without the pef-guest object,
+	// with the same kernel parameters, so the sealed command line is the
+	// one a secure VM would have.
+	Simulated bool `toml:"-"`
 }
 
 // Launcher renders QEMU options for a pseries secure VM (QEMU's pef-guest
@@ -52,9 +57,12 @@ func (l *Launcher) LaunchArgs(p tee.LaunchParams) (tee.LaunchArgs, error) {
 	if n := len(p.InitDataDigest); n != 32 && n != 48 {
 		return tee.LaunchArgs{}, fmt.Errorf("pef: init-data digest is %d bytes, want 32 or 48: %w", n, errdefs.ErrInvalidArgument)
 	}
-	return tee.LaunchArgs{
-		MachineOptions: []string{"confidential-guest-support=" + l.cfg.ObjectID},
-		Objects:        []string{"pef-guest,id=" + l.cfg.ObjectID},
-		KernelParams:   []string{"svm=on", InitDataParam + "=" + hex.EncodeToString(p.InitDataDigest)},
-	}, nil
+	args := tee.LaunchArgs{
+		KernelParams: []string{"svm=on", InitDataParam + "=" + hex.EncodeToString(p.InitDataDigest)},
+	}
+	if !l.cfg.Simulated {
+		args.MachineOptions = []string{"confidential-guest-support=" + l.cfg.ObjectID}
+		args.Objects = []string{"pef-guest,id=" + l.cfg.ObjectID}
+	}
+	return args, nil
 }

@@ -229,7 +229,7 @@ func TestPEFModeEndToEnd(t *testing.T) {
 	if st, err := os.Stat(filepath.Join(dir, "workload.key")); err != nil || st.Mode().Perm() != 0o600 {
 		t.Fatalf("released file mode: %v %v", st, err)
 	}
-	a := NewAttester(WithKeyDir(dir))
+	a := NewAttester(WithKeyDir(dir), OnSimulatedUltravisor())
 	got, err := a.KeySource().ReadFile("workload.key")
 	if err != nil || !bytes.Equal(got, f.workloadKey) {
 		t.Fatalf("workload key: %v", err)
@@ -245,13 +245,54 @@ func TestPEFModeEndToEnd(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	v, err := NewVerifier(VerifierConfig{Simulated: true}, &f.attestKey.PublicKey)
+	der, _ := x509.MarshalPKIXPublicKey(&f.attestKey.PublicKey)
+	pubFile := filepath.Join(t.TempDir(), "attest.pub")
+	os.WriteFile(pubFile, pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der}), 0o644)
+	v, err := NewVerifier(VerifierConfig{SimulatedKeys: []string{pubFile}})
 	if err != nil {
 		t.Fatal(err)
 	}
 	c, err := v.Verify(context.Background(), ev, rd)
 	if err != nil || c.TEE != tee.PEF || !c.Insecure || c.ReportData != rd || len(c.Measurement) != 48 {
 		t.Fatalf("Verify = %+v, %v", c, err)
+	}
+	if c.InitDataDigest != nil {
+		t.Fatalf("init-data digest %x from a command line without one", c.InitDataDigest)
+	}
+	// The init-data digest of the command line (sealed with it) is in
+	// the signed evidence and the claims.
+	digest := bytes.Repeat([]byte{0xab}, 32)
+	cmdline := filepath.Join(t.TempDir(), "cmdline")
+	os.WriteFile(cmdline, []byte("console=ttyS0 svm=on raksh.init_data="+strings.Repeat("ab", 32)+"\n"), 0o644)
+	defer func(p string) { CmdlinePath = p }(CmdlinePath)
+	CmdlinePath = cmdline
+	ev2, err := a.Evidence(context.Background(), rd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c, err := v.Verify(context.Background(), ev2, rd); err != nil || !bytes.Equal(c.InitDataDigest, digest) {
+		t.Fatalf("init-data digest in the claims: %+v, %v", c, err)
+	}
+	// The same key trusted for hardware: the evidence of a VM the
+	// simulated ultravisor booted is refused, a hardware VM's (no
+	// simulated statement) is accepted and not insecure.
+	hw, err := NewVerifier(VerifierConfig{TrustedKeys: []string{pubFile}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := hw.Verify(context.Background(), ev, rd); !errors.Is(err, ErrSimulated) {
+		t.Fatalf("simulated evidence under a hardware key: %v", err)
+	}
+	hwEv, err := NewAttester(WithKeyDir(dir)).Evidence(context.Background(), rd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c, err := hw.Verify(context.Background(), hwEv, rd); err != nil || c.Insecure {
+		t.Fatalf("hardware evidence: %+v, %v", c, err)
+	}
+	// A key listed as simulated stays insecure whatever the evidence says.
+	if c, err := v.Verify(context.Background(), hwEv, rd); err != nil || !c.Insecure {
+		t.Fatalf("evidence without the statement under a simulated key: %+v, %v", c, err)
 	}
 	if _, err := v.Verify(context.Background(), ev, [tee.ReportDataSize]byte{9}); !errors.Is(err, ErrReportData) {
 		t.Fatalf("replayed report data: %v", err)

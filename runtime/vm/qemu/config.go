@@ -63,8 +63,20 @@ type Config struct {
 	// Start passes them to QEMU as inherited file descriptors after the
 	// NICs', so a file unlinked before the start still reaches the guest.
 	Disks []Disk
+	// VirtioFS, if set, adds a vhost-user-fs device on a running
+	// virtiofsd's socket, and backs the guest memory with a shared memfd
+	// (vhost-user maps it).
+	VirtioFS *VirtioFS
 	// Extra are further raw arguments.
 	Extra []string
+}
+
+// VirtioFS is a vhost-user-fs device.
+type VirtioFS struct {
+	// Socket is virtiofsd's vhost-user socket.
+	Socket string
+	// Tag is the name the guest mounts it by.
+	Tag string
 }
 
 // Disk is a raw virtio-blk disk on an open file.
@@ -121,6 +133,9 @@ func (c *Config) Validate() error {
 	}
 	if c.VCPUs == 0 {
 		errs = append(errs, errors.New("vcpus is 0"))
+	}
+	if c.VirtioFS != nil && (c.VirtioFS.Socket == "" || c.VirtioFS.Tag == "") {
+		errs = append(errs, errors.New("virtio-fs needs a socket and a tag"))
 	}
 	for i, n := range c.NICs {
 		if n.Tap == nil {
@@ -197,6 +212,13 @@ func (c *Config) Args() ([]string, error) {
 		fd := 3 + len(c.NICs) + i
 		args = append(args, "-drive", fmt.Sprintf("if=none,id=disk%d,format=raw,file=/proc/self/fd/%d,discard=unmap", i, fd),
 			"-device", fmt.Sprintf("virtio-blk-pci,id=blk%d,drive=disk%d,serial=%s", i, i, escape(d.Serial)))
+	}
+	if fs := c.VirtioFS; fs != nil {
+		args = append(args,
+			"-object", fmt.Sprintf("memory-backend-memfd,id=vfsmem,size=%dM,share=on", c.MemoryMiB),
+			"-numa", "node,memdev=vfsmem",
+			"-chardev", "socket,id=vfs0,path="+escape(fs.Socket),
+			"-device", "vhost-user-fs-pci,chardev=vfs0,tag="+escape(fs.Tag))
 	}
 	if c.QMPSocket != "" {
 		args = append(args, "-qmp", "unix:"+escape(c.QMPSocket)+",server=on,wait=off")

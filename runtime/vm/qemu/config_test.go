@@ -40,7 +40,9 @@ func TestArgsGolden(t *testing.T) {
 	}
 	nics := base()
 	nics.NICs = []NIC{{Tap: os.Stdin, MAC: "02:42:0a:c7:26:02"}, {Tap: os.Stdin, MAC: "02:42:0a:c7:26:03", Vhost: true}}
-	for name, cfg := range map[string]Config{"tcg": base(), "kvm-vsock": kvm, "comma": comma, "tee": teeCfg, "nics": nics} {
+	vfs := base()
+	vfs.VirtioFS = &VirtioFS{Socket: "/run/raksh/pod1/vfs.sock", Tag: "raksh-shared"}
+	for name, cfg := range map[string]Config{"tcg": base(), "kvm-vsock": kvm, "comma": comma, "tee": teeCfg, "nics": nics, "virtiofs": vfs} {
 		t.Run(name, func(t *testing.T) {
 			args, err := cfg.Args()
 			if err != nil {
@@ -72,6 +74,7 @@ func TestValidate(t *testing.T) {
 		"no cpus":      func(c *Config) { c.VCPUs = 0 },
 		"nic no tap":   func(c *Config) { c.NICs = []NIC{{MAC: "02:42:0a:c7:26:02"}} },
 		"nic bad mac":  func(c *Config) { c.NICs = []NIC{{Tap: os.Stdin, MAC: "02:42:0a:c7:26"}} },
+		"virtiofs tag": func(c *Config) { c.VirtioFS = &VirtioFS{Socket: "/s"} },
 	} {
 		t.Run(name, func(t *testing.T) {
 			c := base()

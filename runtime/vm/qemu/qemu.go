@@ -3,7 +3,6 @@ package qemu
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
@@ -11,6 +10,7 @@ import (
 	"time"
 
 	"github.com/digitalocean/go-qemu/qmp"
+	"github.com/digitalocean/go-qemu/qmp/raw"
 )
 
 // Process is a running QEMU.
@@ -70,34 +70,34 @@ func (p *Process) ExitError() error {
 
 // Status asks QEMU over QMP for the VM's run state ("running", ...).
 func (p *Process) Status(timeout time.Duration) (string, error) {
-	out, err := p.qmp(`{"execute":"query-status"}`, timeout)
+	var st raw.StatusInfo
+	err := p.monitor(timeout, func(m *raw.Monitor) (err error) {
+		st, err = m.QueryStatus()
+		return err
+	})
 	if err != nil {
 		return "", err
 	}
-	var r struct {
-		Return struct {
-			Status string `json:"status"`
-		} `json:"return"`
-	}
-	if err := json.Unmarshal(out, &r); err != nil {
-		return "", err
-	}
-	return r.Return.Status, nil
+	return st.Status.String(), nil
 }
 
-func (p *Process) qmp(cmd string, timeout time.Duration) ([]byte, error) {
+// monitor runs fn on go-qemu's typed QMP API over a new QMP connection.
+func (p *Process) monitor(timeout time.Duration, fn func(*raw.Monitor) error) error {
 	if p.cfg.QMPSocket == "" {
-		return nil, fmt.Errorf("vm %s has no QMP socket", p.cfg.Name)
+		return fmt.Errorf("vm %s has no QMP socket", p.cfg.Name)
 	}
 	mon, err := qmp.NewSocketMonitor("unix", p.cfg.QMPSocket, timeout)
 	if err != nil {
-		return nil, fmt.Errorf("qmp: %w", err)
+		return fmt.Errorf("qmp: %w", err)
 	}
 	if err := mon.Connect(); err != nil {
-		return nil, fmt.Errorf("qmp connect: %w", err)
+		return fmt.Errorf("qmp connect: %w", err)
 	}
 	defer mon.Disconnect()
-	return mon.Run([]byte(cmd))
+	if err := fn(raw.NewMonitor(mon)); err != nil {
+		return fmt.Errorf("qmp: %w", err)
+	}
+	return nil
 }
 
 // Stop ends the VM: a QMP quit, then SIGKILL if QEMU is still there when
@@ -108,7 +108,7 @@ func (p *Process) Stop(ctx context.Context) error {
 		return nil
 	default:
 	}
-	if _, err := p.qmp(`{"execute":"quit"}`, 2*time.Second); err != nil {
+	if err := p.monitor(2*time.Second, (*raw.Monitor).Quit); err != nil {
 		p.cmd.Process.Kill()
 	}
 	select {

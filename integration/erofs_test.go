@@ -1,0 +1,287 @@
+//go:build integration
+
+package integration
+
+import (
+	"archive/tar"
+	"bytes"
+	"compress/gzip"
+	"context"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	"github.com/google/go-containerregistry/pkg/v1/tarball"
+	"github.com/google/go-containerregistry/pkg/v1/types"
+
+	"github.com/raksh-project/raksh/integration/harness"
+	"github.com/raksh-project/raksh/integration/testimage"
+	"github.com/raksh-project/raksh/runtime"
+)
+
+// erofsConfig selects the erofs path for plain images explicitly.
+const erofsConfig = "plain_rootfs = \"erofs\"\n"
+
+// layeredImage returns a three- or four-layer busybox image: the base
+// layer with a marker and files the next layer deletes, a layer of overlay
+// whiteouts (a deleted file, an opaque directory), and, when bigMiB > 0, a
+// layer with bigMiB of random (incompressible) data in /data/blob that the
+// container never reads, written as a tar file in dir.
+func layeredImage(t testing.TB, dir string, bigMiB int) v1.Image {
+	t.Helper()
+	base, err := testimage.Busybox(map[string]testimage.File{
+		"etc/raksh-marker": {Mode: 0o644, Content: []byte("from-the-image\n")},
+		"etc/gone":         {Mode: 0o644, Content: []byte("deleted by the next layer\n")},
+		"opq/old":          {Mode: 0o644, Content: []byte("hidden by an opaque directory\n")},
+	}, "/bin/sh")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	for _, h := range []*tar.Header{
+		{Name: "etc/.wh.gone", Typeflag: tar.TypeReg, Mode: 0o644},
+		{Name: "opq/", Typeflag: tar.TypeDir, Mode: 0o755},
+		{Name: "opq/.wh..wh..opq", Typeflag: tar.TypeReg, Mode: 0o644},
+		{Name: "opq/new", Typeflag: tar.TypeReg, Mode: 0o644, Size: 4},
+	} {
+		if err := tw.WriteHeader(h); err != nil {
+			t.Fatal(err)
+		}
+	}
+	tw.Write([]byte("new\n"))
+	tw.Close()
+	wh := buf.Bytes()
+	whLayer, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(wh)), nil },
+		tarball.WithMediaType(types.OCILayer))
+	if err != nil {
+		t.Fatal(err)
+	}
+	layers := []v1.Layer{whLayer}
+	if bigMiB > 0 {
+		p := filepath.Join(dir, fmt.Sprintf("big-%d.tar", bigMiB))
+		writeBigTar(t, p, int64(bigMiB)<<20)
+		// Stored gzip blocks: no time spent compressing random data.
+		l, err := tarball.LayerFromFile(p, tarball.WithMediaType(types.OCILayer), tarball.WithCompressionLevel(gzip.NoCompression))
+		if err != nil {
+			t.Fatal(err)
+		}
+		layers = append(layers, l)
+	}
+	img, err := mutate.AppendLayers(base, layers...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return img
+}
+
+// writeBigTar writes a tar holding /data/blob of size random bytes.
+func writeBigTar(t testing.TB, p string, size int64) {
+	t.Helper()
+	f, err := os.Create(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	tw := tar.NewWriter(f)
+	tw.WriteHeader(&tar.Header{Name: "data/", Typeflag: tar.TypeDir, Mode: 0o755})
+	tw.WriteHeader(&tar.Header{Name: "data/blob", Typeflag: tar.TypeReg, Mode: 0o644, Size: size})
+	r := rand.NewChaCha8([32]byte{byte(size >> 20)})
+	if _, err := io.CopyN(tw, r, size); err != nil {
+		t.Fatal(err)
+	}
+	if err := tw.Close(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// layerImages lists the erofs layer images under containerd's overlayfs
+// snapshotter, and leftover temporary files of their builds.
+func layerImages(t testing.TB, h *harness.Containerd) (images, temps []string) {
+	t.Helper()
+	snaps := filepath.Join(h.Dir, "root", "io.containerd.snapshotter.v1.overlayfs", "snapshots")
+	images, _ = filepath.Glob(filepath.Join(snaps, "*", runtime.LayerImageName))
+	temps, _ = filepath.Glob(filepath.Join(snaps, "*", runtime.LayerImageName+".tmp-*"))
+	return images, temps
+}
+
+// openLayerImages lists the erofs layer images QEMU process pid holds open.
+func openLayerImages(pid int) []string {
+	var out []string
+	fds, _ := filepath.Glob(fmt.Sprintf("/proc/%d/fd/*", pid))
+	for _, fd := range fds {
+		if p, err := os.Readlink(fd); err == nil && filepath.Base(p) == runtime.LayerImageName {
+			out = append(out, p)
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+// TestErofsRootfs runs two pods (two VMs) of a plain three-layer image on
+// the erofs path: each sees its rootfs as overlayfs over read-only erofs
+// layer disks (no tar), with the lower layer's deleted file gone and the
+// opaque directory showing only the upper layer's file (the whiteouts
+// survived into the erofs images); its root filesystem is writable; both
+// VMs hold the same cached image file of each layer, built once; removing
+// the containers, then the image, leaves no VM, no layer image and no
+// temporary file.
+func TestErofsRootfs(t *testing.T) {
+	h := harness.StartContainerd(t, harness.Options{RuntimeConfig: erofsConfig})
+	const ref = "docker.io/library/layered:erofs"
+	h.ImportImage(t, layeredImage(t, t.TempDir(), 0), ref, "")
+
+	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
+	defer cancel()
+	for _, id := range []string{"pod-a", "pod-b"} {
+		if out, err := h.CtrContext(ctx, "run", "-d", "--runtime", rakshRuntime, ref, id, "sleep", "600"); err != nil {
+			t.Fatalf("run %s: %v %s", id, err, out)
+		}
+	}
+	waitStatus(t, h, "pod-a", "RUNNING", 3*time.Minute)
+	waitStatus(t, h, "pod-b", "RUNNING", 3*time.Minute)
+
+	script := `cat /etc/raksh-marker; test -e /etc/gone && echo gone-present; ls /opq | tr '\n' ' '; echo; ` +
+		`grep ' / ' /proc/mounts; echo written > /etc/new && cat /etc/new`
+	for _, id := range []string{"pod-a", "pod-b"} {
+		out, err := h.CtrContext(ctx, "task", "exec", "--exec-id", "check", id, "sh", "-c", script)
+		if err != nil {
+			t.Fatalf("%s: exec: %v %q", id, err, out)
+		}
+		lines := strings.Split(strings.TrimSpace(out), "\n")
+		if len(lines) != 4 {
+			t.Fatalf("%s: output %q", id, out)
+		}
+		if lines[0] != "from-the-image" {
+			t.Errorf("%s: marker %q", id, lines[0])
+		}
+		if strings.TrimSpace(lines[1]) != "new" {
+			t.Errorf("%s: the opaque directory shows %q, want only new (or a whiteout was lost: %q)", id, lines[1], out)
+		}
+		if !strings.HasPrefix(lines[2], "overlay / overlay ") || !strings.Contains(lines[2], "lowerdir=/run/raksh-layers/raksh-ro-") {
+			t.Errorf("%s: rootfs is not overlayfs over erofs layer disks: %q", id, lines[2])
+		}
+		if n := strings.Count(lines[2], "/run/raksh-layers/"); n != 2 {
+			t.Errorf("%s: %d lower layers, want 2: %q", id, n, lines[2])
+		}
+		if lines[3] != "written" {
+			t.Errorf("%s: write to the rootfs: %q", id, lines[3])
+		}
+	}
+
+	imgs, temps := layerImages(t, h)
+	if len(imgs) != 2 || len(temps) != 0 {
+		t.Fatalf("layer images %v, temporary files %v: want one image per layer (2), no temporary file", imgs, temps)
+	}
+	pids := h.QEMUProcesses()
+	if len(pids) != 2 {
+		t.Fatalf("QEMU processes %v, want 2", pids)
+	}
+	slices.Sort(imgs)
+	for _, pid := range pids {
+		if got := openLayerImages(pid); !slices.Equal(got, imgs) {
+			t.Errorf("QEMU %d holds layer images %v, want the shared %v", pid, got, imgs)
+		}
+	}
+
+	for _, id := range []string{"pod-a", "pod-b"} {
+		h.CtrContext(ctx, "task", "kill", "-s", "SIGKILL", id)
+	}
+	for _, id := range []string{"pod-a", "pod-b"} {
+		deadline := time.Now().Add(time.Minute)
+		for {
+			if out, err := h.CtrContext(ctx, "task", "rm", "-f", id); err == nil || strings.Contains(out, "not found") || time.Now().After(deadline) {
+				break
+			}
+			time.Sleep(500 * time.Millisecond)
+		}
+		if out, err := h.CtrContext(ctx, "container", "rm", id); err != nil {
+			t.Fatalf("container rm %s: %v %s", id, err, out)
+		}
+	}
+	if p := h.QEMUProcesses(); len(p) != 0 {
+		t.Errorf("QEMU still running after the pods' removal: %v", p)
+	}
+	// The cache outlives pods (it belongs to the image's snapshots) ...
+	if imgs, _ := layerImages(t, h); len(imgs) != 2 {
+		t.Errorf("layer images after the pods' removal: %v, want the 2 cached ones", imgs)
+	}
+	// ... and goes with them.
+	if out, err := h.CtrContext(ctx, "image", "rm", "--sync", ref); err != nil {
+		t.Fatalf("image rm: %v %s", err, out)
+	}
+	if imgs, temps := layerImages(t, h); len(imgs) != 0 || len(temps) != 0 {
+		t.Errorf("after the image's removal: layer images %v, temporary files %v", imgs, temps)
+	}
+}
+
+// TestBigImageErofs runs an image of about 600 MB (a 600 MiB random layer
+// the container does not read, on the busybox layers) in a 512 MiB guest
+// on the erofs path: the container starts and reads its image files from
+// the erofs disks, the guest's memory holds none of the unread layer, and
+// the pod's removal leaves no VM, no temporary layer image and, once the
+// image is removed, no layer image. On the tar path the same image cannot
+// start (the guest's tmpfs is smaller than the image; docs/storage.md).
+func TestBigImageErofs(t *testing.T) {
+	h := harness.StartContainerd(t, harness.Options{RuntimeConfig: erofsConfig + "memory_mib = 512\n"})
+	const ref = "docker.io/library/big:600"
+	dir, err := os.MkdirTemp("/var/tmp", "rk-big-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(dir)
+	start := time.Now()
+	h.ImportImage(t, layeredImage(t, dir, 600), ref, "")
+	os.RemoveAll(dir)
+	t.Logf("600 MiB image built and imported in %s", time.Since(start).Round(time.Second))
+
+	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
+	defer cancel()
+	start = time.Now()
+	if out, err := h.CtrContext(ctx, "run", "-d", "--runtime", rakshRuntime, ref, "big", "sleep", "600"); err != nil {
+		t.Fatalf("run: %v %s", err, out)
+	}
+	waitStatus(t, h, "big", "RUNNING", 5*time.Minute)
+	t.Logf("running after %s (first run: includes building the layer images)", time.Since(start).Round(100*time.Millisecond))
+	out, err := h.CtrContext(ctx, "task", "exec", "--exec-id", "check", "big", "sh", "-c",
+		"cat /etc/raksh-marker; stat -c %s /data/blob; grep ' / ' /proc/mounts; grep -E 'MemTotal|MemAvailable' /proc/meminfo")
+	if err != nil {
+		t.Fatalf("exec: %v %q", err, out)
+	}
+	if !strings.HasPrefix(out, "from-the-image\n629145600\noverlay / overlay ") || strings.Count(out, "/run/raksh-layers/") != 3 {
+		t.Fatalf("in the guest: %q (want the marker, the 600 MiB file, a rootfs on 3 erofs layers)", out)
+	}
+	t.Logf("guest: %s; QEMU RSS %s", strings.Join(strings.Fields(out)[len(strings.Fields(out))-6:], " "), rss(h.QEMUProcesses()[0]))
+	imgs, _ := layerImages(t, h)
+	if len(imgs) != 3 {
+		t.Fatalf("layer images %v, want 3", imgs)
+	}
+	h.CtrContext(ctx, "task", "kill", "-s", "SIGKILL", "big")
+	deadline := time.Now().Add(time.Minute)
+	for {
+		if out, err := h.CtrContext(ctx, "task", "rm", "-f", "big"); err == nil || strings.Contains(out, "not found") || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	if out, err := h.CtrContext(ctx, "container", "rm", "big"); err != nil {
+		t.Fatalf("container rm: %v %s", err, out)
+	}
+	if p := h.QEMUProcesses(); len(p) != 0 {
+		t.Errorf("QEMU still running: %v", p)
+	}
+	if out, err := h.CtrContext(ctx, "image", "rm", "--sync", ref); err != nil {
+		t.Fatalf("image rm: %v %s", err, out)
+	}
+	if imgs, temps := layerImages(t, h); len(imgs) != 0 || len(temps) != 0 {
+		t.Errorf("after the image's removal: layer images %v, temporary files %v", imgs, temps)
+	}
+}

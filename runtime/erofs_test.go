@@ -1,0 +1,95 @@
+package runtime
+
+import (
+	"context"
+	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/containerd/containerd/v2/core/mount"
+	"github.com/containerd/errdefs"
+)
+
+func TestOverlayLayers(t *testing.T) {
+	root := t.TempDir()
+	dir := func(p string) string {
+		p = filepath.Join(root, p)
+		if err := os.MkdirAll(p, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	l1, l2, upper, full := dir("snapshots/1/fs"), dir("snapshots/2/fs"), dir("snapshots/3/fs"), dir("snapshots/4/fs")
+	os.WriteFile(filepath.Join(full, "f"), nil, 0o644)
+	ov := func(opts ...string) []mount.Mount {
+		return []mount.Mount{{Type: "overlay", Source: "overlay", Options: opts}}
+	}
+	lowers, why := overlayLayers(ov("index=off", "workdir=/w", "upperdir="+upper, "lowerdir="+l2+":"+l1))
+	if why != "" || len(lowers) != 2 || lowers[0] != l2 || lowers[1] != l1 {
+		t.Fatalf("overlay of two layers: %v %q", lowers, why)
+	}
+	for name, ms := range map[string][]mount.Mount{
+		"bind":             {{Type: "bind", Source: l1, Options: []string{"ro", "rbind"}}},
+		"two mounts":       append(ov("lowerdir="+l1), ov("lowerdir="+l2)...),
+		"no lowerdir":      ov("upperdir=" + upper),
+		"not a snapshot":   ov("lowerdir=" + root),
+		"relative":         ov("lowerdir=snapshots/1/fs"),
+		"non-empty upper":  ov("upperdir="+full, "lowerdir="+l1),
+		"unreadable upper": ov("upperdir="+filepath.Join(root, "missing"), "lowerdir="+l1),
+	} {
+		if lowers, why := overlayLayers(ms); why == "" {
+			t.Errorf("%s: taken as layers %v", name, lowers)
+		}
+	}
+}
+
+func TestLayerImageNoMkfs(t *testing.T) {
+	lower := filepath.Join(t.TempDir(), "fs")
+	os.Mkdir(lower, 0o755)
+	_, err := layerImage(context.Background(), "/nonexistent/mkfs.erofs", lower)
+	if !errors.Is(err, errdefs.ErrFailedPrecondition) || !strings.Contains(err.Error(), "plain_rootfs") {
+		t.Fatalf("missing mkfs.erofs: %v", err)
+	}
+	if ents, _ := os.ReadDir(filepath.Dir(lower)); len(ents) != 1 {
+		t.Errorf("left behind: %v", ents)
+	}
+}
+
+// TestLayerImage builds a real erofs image (needs erofs-utils, which
+// hack/deps.sh installs) and checks it is cached and built atomically.
+func TestLayerImage(t *testing.T) {
+	mkfs, err := exec.LookPath("mkfs.erofs")
+	if err != nil {
+		t.Skip("mkfs.erofs not installed (apt-get install erofs-utils)")
+	}
+	lower := filepath.Join(t.TempDir(), "fs")
+	os.Mkdir(lower, 0o755)
+	os.WriteFile(filepath.Join(lower, "f"), []byte("data"), 0o644)
+	img, err := layerImage(context.Background(), mkfs, lower)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if img != filepath.Join(filepath.Dir(lower), LayerImageName) {
+		t.Fatalf("image at %s", img)
+	}
+	b, err := os.ReadFile(img)
+	if err != nil || len(b) < 2048 || b[1024] != 0xe2 || b[1025] != 0xe1 || b[1026] != 0xf5 || b[1027] != 0xe0 {
+		t.Fatalf("not an erofs image (superblock magic at 1024): %v", err)
+	}
+	st1, _ := os.Stat(img)
+	// A second call uses the cache.
+	if img2, err := layerImage(context.Background(), "/nonexistent/mkfs.erofs", lower); err != nil || img2 != img {
+		t.Fatalf("cached image: %v %s", err, img2)
+	}
+	st2, _ := os.Stat(img)
+	if !os.SameFile(st1, st2) {
+		t.Error("the cached image was rebuilt")
+	}
+	ents, _ := os.ReadDir(filepath.Dir(lower))
+	if len(ents) != 2 {
+		t.Errorf("snapshot directory holds %v, want fs and the image", ents)
+	}
+}

@@ -243,6 +243,9 @@ imageGCHighThresholdPercent: 100
 imageGCLowThresholdPercent: 99
 serializeImagePulls: false
 rotateCertificates: false
+# The kubelet names the pod's runtime handler in its image pulls, so that
+# containerd unpacks into the handler's snapshotter (runtime_platforms).
+featureGates: {RuntimeClassInImageCriApi: true}
 `, nodeIP, p.path("kubelet.crt"), p.path("kubelet.key"), p.CA(), h.Address, c.logsDir)), 0o644)
 	c.start("kubelet", "--config", kubeletCfg, "--kubeconfig", kc["kubelet"], "--root-dir", c.kubeletDir,
 		"--hostname-override", nodeName, "--node-ip", nodeIP, "--v", "2")

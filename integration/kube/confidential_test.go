@@ -269,10 +269,7 @@ spec:
     env:
     - {name: SECRET, value: %s}
 `, sealedNS, busyboxRef, hashScript, secret))
-	if _, err := c.kubectl("-n", sealedNS, "wait", "--for=condition=Ready", "pod/nodesealed", "--timeout="+podTimeout.String()); err != nil {
-		desc, _ := c.kubectl("-n", sealedNS, "describe", "pod", "nodesealed")
-		s.Fatalf("pod not Ready: %v\n%s", err, tail(desc, 3000))
-	}
+	s.waitReady("nodesealed", "-n", sealedNS)
 	var logs string
 	s.eventually("kubectl logs", time.Minute, func() error {
 		logs = s.kubectl("-n", sealedNS, "logs", "nodesealed")

@@ -38,6 +38,7 @@ type encImage struct {
 	encConfig string // the raksh-enc handler's runtime.toml
 	snapCmd   *exec.Cmd
 	snapDone  chan struct{}
+	kbsAddr   string
 }
 
 // prepareEncImage builds and pushes the encrypted image, stores its key in
@@ -45,7 +46,7 @@ type encImage struct {
 // handler) and config (registry hosts) the node needs.
 func prepareEncImage(t *testing.T, dir string, k *confidential) (*encImage, []string, string) {
 	e := &encImage{dir: dir, marker: random("enc-marker-"), snapRoot: filepath.Join(dir, "snap"), snapSock: filepath.Join(dir, "snap.sock"),
-		encConfig: filepath.Join(dir, "runtime-enc.toml"), snapDone: make(chan struct{})}
+		encConfig: filepath.Join(dir, "runtime-enc.toml"), snapDone: make(chan struct{}), kbsAddr: k.kbsAddr}
 	os.MkdirAll(dir, 0o755)
 	host, stop := imagetest.Registry()
 	t.Cleanup(stop)
@@ -127,8 +128,13 @@ func (e *encImage) start(t *testing.T, h *harness.Containerd) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// A top-level key goes before the tables.
-	os.WriteFile(e.encConfig, append([]byte(fmt.Sprintf("image_keys = [%q]\n", imageKeyResource)), base...), 0o644)
+	// A top-level key goes before the tables; the [proxy] table (the
+	// broker) ends the node's config: the guest reaches the registry too.
+	if !bytes.HasSuffix(bytes.TrimSpace(base), []byte(fmt.Sprintf("kbs = %q", e.kbsAddr))) {
+		t.Fatalf("the node's runtime config does not end with its [proxy] table:\n%s", base)
+	}
+	cfg := fmt.Sprintf("image_keys = [%q]\n%s\nregistry = %q\n", imageKeyResource, bytes.TrimSpace(base), e.registry)
+	os.WriteFile(e.encConfig, []byte(cfg), 0o644)
 
 	cf := filepath.Join(e.dir, "snapshotter.toml")
 	os.WriteFile(cf, []byte(fmt.Sprintf("root = %q\naddress = %q\ncontainerd_address = %q\n", e.snapRoot, e.snapSock, h.Address)), 0o644)

@@ -87,15 +87,39 @@ func (s *S) eventually(what string, timeout time.Duration, f func() error) {
 	}
 }
 
-// waitReady waits for the pod's Ready condition; on timeout it ends the
-// scenario with the pod's status and events.
-func (s *S) waitReady(pod string) {
-	if _, err := s.c.kubectl("wait", "--for=condition=Ready", "pod/"+pod, "--timeout="+podTimeout.String()); err != nil {
-		desc, _ := s.c.kubectl("describe", "pod", pod)
+// stuck are the container waiting reasons that do not clear up by waiting.
+var stuck = map[string]bool{"ImagePullBackOff": true, "ErrImageNeverPull": true, "InvalidImageName": true,
+	"CrashLoopBackOff": true, "CreateContainerConfigError": true, "CreateContainerError": true}
+
+// waitReady waits for the pod's Ready condition; on timeout or a container
+// stuck (image pull back-off, crash loop...) it ends the scenario with the
+// pod's events.
+func (s *S) waitReady(pod string, ns ...string) {
+	args := append(append([]string{}, ns...), "get", "pod", pod, "-o",
+		`jsonpath={.status.conditions[?(@.type=="Ready")].status} {.status.containerStatuses[*].state.waiting.reason}`)
+	fail := func(why string) {
+		desc, _ := s.c.kubectl(append(append([]string{}, ns...), "describe", "pod", pod)...)
 		if i := strings.Index(desc, "Events:"); i >= 0 {
 			desc = desc[i:]
 		}
-		s.Fatalf("pod %s not Ready: %v\n%s", pod, err, desc)
+		s.Fatalf("pod %s not Ready: %s\n%s", pod, why, tail(desc, 4000))
+	}
+	deadline := time.Now().Add(podTimeout)
+	for {
+		out, err := s.c.kubectl(args...)
+		f := strings.Fields(out)
+		if err == nil && len(f) > 0 && f[0] == "True" {
+			return
+		}
+		for _, r := range f {
+			if stuck[r] {
+				fail("container " + r)
+			}
+		}
+		if time.Now().After(deadline) {
+			fail(fmt.Sprintf("not within %s (%q, %v)", podTimeout, out, err))
+		}
+		time.Sleep(2 * time.Second)
 	}
 }
 

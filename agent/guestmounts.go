@@ -15,8 +15,8 @@ import (
 
 	"github.com/raksh-project/raksh/agent/mounts"
 	"github.com/raksh-project/raksh/agent/volumes"
-	"github.com/raksh-project/raksh/envelope"
 	agentapi "github.com/raksh-project/raksh/api/agent/v1"
+	"github.com/raksh-project/raksh/envelope"
 )
 
 // CRI annotations naming a container's pod sandbox and its role.

@@ -12,11 +12,11 @@ import (
 	"time"
 
 	"github.com/containerd/cgroups/v3/cgroup2"
-	eventstypes "github.com/containerd/containerd/api/events"
+	"github.com/containerd/containerd/v2/core/events"
+	"github.com/containerd/containerd/v2/pkg/oom"
+	oomv2 "github.com/containerd/containerd/v2/pkg/oom/v2"
 	"github.com/containerd/log"
 	"golang.org/x/sys/unix"
-
-	agentapi "github.com/raksh-project/raksh/api/agent/v1"
 )
 
 // ModulesOrder is the file in the initrd listing kernel modules, one path
@@ -168,28 +168,33 @@ func CgroupStats(id string) (any, error) {
 }
 
 // WatchOOM publishes an "oom" event each time the kernel OOM-kills a
-// process of container id.
+// process of container id, with containerd's cgroup v2 OOM watcher.
 func (s *Service) WatchOOM(ctx context.Context, id string) {
 	m, err := cgroup2.Load(filepath.Join(CgroupParent, id))
+	if err == nil {
+		err = s.oomWatcher(ctx).Add(id, m)
+	}
 	if err != nil {
 		log.G(ctx).WithError(err).WithField("id", id).Warn("cannot watch cgroup for OOM")
-		return
 	}
-	evc, errc := m.EventChan()
-	go func() {
-		var last uint64
-		for {
-			select {
-			case ev := <-evc:
-				if ev.OOMKill > last {
-					last = ev.OOMKill
-					s.Publish(ctx, agentapi.TopicTaskOOM, &eventstypes.TaskOOM{ContainerID: id})
-				}
-			case <-errc:
-				return
-			}
-		}
-	}()
+}
+
+// oomWatcher returns the agent's OOM watcher, started on first use.
+func (s *Service) oomWatcher(ctx context.Context) oom.Watcher {
+	s.oomOnce.Do(func() {
+		s.oom, _ = oomv2.New(eventPublisher{s}) // never fails
+		go s.oom.Run(context.WithoutCancel(ctx))
+	})
+	return s.oom
+}
+
+// eventPublisher publishes on the agent's event stream as containerd's
+// events.Publisher.
+type eventPublisher struct{ s *Service }
+
+func (p eventPublisher) Publish(ctx context.Context, topic string, event events.Event) error {
+	p.s.Publish(ctx, topic, event)
+	return nil
 }
 
 // PowerOff syncs and powers the VM off.

@@ -10,11 +10,13 @@ import (
 
 	taskAPI "github.com/containerd/containerd/api/runtime/task/v3"
 	"github.com/containerd/containerd/api/types"
+	"github.com/containerd/containerd/v2/pkg/oom"
 	"github.com/containerd/errdefs"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
 	"github.com/raksh-project/raksh/agent/image"
 	"github.com/raksh-project/raksh/agent/volumes"
+	"github.com/raksh-project/raksh/envelope"
 	"github.com/raksh-project/raksh/tee/initdata"
 )
 
@@ -58,6 +60,9 @@ type Service struct {
 	initData InitData
 	// net is the pod network of the guest (podnet.go).
 	net podNet
+	// oom watches containers' cgroups for OOM kills (init_linux.go).
+	oom     oom.Watcher
+	oomOnce sync.Once
 }
 
 // WithProxyDialer sets how the agent reaches host-side services (key broker,
@@ -119,6 +124,8 @@ type container struct {
 	// (seal.go). They are added after the node's mounts are rewritten:
 	// their sources are guest paths, never node ones.
 	sealedMounts []specs.Mount
+	// mountPolicy, from the envelope, restricts the node's volume mounts.
+	mountPolicy *envelope.MountPolicy
 	// pod is the policy of the pod's init data (initdata.go).
 	pod initdata.Policy
 	// sealed is set once the container's envelope was opened: runtime

@@ -15,6 +15,8 @@ run go test -tags integration -run '^$' -bench 'RunVsRunc|HostRSS' -benchtime 5x
 run go test -tags integration -run '^$' -bench 'PodNetwork' -benchtime 1x -timeout 20m ./integration/
 # Volumes (root): pod start with a 10-file ConfigMap vs none, update propagation; one run.
 run go test -tags integration -run '^$' -bench 'ConfigMapVolume' -benchtime 1x -timeout 20m ./integration/
+# Shared volumes (root): dd write/read of one node directory, virtio-fs into a raksh guest vs a runc bind mount; one run.
+run go test -tags integration -run '^$' -bench 'VirtioFSThroughput' -benchtime 1x -timeout 20m ./integration/
 # Storage (root): dd write/read, guest tmpfs on the encrypted scratch disk vs in RAM vs runc overlay; one run.
 run go test -tags integration -run '^$' -bench 'ScratchThroughput' -benchtime 1x -timeout 30m ./integration/
 # Storage (root): first output and QEMU RSS vs image size (0-600 MiB unread layer), tar vs erofs plain rootfs; one run.

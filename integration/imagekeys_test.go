@@ -21,6 +21,7 @@ import (
 	"github.com/raksh-project/raksh/agent/image/imagetest"
 	"github.com/raksh-project/raksh/integration/harness"
 	rakshruntime "github.com/raksh-project/raksh/runtime"
+	"github.com/raksh-project/raksh/tee/initdata"
 )
 
 const kbsImageMarker = "RAKSH-KBS-IMAGE-KEY-MARKER-41d7"
@@ -73,7 +74,9 @@ func pemBody(pem []byte) []byte {
 // a policy that does not release the resource, a resource the broker does
 // not hold, and a host that rewrites image_keys to ask for another
 // resource (the command line, so the measurement, changes), a runtime
-// without a TEE — each a clear error, nothing left behind.
+// without a TEE — each a clear error, nothing left behind. The same with
+// the resource named by the node's init data (image_keys) instead: the
+// broker pins the document's digest and refuses a one-byte change.
 func TestImageKeysFromKBS(t *testing.T) {
 	harness.RequiresRoot(t)
 	ctx := context.Background()
@@ -242,6 +245,47 @@ func TestImageKeysFromKBS(t *testing.T) {
 			t.Fatalf("run without a TEE: %v\n%s", err, out)
 		}
 		noLeftovers(t, h, "kbskey-notee")
+	})
+	t.Run("image key from the node's init data", func(t *testing.T) {
+		// The image policy comes from the init data instead of the
+		// runtime config: the document's image_keys name the resource,
+		// its digest is bound at launch and pinned by the broker; the same
+		// document with one byte changed gets nothing.
+		orig := readFile(t, h.RuntimeConfigPath)
+		doc := fmt.Sprintf(`{"version":%q,"image_keys":[%q]}`, initdata.Version, resource)
+		other := strings.Replace(doc, `"version"`, `"Version"`, 1)
+		docFile := filepath.Join(t.TempDir(), "init-data.json")
+		useDoc := func(t *testing.T, doc string) {
+			t.Helper()
+			os.WriteFile(docFile, []byte(doc), 0o644)
+			edited := strings.Replace(orig, fmt.Sprintf("image_keys = [%q]\n", resource), fmt.Sprintf("init_data = %q\n", docFile), 1)
+			if edited == orig {
+				t.Fatal("image_keys not found in the runtime config")
+			}
+			os.WriteFile(h.RuntimeConfigPath, []byte(edited), 0o644)
+		}
+		defer os.WriteFile(h.RuntimeConfigPath, []byte(orig), 0o644)
+		useDoc(t, doc)
+		cfg, err := rakshruntime.LoadConfig(h.RuntimeConfigPath)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(cfg.ImageKeys) != 0 {
+			t.Fatalf("the runtime config still names image keys: %v", cfg.ImageKeys)
+		}
+		m, err := rakshruntime.LaunchMeasurement(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		k.setPolicy(t, fmt.Sprintf(`{"rules":[{"resources":["default/image-key/*"],"tee":["sim"],"measurements":[%q],"init_data_digests":[%q]}]}`,
+			hex.EncodeToString(m), hex.EncodeToString(initdata.Digest([]byte(doc)))))
+		defer k.setPolicy(t, policy)
+		out, err := runRaksh(t, h, ref, "kbskey-initdata", "/bin/cat", "/app/marker")
+		if err != nil || strings.TrimSpace(out) != kbsImageMarker {
+			t.Fatalf("run with image_keys from the init data: %v %q", err, out)
+		}
+		useDoc(t, other)
+		refused(t, "kbskey-initdata-other", "init-data digest not allowed by policy")
 	})
 	// Still runs afterwards, with the key released again.
 	if out, err := runRaksh(t, h, ref, "kbskey-again", "/bin/cat", "/app/marker"); err != nil || strings.TrimSpace(out) != kbsImageMarker {

@@ -110,6 +110,12 @@ func TestCRIHostPathVirtioFS(t *testing.T) {
 	must(t, os.WriteFile(filepath.Join(ro, "kept"), []byte("read-only\n"), 0o644))
 	single := filepath.Join(data, "single.conf")
 	must(t, os.WriteFile(single, []byte("one-file\n"), 0o644))
+	// A node mount under the shared directory (as kubelet's and critest's).
+	sub := filepath.Join(rw, "submount")
+	must(t, os.Mkdir(sub, 0o755))
+	must(t, syscall.Mount("tmpfs", sub, "tmpfs", 0, "size=1m"))
+	defer syscall.Unmount(sub, syscall.MNT_DETACH)
+	must(t, os.WriteFile(filepath.Join(sub, "in-tmpfs"), []byte("sub\n"), 0o644))
 
 	runPod := func(name string) (string, *cri.PodSandboxConfig, string) {
 		t.Helper()
@@ -146,10 +152,17 @@ func TestCRIHostPathVirtioFS(t *testing.T) {
 		return sb.PodSandboxId, pod, c.ContainerId
 	}
 	removePod := func(id string) {
-		rs.StopPodSandbox(ctx, &cri.StopPodSandboxRequest{PodSandboxId: id})
-		if _, err := rs.RemovePodSandbox(ctx, &cri.RemovePodSandboxRequest{PodSandboxId: id}); err != nil {
-			t.Errorf("RemovePodSandbox: %v", err)
+		// After the VM died, containerd may still hold the container as
+		// running until it has handled the exit event (it retries): so
+		// does kubelet, which retries the removal.
+		var err error
+		for deadline := time.Now().Add(time.Minute); time.Now().Before(deadline); time.Sleep(time.Second) {
+			rs.StopPodSandbox(ctx, &cri.StopPodSandboxRequest{PodSandboxId: id})
+			if _, err = rs.RemovePodSandbox(ctx, &cri.RemovePodSandboxRequest{PodSandboxId: id}); err == nil {
+				return
+			}
 		}
+		t.Errorf("RemovePodSandbox: %v", err)
 	}
 	exec := func(id, script string) (string, int32) {
 		t.Helper()
@@ -160,7 +173,40 @@ func TestCRIHostPathVirtioFS(t *testing.T) {
 		return string(r.Stdout) + string(r.Stderr), r.ExitCode
 	}
 
-	sb, _, c := runPod("sfpod")
+	sb, pod, c := runPod("sfpod")
+
+	// The termination message a container writes is copied back to
+	// kubelet's node file before its exit is reported.
+	termLog := filepath.Join(data, "termination-log")
+	must(t, os.WriteFile(termLog, nil, 0o666))
+	tc, err := rs.CreateContainer(ctx, &cri.CreateContainerRequest{
+		PodSandboxId: sb, SandboxConfig: pod,
+		Config: &cri.ContainerConfig{
+			Metadata: &cri.ContainerMetadata{Name: "term"},
+			Image:    &cri.ImageSpec{Image: busyboxRef},
+			Command:  []string{"sh", "-c", "echo 'bye: disk full' > /dev/termination-log; exit 3"},
+			Mounts:   []*cri.Mount{{ContainerPath: "/dev/termination-log", HostPath: termLog}},
+		},
+	})
+	must(t, err)
+	_, err = rs.StartContainer(ctx, &cri.StartContainerRequest{ContainerId: tc.ContainerId})
+	must(t, err)
+	for deadline := time.Now().Add(time.Minute); ; time.Sleep(300 * time.Millisecond) {
+		st, err := rs.ContainerStatus(ctx, &cri.ContainerStatusRequest{ContainerId: tc.ContainerId})
+		must(t, err)
+		if st.Status.State == cri.ContainerState_CONTAINER_EXITED {
+			if st.Status.ExitCode != 3 {
+				t.Errorf("termination container exit code %d", st.Status.ExitCode)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("termination container did not exit")
+		}
+	}
+	if b, err := os.ReadFile(termLog); err != nil || string(b) != "bye: disk full\n" {
+		t.Errorf("termination message on the node: %q, %v", b, err)
+	}
 	if out, code := exec(c, "cat /rw/from-node /rw/rel-link /rw/abs-link /ro/kept /etc/single.conf"); code != 0 || out != "node-v1\nvia-link\nsfpod\nread-only\none-file\n" {
 		t.Errorf("node content, symlinks and a single file in the guest: exit %d: %q", code, out)
 	}
@@ -200,6 +246,16 @@ func TestCRIHostPathVirtioFS(t *testing.T) {
 	}
 	if len(virtiofsdProcesses(h)) == 0 {
 		t.Error("no virtiofsd runs for the pod")
+	}
+	// The node's submount is in the guest (rbind), and the node can still
+	// unmount and remove it while the pod runs, as with runc: the share's
+	// binds are not mount points of the node's namespace.
+	if out, code := exec(c, "cat /rw/submount/in-tmpfs"); code != 0 || out != "sub\n" {
+		t.Errorf("node submount in the guest: exit %d: %q", code, out)
+	}
+	must(t, syscall.Unmount(sub, 0))
+	if err := os.Remove(sub); err != nil {
+		t.Errorf("the node cannot remove its own mount point under a shared directory while the pod runs: %v", err)
 	}
 	removePod(sb)
 	checkNothingLeft(t, h, filepath.Join(rw, "from-node"), filepath.Join(rw, "from-guest"), filepath.Join(ro, "kept"), single)

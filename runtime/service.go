@@ -470,6 +470,9 @@ func (s *Service) waitExit(ctx context.Context, agent taskAPI.TTRPCTaskService, 
 	if p.io != nil && !p.io.Drain(drainTimeout) {
 		log.G(ctx).WithFields(log.Fields{"id": p.id, "exec": p.execID}).Warn("output not drained in time")
 	}
+	if err == nil && p.execID == "" {
+		s.copyBackVolumes(ctx, p.id)
+	}
 	if p.setExited(status, at) {
 		s.send(&eventstypes.TaskExit{ContainerID: p.id, ID: p.eventID(), Pid: p.info().pid, ExitStatus: status, ExitedAt: protobuf.ToTimestamp(at)})
 	}

@@ -3,6 +3,7 @@ package runtime
 import (
 	"context"
 	"fmt"
+	"path/filepath"
 
 	"github.com/containerd/containerd/v2/pkg/namespaces"
 	"github.com/containerd/log"
@@ -30,7 +31,8 @@ func (s *Service) deliverVolumes(ctx context.Context, v vm.Instance, cfg Config,
 			MaxBytes: cfg.Volumes.MaxBytes, MaxFiles: cfg.Volumes.MaxFiles, PollInterval: cfg.Volumes.PollInterval,
 		})
 		if share {
-			s.volumes.WithShare(volumes.NewShare(vm.SharedDir(vmDir(cfg, namespaceOf(ctx), s.id))))
+			dir := vmDir(cfg, namespaceOf(ctx), s.id)
+			s.volumes.WithShare(volumes.NewShare(vm.SharedDir(dir), filepath.Join(dir, vm.VirtioFSDPidFile)))
 		}
 	}
 	syncer := s.volumes
@@ -70,4 +72,19 @@ func virtioFSD(cfg Config) *vm.VirtioFSD {
 func namespaceOf(ctx context.Context) string {
 	ns, _ := namespaces.Namespace(ctx)
 	return ns
+}
+
+// copyBackVolumes copies container id's termination message back to the
+// node after its init process exited (before the exit is published, so
+// kubelet finds it).
+func (s *Service) copyBackVolumes(ctx context.Context, id string) {
+	s.mu.Lock()
+	syncer := s.volumes
+	s.mu.Unlock()
+	if syncer == nil {
+		return
+	}
+	if err := syncer.CopyBack(ctx, id); err != nil {
+		log.G(ctx).WithError(err).WithField("id", id).Warn("termination message not copied back to the node")
+	}
 }

@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strings"
 
+	"github.com/containerd/continuity"
 	"github.com/containerd/errdefs"
 	"github.com/containerd/log"
 	"github.com/opencontainers/go-digest"
@@ -129,12 +130,7 @@ func (c *BlobCache) Put(ctx context.Context, desc ocispec.Descriptor, r io.Reade
 	if err != nil {
 		return "", err
 	}
-	mtmp := tmp.Name() + ".json"
-	if err := os.WriteFile(mtmp, meta, 0o444); err != nil {
-		return "", err
-	}
-	defer os.Remove(mtmp)
-	if err := os.Rename(mtmp, path+".json"); err != nil {
+	if err := continuity.AtomicWriteFile(path+".json", meta, 0o444); err != nil {
 		return "", err
 	}
 	if err := os.Rename(tmp.Name(), path); err != nil {

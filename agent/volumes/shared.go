@@ -3,6 +3,7 @@ package volumes
 import (
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"sort"
@@ -67,24 +68,11 @@ func (s *Store) putShared(guest, id string) error {
 	if err != nil {
 		return err
 	}
-	root, err := unix.Open(dir, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	fd, isDir, err := openShareEntry(dir, id)
 	if err != nil {
 		return err
-	}
-	defer unix.Close(root)
-	fd, err := unix.Openat(root, id, unix.O_PATH|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return fmt.Errorf("share entry %s: %w", id, err)
 	}
 	defer unix.Close(fd)
-	var st unix.Stat_t
-	if err := unix.Fstat(fd, &st); err != nil {
-		return err
-	}
-	isDir := st.Mode&unix.S_IFMT == unix.S_IFDIR
-	if !isDir && st.Mode&unix.S_IFMT != unix.S_IFREG {
-		return fmt.Errorf("share entry %s is neither a directory nor a regular file (mode %o): %w", id, st.Mode, errdefs.ErrInvalidArgument)
-	}
 	tree, err := unix.OpenTree(fd, "", unix.OPEN_TREE_CLONE|unix.OPEN_TREE_CLOEXEC|unix.AT_EMPTY_PATH)
 	if err != nil {
 		return fmt.Errorf("clone share entry %s: %w", id, err)
@@ -116,6 +104,37 @@ func (s *Store) putShared(guest, id string) error {
 	return nil
 }
 
+// openShareEntry opens (O_PATH) the entry id of the share mounted at dir
+// without following a symlink, and returns it if it is a directory or a
+// regular file.
+func openShareEntry(dir, id string) (fd int, isDir bool, err error) {
+	if err := ValidShareID(id); err != nil {
+		return -1, false, err
+	}
+	root, err := unix.Open(dir, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return -1, false, err
+	}
+	defer unix.Close(root)
+	fd, err = unix.Openat(root, id, unix.O_PATH|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return -1, false, fmt.Errorf("share entry %s: %w", id, err)
+	}
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		unix.Close(fd)
+		return -1, false, err
+	}
+	switch st.Mode & unix.S_IFMT {
+	case unix.S_IFDIR:
+		return fd, true, nil
+	case unix.S_IFREG:
+		return fd, false, nil
+	}
+	unix.Close(fd)
+	return -1, false, fmt.Errorf("share entry %s is neither a directory nor a regular file (mode %o; symlinks are not followed): %w", id, st.Mode, errdefs.ErrInvalidArgument)
+}
+
 // unmountUnder detaches every mount at or below dir, deepest first, and
 // fails if one is left: removing a directory through a shared mount would
 // delete the node's files.
@@ -138,4 +157,33 @@ func unmountUnder(dir string) error {
 		return fmt.Errorf("%d mounts left under %s (first %s): not removed", len(left), dir, left[0].Mountpoint)
 	}
 	return nil
+}
+
+// MaxGetBytes bounds what Get returns, whatever the shim asks.
+const MaxGetBytes = 1 << 20
+
+// Get returns up to max bytes (at most MaxGetBytes) of the current content
+// of a container's File volume at destination, and whether it held more.
+func (s *Store) Get(container, destination string, max int64) ([]byte, bool, error) {
+	p, kind, ok := s.Lookup(container, destination)
+	if !ok || kind != File {
+		return nil, false, fmt.Errorf("no file volume at %q of container %q: %w", destination, container, errdefs.ErrNotFound)
+	}
+	if max <= 0 || max > MaxGetBytes {
+		max = MaxGetBytes
+	}
+	f, err := os.OpenFile(p, os.O_RDONLY|unix.O_NOFOLLOW, 0)
+	if err != nil {
+		return nil, false, err
+	}
+	defer f.Close()
+	b := make([]byte, max+1)
+	n, err := io.ReadFull(f, b)
+	if err != nil && !errors.Is(err, io.ErrUnexpectedEOF) && !errors.Is(err, io.EOF) {
+		return nil, false, err
+	}
+	if int64(n) > max {
+		return b[:max], true, nil
+	}
+	return b[:n], false, nil
 }

@@ -24,6 +24,9 @@ func serve(ctx context.Context, cfg config, ready func(addr string)) error {
 	if err := cfg.registerHardware(reg); err != nil {
 		return err
 	}
+	if cfg.PEF != nil && len(cfg.PEF.SimulatedKeys) > 0 {
+		log.G(ctx).Warn("pef simulated_keys: their claims are INSECURE (sealed for the simulated ultravisor); a policy rule must set allow_insecure to accept them")
+	}
 	if cfg.SimPlatformKeysFile != "" {
 		data, err := os.ReadFile(cfg.SimPlatformKeysFile)
 		if err != nil {

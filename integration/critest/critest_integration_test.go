@@ -109,8 +109,12 @@ func TestCritest(t *testing.T) {
 	}
 
 	// CNI: bridge rkcri0 on 10.199.37.0/24, no masquerade, no routes.
+	// The raksh handler shares node paths (hostPath, image volumes) with
+	// virtio-fs, as a node running Kubernetes workloads with hostPath
+	// volumes must opt in to (docs/volumes.md).
 	c := harness.StartContainerd(t, harness.Options{
-		CNI: &harness.CNI{Bridge: "rkcri0", Subnet: "10.199.37.0/24", PortMap: true},
+		RuntimeConfig: "shared_fs = \"virtio-fs\"\n",
+		CNI:           &harness.CNI{Bridge: "rkcri0", Subnet: "10.199.37.0/24", PortMap: true},
 		Config: fmt.Sprintf(`
 [plugins.'io.containerd.cri.v1.images'.registry]
   config_path = %q

@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -49,13 +50,15 @@ const AccelAuto = "auto"
 type qemuVM struct {
 	opts QEMUOptions
 
-	mu     sync.Mutex
-	proc   *qemu.Process
-	fsd    *virtiofsd
-	sess   transport.Session
-	client *ttrpc.Client
-	done   chan struct{}
-	once   sync.Once
+	mu   sync.Mutex
+	proc *qemu.Process
+	fsd  *virtiofsd
+	// stopping is set once the shim stops the VM.
+	stopping bool
+	sess     transport.Session
+	client   *ttrpc.Client
+	done     chan struct{}
+	once     sync.Once
 }
 
 // NewQEMU returns an Instance that boots opts.Config with QEMU.
@@ -111,7 +114,7 @@ func (v *qemuVM) Start(ctx context.Context) error {
 		cfg.ConsoleLog = filepath.Join(v.opts.Dir, "console.log")
 	}
 	if fs := v.opts.VirtioFSD; fs != nil {
-		if err := prepareShared(SharedDir(v.opts.Dir)); err != nil {
+		if err := os.MkdirAll(SharedDir(v.opts.Dir), 0o700); err != nil {
 			return err
 		}
 		cfg.VirtioFS = &qemu.VirtioFS{Socket: filepath.Join(v.opts.Dir, virtioFSDSocket), Tag: fs.Tag}
@@ -133,6 +136,9 @@ func (v *qemuVM) Start(ctx context.Context) error {
 		}
 		log.G(ctx).WithError(err).Warn("kvm probe boot failed; falling back to tcg")
 		v.stopProcess(ctx)
+		v.mu.Lock()
+		v.stopping = false
+		v.mu.Unlock()
 		v.remember(qemu.AccelTCG)
 		cfg.Accel = qemu.AccelTCG
 		start = time.Now()
@@ -164,9 +170,22 @@ func (v *qemuVM) boot(ctx context.Context, cfg qemu.Config, timeout time.Duratio
 		if err != nil {
 			return err
 		}
+		if err := os.WriteFile(filepath.Join(v.opts.Dir, VirtioFSDPidFile), []byte(strconv.Itoa(fsd.cmd.Process.Pid)+"\n"), 0o600); err != nil {
+			fsd.kill()
+			return err
+		}
 		v.mu.Lock()
 		v.fsd = fsd
 		v.mu.Unlock()
+		go func() {
+			<-fsd.done
+			v.mu.Lock()
+			current := v.fsd == fsd
+			v.mu.Unlock()
+			if current && !v.isStopping() {
+				log.G(ctx).WithField("output", fsd.out.String()).Warn("virtiofsd exited")
+			}
+		}()
 	}
 	proc, err := qemu.Start(cfg)
 	if err != nil {
@@ -229,6 +248,10 @@ func (v *qemuVM) boot(ctx context.Context, cfg qemu.Config, timeout time.Duratio
 	go func() {
 		select {
 		case <-proc.Done():
+			// Why the VM ended, unless the shim ended it.
+			if !v.isStopping() {
+				log.G(ctx).WithError(proc.ExitError()).Warn("vm exited")
+			}
 		case <-sess.Done():
 		}
 		v.once.Do(func() { close(v.done) })
@@ -305,6 +328,7 @@ func (v *qemuVM) stopProcess(ctx context.Context) {
 	v.mu.Lock()
 	proc, sess, client, fsd := v.proc, v.sess, v.client, v.fsd
 	v.sess, v.client, v.fsd = nil, nil, nil
+	v.stopping = true
 	v.mu.Unlock()
 	defer fsd.kill()
 	if client != nil {
@@ -349,4 +373,10 @@ func (v *qemuVM) Pid() int {
 		return 0
 	}
 	return v.proc.Pid()
+}
+
+func (v *qemuVM) isStopping() bool {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return v.stopping
 }

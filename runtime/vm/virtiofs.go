@@ -27,31 +27,21 @@ type VirtioFSD struct {
 }
 
 // SharedDirName is the directory of a VM's state directory that virtiofsd
-// shares: the shim bind-mounts each shared volume's node path into it
-// under an opaque id (runtime/volumes).
+// shares. The shim attaches each shared volume's node path under an opaque
+// id inside virtiofsd's own mount namespace only (runtime/volumes): on the
+// node the entries are empty directories or files, so nothing there is a
+// mount point of the node's namespace, a node path bound into the share
+// never blocks the node's own unmounts or removals, and every such mount
+// ends with virtiofsd's namespace, however the pod ends.
 const SharedDirName = "shared"
 
 // SharedDir returns the shared directory of the VM whose state directory
 // is dir.
 func SharedDir(dir string) string { return filepath.Join(dir, SharedDirName) }
 
-// prepareShared makes dir an empty directory that is its own bind mount
-// with shared propagation, so that the volumes bound into it after
-// virtiofsd started (in its own mount namespace, a slave of this one)
-// reach virtiofsd.
-func prepareShared(dir string) error {
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return err
-	}
-	if err := unix.Mount(dir, dir, "", unix.MS_BIND, ""); err != nil {
-		return fmt.Errorf("bind the virtio-fs share %s: %w", dir, err)
-	}
-	if err := unix.Mount("", dir, "", unix.MS_SHARED, ""); err != nil {
-		unix.Unmount(dir, unix.MNT_DETACH)
-		return fmt.Errorf("make the virtio-fs share %s shared: %w", dir, err)
-	}
-	return nil
-}
+// VirtioFSDPidFile is the file in a VM's state directory holding the pid
+// of its virtiofsd, whose mount namespace holds the share's mounts.
+const VirtioFSDPidFile = "virtiofsd.pid"
 
 // CleanupShared unmounts everything under (and at) a VM's shared
 // directory and removes it. It refuses to remove anything while a mount
@@ -72,6 +62,7 @@ func CleanupShared(dir string) error {
 		return fmt.Errorf("virtio-fs share %s: %d mounts left under it (first %s): not removed", dir, len(left), left[0].Mountpoint)
 	}
 	os.Remove(virtioFSDPidFile(filepath.Join(filepath.Dir(dir), virtioFSDSocket)))
+	os.Remove(filepath.Join(filepath.Dir(dir), VirtioFSDPidFile))
 	return os.RemoveAll(dir)
 }
 

@@ -8,7 +8,10 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"runtime"
 	"slices"
+	"strconv"
+	"strings"
 	"sync"
 
 	"github.com/containerd/errdefs"
@@ -27,17 +30,107 @@ func ShareID(container, destination string) string {
 
 // Share binds node paths into a pod's virtio-fs share directory (the
 // directory virtiofsd exports, see runtime/vm), one entry per shared
-// mount, named by ShareID.
+// mount, named by ShareID. The binds are attached in virtiofsd's mount
+// namespace only (whose root is the share): on the node an entry is an
+// empty directory or file, so a node path bound into the share is never a
+// mount point in the node's namespace (the node can still unmount and
+// remove what is under it, as with runc's containers), and every bind ends
+// with virtiofsd's namespace, however the pod ends.
 type Share struct {
-	dir string
+	dir     string
+	pidFile string
 
 	mu    sync.Mutex
 	binds map[string][]string // container -> share ids
 }
 
-// NewShare returns a Share binding into dir (which must exist).
-func NewShare(dir string) *Share {
-	return &Share{dir: dir, binds: map[string][]string{}}
+// NewShare returns a Share binding into dir (which must exist), in the
+// mount namespace of the virtiofsd whose pid pidFile holds.
+func NewShare(dir, pidFile string) *Share {
+	return &Share{dir: dir, pidFile: pidFile, binds: map[string][]string{}}
+}
+
+// inNamespace runs fn on a thread of its own in the mount namespace of
+// s's virtiofsd, where "/" is the share. The thread is discarded after.
+func (s *Share) inNamespace(fn func() error) error {
+	b, err := os.ReadFile(s.pidFile)
+	if err != nil {
+		return fmt.Errorf("virtiofsd of the pod: %w", err)
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil || pid <= 0 {
+		return fmt.Errorf("virtiofsd pid file %s: %q", s.pidFile, b)
+	}
+	ns, err := os.Open(fmt.Sprintf("/proc/%d/ns/mnt", pid))
+	if err != nil {
+		return fmt.Errorf("virtiofsd of the pod: %w", err)
+	}
+	defer ns.Close()
+	if cmd, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid)); !strings.Contains(string(cmd), "virtiofsd") || !strings.Contains(string(cmd), s.dir) {
+		return fmt.Errorf("process %d is not the pod's virtiofsd", pid)
+	}
+	own, err := os.Readlink("/proc/thread-self/ns/mnt")
+	if err != nil {
+		return err
+	}
+	if theirs, err := os.Readlink(fmt.Sprintf("/proc/%d/ns/mnt", pid)); err != nil || theirs == own {
+		return fmt.Errorf("virtiofsd %d has no mount namespace of its own (%v)", pid, err)
+	}
+	return runInMountNS(ns, fn)
+}
+
+// nsWorker is one goroutine locked for good to an OS thread of its own
+// (with its own filesystem attributes, CLONE_FS unshared), which enters a
+// mount namespace for each request and returns to the shim's after. The
+// thread never exits: a thread's exit sends the parent-death signal to
+// the processes it forked (QEMU and virtiofsd are started with
+// Pdeathsig), and a thread Go hands to LockOSThread may have forked them.
+var nsWorker struct {
+	once sync.Once
+	reqs chan nsReq
+}
+
+type nsReq struct {
+	ns   *os.File
+	fn   func() error
+	done chan error
+}
+
+// runInMountNS runs fn on the worker thread inside the mount namespace ns.
+func runInMountNS(ns *os.File, fn func() error) error {
+	nsWorker.once.Do(func() {
+		nsWorker.reqs = make(chan nsReq)
+		go nsLoop(nsWorker.reqs)
+	})
+	r := nsReq{ns: ns, fn: fn, done: make(chan error, 1)}
+	nsWorker.reqs <- r
+	return <-r.done
+}
+
+func nsLoop(reqs chan nsReq) {
+	runtime.LockOSThread() // never unlocked (see nsWorker)
+	own, err := os.Open("/proc/thread-self/ns/mnt")
+	if err == nil {
+		if uerr := unix.Unshare(unix.CLONE_FS); uerr != nil {
+			err = fmt.Errorf("unshare: %w", uerr)
+		}
+	}
+	for r := range reqs {
+		if err != nil {
+			r.done <- fmt.Errorf("mount namespace worker: %w", err)
+			continue
+		}
+		if serr := unix.Setns(int(r.ns.Fd()), unix.CLONE_NEWNS); serr != nil {
+			r.done <- fmt.Errorf("enter virtiofsd's mount namespace: %w", serr)
+			continue
+		}
+		ferr := r.fn()
+		if serr := unix.Setns(int(own.Fd()), unix.CLONE_NEWNS); serr != nil {
+			// Stuck in another namespace: refuse everything from now on.
+			err = fmt.Errorf("return to the shim's mount namespace: %w", serr)
+		}
+		r.done <- ferr
+	}
 }
 
 // bindFlags is how a spec's bind options map onto the node's bind of the
@@ -46,9 +139,8 @@ type bindFlags struct {
 	recursive bool   // rbind
 	readOnly  bool   // ro: the top mount only, as runc does
 	rro       bool   // rro: every mount under it (mount_setattr AT_RECURSIVE)
-	prop      uint64 // MS_PRIVATE or MS_SLAVE
-	shared    bool   // rslave/rshared: the bind is also shared, so that what
-	// the node mounts under the source reaches virtiofsd's namespace
+	prop      uint64 // MS_PRIVATE, or MS_SLAVE for rslave/rshared: what the
+	// node mounts under the source later reaches virtiofsd's namespace
 }
 
 func parseBind(opts []string) bindFlags {
@@ -62,9 +154,9 @@ func parseBind(opts []string) bindFlags {
 		case "rro":
 			f.readOnly, f.rro = true, true
 		case "rslave", "slave", "rshared", "shared":
-			f.prop, f.shared = unix.MS_SLAVE, true
+			f.prop = unix.MS_SLAVE
 		case "rprivate", "private":
-			f.prop, f.shared = unix.MS_PRIVATE, false
+			f.prop = unix.MS_PRIVATE
 		}
 	}
 	return f
@@ -102,11 +194,6 @@ func (s *Share) Bind(container, id string, v Volume) (retErr error) {
 	if err := unix.MountSetattr(fd, "", unix.AT_EMPTY_PATH|rec, &unix.MountAttr{Propagation: f.prop}); err != nil {
 		return fmt.Errorf("set the propagation of %q in the virtio-fs share: %w", v.Source, err)
 	}
-	if f.shared {
-		if err := unix.MountSetattr(fd, "", unix.AT_EMPTY_PATH|rec, &unix.MountAttr{Propagation: unix.MS_SHARED}); err != nil {
-			return fmt.Errorf("set the propagation of %q in the virtio-fs share: %w", v.Source, err)
-		}
-	}
 	if f.readOnly {
 		ro := uint(0)
 		if f.rro {
@@ -128,7 +215,10 @@ func (s *Share) Bind(container, id string, v Volume) (retErr error) {
 	if err != nil {
 		return fmt.Errorf("virtio-fs share entry for %q: %w", v.Source, err)
 	}
-	if err := unix.MoveMount(fd, "", unix.AT_FDCWD, target, unix.MOVE_MOUNT_F_EMPTY_PATH); err != nil {
+	err = s.inNamespace(func() error {
+		return unix.MoveMount(fd, "", unix.AT_FDCWD, "/"+id, unix.MOVE_MOUNT_F_EMPTY_PATH)
+	})
+	if err != nil {
 		os.Remove(target)
 		return fmt.Errorf("attach the share of %q: %w", v.Source, err)
 	}
@@ -138,22 +228,33 @@ func (s *Share) Bind(container, id string, v Volume) (retErr error) {
 	return nil
 }
 
-// Unbind detaches container's binds from the share and removes their
-// entries. An entry still mounted is left in place (removing through it
-// would reach the node's files).
+// Unbind detaches container's binds from the share (in virtiofsd's
+// namespace; if virtiofsd is gone, so are they) and removes their empty
+// entries on the node.
 func (s *Share) Unbind(container string) error {
 	s.mu.Lock()
-	ids := s.binds[container]
+	ids := slices.Compact(slices.Sorted(slices.Values(s.binds[container])))
 	delete(s.binds, container)
 	s.mu.Unlock()
+	if len(ids) == 0 {
+		return nil
+	}
 	var errs []error
-	for _, id := range slices.Compact(slices.Sorted(slices.Values(ids))) {
-		target := filepath.Join(s.dir, id)
-		if err := unix.Unmount(target, unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) && !errors.Is(err, fs.ErrNotExist) {
-			errs = append(errs, fmt.Errorf("unmount %s: %w", target, err))
-			continue
+	err := s.inNamespace(func() error {
+		for _, id := range ids {
+			if err := unix.Unmount("/"+id, unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) && !errors.Is(err, fs.ErrNotExist) {
+				errs = append(errs, fmt.Errorf("unmount share entry %s: %w", id, err))
+			}
 		}
-		if err := os.Remove(target); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return nil
+	})
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		errs = append(errs, err)
+	}
+	for _, id := range ids {
+		// An empty directory or file on the node (a mount of it in
+		// another namespace would be detached by the removal).
+		if err := os.Remove(filepath.Join(s.dir, id)); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			errs = append(errs, err)
 		}
 	}

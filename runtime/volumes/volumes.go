@@ -273,7 +273,18 @@ type Syncer struct {
 
 	mu      sync.Mutex
 	watches map[string]context.CancelFunc
+	// termLogs are the containers' termination-log file volumes, copied
+	// back to the node at exit.
+	termLogs map[string]Volume
 }
+
+// TerminationLog is where kubelet binds a container's termination
+// message file (its default terminationMessagePath).
+const TerminationLog = "/dev/termination-log"
+
+// MaxTerminationMessage is what is copied back of a termination message:
+// kubelet reads at most 4096 bytes of it.
+const MaxTerminationMessage = 4096
 
 // NewSyncer returns a Syncer putting volumes through client.
 func NewSyncer(client agentapi.VolumesService, cfg Config) *Syncer {
@@ -287,7 +298,7 @@ func NewSyncer(client agentapi.VolumesService, cfg Config) *Syncer {
 	if cfg.PollInterval <= 0 {
 		cfg.PollInterval = def.PollInterval
 	}
-	return &Syncer{client: client, cfg: cfg, watches: map[string]context.CancelFunc{}}
+	return &Syncer{client: client, cfg: cfg, watches: map[string]context.CancelFunc{}, termLogs: map[string]Volume{}}
 }
 
 // WithShare has s share Shared volumes through share.
@@ -351,6 +362,11 @@ func (s *Syncer) Deliver(ctx context.Context, id, pod string, vols []Volume) (re
 		if err := s.put(ctx, id, pod, v); err != nil {
 			return err
 		}
+		if v.Kind == File && v.Destination == TerminationLog {
+			s.mu.Lock()
+			s.termLogs[id] = v
+			s.mu.Unlock()
+		}
 		if v.Kind == Tree || v.Kind == File {
 			watched = append(watched, v)
 			prints = append(prints, fp)
@@ -398,12 +414,48 @@ func (s *Syncer) poll(ctx context.Context, id, pod string, vols []Volume, prints
 	}
 }
 
+// CopyBack writes container id's termination message (what it wrote to
+// /dev/termination-log in the guest, at most MaxTerminationMessage bytes)
+// to the node file kubelet bound there, for kubelet to read once the
+// container has exited. A container without one is not an error. The
+// node file is written in place, never created, and not through a symlink.
+func (s *Syncer) CopyBack(ctx context.Context, id string) error {
+	s.mu.Lock()
+	v, ok := s.termLogs[id]
+	cancel := s.watches[id]
+	s.mu.Unlock()
+	if !ok {
+		return nil
+	}
+	// The copy back must not be sent into the guest again.
+	if cancel != nil {
+		cancel()
+	}
+	r, err := s.client.Get(ctx, &agentapi.GetVolumeRequest{ContainerId: id, Destination: v.Destination, MaxBytes: MaxTerminationMessage})
+	if err != nil {
+		return fmt.Errorf("read the termination message of %s in the guest: %w", id, err)
+	}
+	f, err := os.OpenFile(v.Source, os.O_WRONLY|os.O_TRUNC|unix.O_NOFOLLOW, 0)
+	if err != nil {
+		return fmt.Errorf("termination message file %s: %w", v.Source, err)
+	}
+	if _, err := f.Write(r.GetData()); err != nil {
+		f.Close()
+		return err
+	}
+	if r.GetTruncated() {
+		log.G(ctx).WithField("id", id).Warnf("termination message truncated to %d bytes", MaxTerminationMessage)
+	}
+	return f.Close()
+}
+
 // Stop ends the polling of container id's volumes and removes its
 // shared mounts from the pod's virtio-fs share.
 func (s *Syncer) Stop(id string) error {
 	s.mu.Lock()
 	cancel := s.watches[id]
 	delete(s.watches, id)
+	delete(s.termLogs, id)
 	s.mu.Unlock()
 	if cancel != nil {
 		cancel()

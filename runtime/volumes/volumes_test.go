@@ -113,8 +113,8 @@ func TestParseBind(t *testing.T) {
 		{[]string{"rbind", "rprivate", "rw"}, bindFlags{recursive: true, prop: unix.MS_PRIVATE}},
 		{[]string{"bind", "ro"}, bindFlags{readOnly: true, prop: unix.MS_PRIVATE}},
 		{[]string{"rbind", "rro", "rprivate"}, bindFlags{recursive: true, readOnly: true, rro: true, prop: unix.MS_PRIVATE}},
-		{[]string{"rbind", "rslave"}, bindFlags{recursive: true, prop: unix.MS_SLAVE, shared: true}},
-		{[]string{"rbind", "rshared"}, bindFlags{recursive: true, prop: unix.MS_SLAVE, shared: true}},
+		{[]string{"rbind", "rslave"}, bindFlags{recursive: true, prop: unix.MS_SLAVE}},
+		{[]string{"rbind", "rshared"}, bindFlags{recursive: true, prop: unix.MS_SLAVE}},
 	} {
 		if got := parseBind(tc.opts); got != tc.want {
 			t.Errorf("%v: %+v, want %+v", tc.opts, got, tc.want)
@@ -150,8 +150,9 @@ func configMap(t *testing.T, dir string, files map[string]string) func(map[strin
 }
 
 type fakeAgent struct {
-	mu   sync.Mutex
-	puts []*agentapi.PutVolumeRequest
+	mu         sync.Mutex
+	puts       []*agentapi.PutVolumeRequest
+	guestWrote string
 }
 
 func (f *fakeAgent) Put(_ context.Context, r *agentapi.PutVolumeRequest) (*agentapi.PutVolumeResponse, error) {
@@ -163,6 +164,70 @@ func (f *fakeAgent) Put(_ context.Context, r *agentapi.PutVolumeRequest) (*agent
 
 func (f *fakeAgent) Remove(context.Context, *agentapi.RemoveVolumesRequest) (*agentapi.RemoveVolumesResponse, error) {
 	return &agentapi.RemoveVolumesResponse{}, nil
+}
+
+// Get returns the guest's termination message: the content last put, with
+// "guest wrote" appended as the container would, bounded by max_bytes.
+func (f *fakeAgent) Get(_ context.Context, r *agentapi.GetVolumeRequest) (*agentapi.GetVolumeResponse, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var data []byte
+	for _, p := range f.puts {
+		if p.GetDestination() == r.GetDestination() && len(p.GetEntries()) == 1 {
+			data = append(append([]byte{}, p.GetEntries()[0].GetData()...), []byte(f.guestWrote)...)
+		}
+	}
+	if int64(len(data)) > r.GetMaxBytes() {
+		return &agentapi.GetVolumeResponse{Data: data[:r.GetMaxBytes()], Truncated: true}, nil
+	}
+	return &agentapi.GetVolumeResponse{Data: data}, nil
+}
+
+// TestCopyBackTerminationLog: the container's termination message is
+// written to kubelet's node file in place, bounded, and not re-sent.
+func TestCopyBackTerminationLog(t *testing.T) {
+	dir := t.TempDir()
+	node := filepath.Join(dir, "termlog")
+	os.WriteFile(node, nil, 0o666)
+	agent := &fakeAgent{guestWrote: "exited: disk full\n"}
+	s := NewSyncer(agent, Config{PollInterval: 20 * time.Millisecond})
+	vols := []Volume{{Kind: File, Source: node, Destination: TerminationLog, Plugin: "cri"}}
+	if err := s.Deliver(context.Background(), "c1", "pod", vols); err != nil {
+		t.Fatal(err)
+	}
+	defer s.Stop("c1")
+	if err := s.CopyBack(context.Background(), "c1"); err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := os.ReadFile(node); string(b) != "exited: disk full\n" {
+		t.Fatalf("node file: %q", b)
+	}
+	_, n := agent.last()
+	time.Sleep(100 * time.Millisecond)
+	if _, n2 := agent.last(); n2 != n {
+		t.Errorf("the copied-back message was sent into the guest again (%d puts, then %d)", n, n2)
+	}
+	agent.guestWrote = strings.Repeat("x", 2*MaxTerminationMessage)
+	if err := s.CopyBack(context.Background(), "c1"); err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := os.ReadFile(node); len(b) != MaxTerminationMessage {
+		t.Errorf("message not bounded: %d bytes", len(b))
+	}
+	// Never through a symlink.
+	os.Remove(node)
+	os.Symlink(filepath.Join(dir, "elsewhere"), node)
+	os.WriteFile(filepath.Join(dir, "elsewhere"), []byte("keep"), 0o644)
+	if err := s.CopyBack(context.Background(), "c1"); err == nil {
+		t.Error("copied back through a symlink")
+	}
+	if b, _ := os.ReadFile(filepath.Join(dir, "elsewhere")); string(b) != "keep" {
+		t.Errorf("symlink target written: %q", b)
+	}
+	// A container without a termination log: nothing to do.
+	if err := s.CopyBack(context.Background(), "other"); err != nil {
+		t.Error(err)
+	}
 }
 
 func (f *fakeAgent) last() (*agentapi.PutVolumeRequest, int) {

@@ -440,6 +440,119 @@ func (*RemoveVolumesResponse) Descriptor() ([]byte, []int) {
 	return file_agent_v1_volumes_proto_rawDescGZIP(), []int{4}
 }
 
+type GetVolumeRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	ContainerId   string                 `protobuf:"bytes,1,opt,name=container_id,json=containerId,proto3" json:"container_id,omitempty"`
+	Destination   string                 `protobuf:"bytes,2,opt,name=destination,proto3" json:"destination,omitempty"`
+	MaxBytes      int64                  `protobuf:"varint,3,opt,name=max_bytes,json=maxBytes,proto3" json:"max_bytes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetVolumeRequest) Reset() {
+	*x = GetVolumeRequest{}
+	mi := &file_agent_v1_volumes_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetVolumeRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetVolumeRequest) ProtoMessage() {}
+
+func (x *GetVolumeRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_v1_volumes_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetVolumeRequest.ProtoReflect.Descriptor instead.
+func (*GetVolumeRequest) Descriptor() ([]byte, []int) {
+	return file_agent_v1_volumes_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *GetVolumeRequest) GetContainerId() string {
+	if x != nil {
+		return x.ContainerId
+	}
+	return ""
+}
+
+func (x *GetVolumeRequest) GetDestination() string {
+	if x != nil {
+		return x.Destination
+	}
+	return ""
+}
+
+func (x *GetVolumeRequest) GetMaxBytes() int64 {
+	if x != nil {
+		return x.MaxBytes
+	}
+	return 0
+}
+
+type GetVolumeResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Data  []byte                 `protobuf:"bytes,1,opt,name=data,proto3" json:"data,omitempty"`
+	// truncated is set when the file held more than max_bytes.
+	Truncated     bool `protobuf:"varint,2,opt,name=truncated,proto3" json:"truncated,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetVolumeResponse) Reset() {
+	*x = GetVolumeResponse{}
+	mi := &file_agent_v1_volumes_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetVolumeResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetVolumeResponse) ProtoMessage() {}
+
+func (x *GetVolumeResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_v1_volumes_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetVolumeResponse.ProtoReflect.Descriptor instead.
+func (*GetVolumeResponse) Descriptor() ([]byte, []int) {
+	return file_agent_v1_volumes_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *GetVolumeResponse) GetData() []byte {
+	if x != nil {
+		return x.Data
+	}
+	return nil
+}
+
+func (x *GetVolumeResponse) GetTruncated() bool {
+	if x != nil {
+		return x.Truncated
+	}
+	return false
+}
+
 var File_agent_v1_volumes_proto protoreflect.FileDescriptor
 
 const file_agent_v1_volumes_proto_rawDesc = "" +
@@ -465,7 +578,14 @@ const file_agent_v1_volumes_proto_rawDesc = "" +
 	"\x11PutVolumeResponse\"9\n" +
 	"\x14RemoveVolumesRequest\x12!\n" +
 	"\fcontainer_id\x18\x01 \x01(\tR\vcontainerId\"\x17\n" +
-	"\x15RemoveVolumesResponse*k\n" +
+	"\x15RemoveVolumesResponse\"t\n" +
+	"\x10GetVolumeRequest\x12!\n" +
+	"\fcontainer_id\x18\x01 \x01(\tR\vcontainerId\x12 \n" +
+	"\vdestination\x18\x02 \x01(\tR\vdestination\x12\x1b\n" +
+	"\tmax_bytes\x18\x03 \x01(\x03R\bmaxBytes\"E\n" +
+	"\x11GetVolumeResponse\x12\x12\n" +
+	"\x04data\x18\x01 \x01(\fR\x04data\x12\x1c\n" +
+	"\ttruncated\x18\x02 \x01(\bR\ttruncated*k\n" +
 	"\n" +
 	"VolumeKind\x12\x14\n" +
 	"\x10VOLUME_KIND_TREE\x10\x00\x12\x14\n" +
@@ -475,10 +595,11 @@ const file_agent_v1_volumes_proto_rawDesc = "" +
 	"\tEntryType\x12\x12\n" +
 	"\x0eENTRY_TYPE_DIR\x10\x00\x12\x16\n" +
 	"\x12ENTRY_TYPE_REGULAR\x10\x01\x12\x16\n" +
-	"\x12ENTRY_TYPE_SYMLINK\x10\x022\xac\x01\n" +
+	"\x12ENTRY_TYPE_SYMLINK\x10\x022\xf8\x01\n" +
 	"\aVolumes\x12J\n" +
 	"\x03Put\x12 .raksh.agent.v1.PutVolumeRequest\x1a!.raksh.agent.v1.PutVolumeResponse\x12U\n" +
-	"\x06Remove\x12$.raksh.agent.v1.RemoveVolumesRequest\x1a%.raksh.agent.v1.RemoveVolumesResponseB6Z4github.com/raksh-project/raksh/api/agent/v1;agentapib\x06proto3"
+	"\x06Remove\x12$.raksh.agent.v1.RemoveVolumesRequest\x1a%.raksh.agent.v1.RemoveVolumesResponse\x12J\n" +
+	"\x03Get\x12 .raksh.agent.v1.GetVolumeRequest\x1a!.raksh.agent.v1.GetVolumeResponseB6Z4github.com/raksh-project/raksh/api/agent/v1;agentapib\x06proto3"
 
 var (
 	file_agent_v1_volumes_proto_rawDescOnce sync.Once
@@ -493,7 +614,7 @@ func file_agent_v1_volumes_proto_rawDescGZIP() []byte {
 }
 
 var file_agent_v1_volumes_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_agent_v1_volumes_proto_msgTypes = make([]protoimpl.MessageInfo, 5)
+var file_agent_v1_volumes_proto_msgTypes = make([]protoimpl.MessageInfo, 7)
 var file_agent_v1_volumes_proto_goTypes = []any{
 	(VolumeKind)(0),               // 0: raksh.agent.v1.VolumeKind
 	(EntryType)(0),                // 1: raksh.agent.v1.EntryType
@@ -502,6 +623,8 @@ var file_agent_v1_volumes_proto_goTypes = []any{
 	(*PutVolumeResponse)(nil),     // 4: raksh.agent.v1.PutVolumeResponse
 	(*RemoveVolumesRequest)(nil),  // 5: raksh.agent.v1.RemoveVolumesRequest
 	(*RemoveVolumesResponse)(nil), // 6: raksh.agent.v1.RemoveVolumesResponse
+	(*GetVolumeRequest)(nil),      // 7: raksh.agent.v1.GetVolumeRequest
+	(*GetVolumeResponse)(nil),     // 8: raksh.agent.v1.GetVolumeResponse
 }
 var file_agent_v1_volumes_proto_depIdxs = []int32{
 	1, // 0: raksh.agent.v1.VolumeEntry.type:type_name -> raksh.agent.v1.EntryType
@@ -509,10 +632,12 @@ var file_agent_v1_volumes_proto_depIdxs = []int32{
 	2, // 2: raksh.agent.v1.PutVolumeRequest.entries:type_name -> raksh.agent.v1.VolumeEntry
 	3, // 3: raksh.agent.v1.Volumes.Put:input_type -> raksh.agent.v1.PutVolumeRequest
 	5, // 4: raksh.agent.v1.Volumes.Remove:input_type -> raksh.agent.v1.RemoveVolumesRequest
-	4, // 5: raksh.agent.v1.Volumes.Put:output_type -> raksh.agent.v1.PutVolumeResponse
-	6, // 6: raksh.agent.v1.Volumes.Remove:output_type -> raksh.agent.v1.RemoveVolumesResponse
-	5, // [5:7] is the sub-list for method output_type
-	3, // [3:5] is the sub-list for method input_type
+	7, // 5: raksh.agent.v1.Volumes.Get:input_type -> raksh.agent.v1.GetVolumeRequest
+	4, // 6: raksh.agent.v1.Volumes.Put:output_type -> raksh.agent.v1.PutVolumeResponse
+	6, // 7: raksh.agent.v1.Volumes.Remove:output_type -> raksh.agent.v1.RemoveVolumesResponse
+	8, // 8: raksh.agent.v1.Volumes.Get:output_type -> raksh.agent.v1.GetVolumeResponse
+	6, // [6:9] is the sub-list for method output_type
+	3, // [3:6] is the sub-list for method input_type
 	3, // [3:3] is the sub-list for extension type_name
 	3, // [3:3] is the sub-list for extension extendee
 	0, // [0:3] is the sub-list for field type_name
@@ -529,7 +654,7 @@ func file_agent_v1_volumes_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_agent_v1_volumes_proto_rawDesc), len(file_agent_v1_volumes_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   5,
+			NumMessages:   7,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

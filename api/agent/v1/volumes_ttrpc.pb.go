@@ -10,6 +10,7 @@ import (
 type VolumesService interface {
 	Put(context.Context, *PutVolumeRequest) (*PutVolumeResponse, error)
 	Remove(context.Context, *RemoveVolumesRequest) (*RemoveVolumesResponse, error)
+	Get(context.Context, *GetVolumeRequest) (*GetVolumeResponse, error)
 }
 
 func RegisterVolumesService(srv *ttrpc.Server, svc VolumesService) {
@@ -28,6 +29,13 @@ func RegisterVolumesService(srv *ttrpc.Server, svc VolumesService) {
 					return nil, err
 				}
 				return svc.Remove(ctx, &req)
+			},
+			"Get": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
+				var req GetVolumeRequest
+				if err := unmarshal(&req); err != nil {
+					return nil, err
+				}
+				return svc.Get(ctx, &req)
 			},
 		},
 	})
@@ -54,6 +62,14 @@ func (c *volumesClient) Put(ctx context.Context, req *PutVolumeRequest) (*PutVol
 func (c *volumesClient) Remove(ctx context.Context, req *RemoveVolumesRequest) (*RemoveVolumesResponse, error) {
 	var resp RemoveVolumesResponse
 	if err := c.client.Call(ctx, "raksh.agent.v1.Volumes", "Remove", req, &resp); err != nil {
+		return nil, err
+	}
+	return &resp, nil
+}
+
+func (c *volumesClient) Get(ctx context.Context, req *GetVolumeRequest) (*GetVolumeResponse, error) {
+	var resp GetVolumeResponse
+	if err := c.client.Call(ctx, "raksh.agent.v1.Volumes", "Get", req, &resp); err != nil {
 		return nil, err
 	}
 	return &resp, nil

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"os"
 	"path"
+	"slices"
+	"strings"
 
 	"github.com/containerd/errdefs"
 	"github.com/containerd/errdefs/pkg/errgrpc"
@@ -14,6 +16,7 @@ import (
 	"github.com/raksh-project/raksh/agent/mounts"
 	"github.com/raksh-project/raksh/agent/volumes"
 	agentapi "github.com/raksh-project/raksh/api/agent/v1"
+	"github.com/raksh-project/raksh/envelope"
 )
 
 // CRI annotations naming a container's pod sandbox and its role.
@@ -38,11 +41,21 @@ func podOf(c *container) string {
 // resolve to what the shim delivered through the Volumes service; CRI's
 // /dev/shm to the pod's shared guest tmpfs.
 func (s *Service) guestMounts(c *container) ([]specs.Mount, error) {
-	var shmErr error
+	var (
+		shmErr  error
+		refused []string
+	)
 	resolve := func(m specs.Mount) (mounts.Resolved, bool) {
 		if p, kind, ok := s.volumes.Lookup(c.id, m.Destination); ok {
 			// Trees are copies the agent keeps updating: never writable.
-			return mounts.Resolved{Path: p, ReadOnly: kind == volumes.Tree, Shared: kind == volumes.Shared}, true
+			r := mounts.Resolved{Path: p, ReadOnly: kind == volumes.Tree, Shared: kind == volumes.Shared}
+			if c.mountPolicy != nil {
+				ro := r.ReadOnly || slices.Contains(m.Options, "ro") || slices.Contains(m.Options, "rro")
+				if k := policyKind(kind); !c.mountPolicy.Allows(path.Clean(m.Destination), k, ro) {
+					refused = append(refused, fmt.Sprintf("%s mount at %q (read-only %v)", k, m.Destination, ro))
+				}
+			}
+			return r, true
 		}
 		if path.Clean(m.Destination) == mounts.ShmDestination {
 			p, err := s.volumes.Shm(podOf(c))
@@ -61,9 +74,24 @@ func (s *Service) guestMounts(c *container) ([]specs.Mount, error) {
 	if err != nil {
 		return nil, err
 	}
+	if len(refused) > 0 {
+		return nil, fmt.Errorf("the sealed mount policy of container %q does not accept: %s: %w", c.id, strings.Join(refused, "; "), errdefs.ErrPermissionDenied)
+	}
 	// The sealed files the agent wrote itself (seal.go), added after
 	// the node's mounts were rewritten.
 	return append(ms, c.sealedMounts...), nil
+}
+
+// policyKind names a delivered volume's kind as an envelope's mount
+// policy does.
+func policyKind(k volumes.Kind) string {
+	switch k {
+	case volumes.EmptyDir:
+		return envelope.MountEmptyDir
+	case volumes.Shared:
+		return envelope.MountShared
+	}
+	return envelope.MountCopy
 }
 
 // removeVolumes drops a deleted container's copies, and its pod's shared

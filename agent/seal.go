@@ -134,6 +134,7 @@ func (s *Service) unseal(ctx context.Context, c *container, rootfs string) error
 	c.sealed = true
 	c.noExec = sealed.Exec == nil || !sealed.Exec.AllowExec
 	c.noLogs = sealed.Exec != nil && !sealed.Exec.AllowLogs
+	c.mountPolicy = sealed.Mounts
 	if err := s.mountSealedFiles(c, sealed.Files); err != nil {
 		return fmt.Errorf("unseal container %q: secret files: %w", c.id, err)
 	}

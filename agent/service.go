@@ -16,6 +16,7 @@ import (
 
 	"github.com/raksh-project/raksh/agent/image"
 	"github.com/raksh-project/raksh/agent/volumes"
+	"github.com/raksh-project/raksh/envelope"
 	"github.com/raksh-project/raksh/tee/initdata"
 )
 
@@ -123,6 +124,8 @@ type container struct {
 	// (seal.go). They are added after the node's mounts are rewritten:
 	// their sources are guest paths, never node ones.
 	sealedMounts []specs.Mount
+	// mountPolicy, from the envelope, restricts the node's volume mounts.
+	mountPolicy *envelope.MountPolicy
 	// pod is the policy of the pod's init data (initdata.go).
 	pod initdata.Policy
 	// sealed is set once the container's envelope was opened: runtime

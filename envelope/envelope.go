@@ -26,6 +26,7 @@ import (
 	"fmt"
 	"io"
 	"path"
+	"slices"
 	"strings"
 
 	"github.com/containerd/errdefs"
@@ -211,6 +212,99 @@ type Spec struct {
 	Image *ImageRef `json:"image,omitempty"`
 	// Exec is the exec/log policy, if any.
 	Exec *ExecPolicy `json:"exec,omitempty"`
+	// Mounts restricts the node's volume mounts, if set.
+	Mounts *MountPolicy `json:"mounts,omitempty"`
+}
+
+// Mount kinds a MountPolicy names: how a volume of the node's spec reaches
+// the guest (docs/volumes.md).
+const (
+	// MountCopy is a volume copied into the guest: ConfigMap, Secret,
+	// projected and downward-API volumes, CRI's /etc/hosts, /etc/hostname,
+	// /etc/resolv.conf and /dev/termination-log.
+	MountCopy = "copy"
+	// MountEmptyDir is an emptyDir: a guest tmpfs.
+	MountEmptyDir = "empty-dir"
+	// MountShared is a node path shared live with virtio-fs (only where
+	// the node's runtime config allows it): the node's content.
+	MountShared = "shared"
+)
+
+// MountPolicy says which of the node's volume mounts a sealed container
+// accepts. Every bind mount of the node's spec (other than the pod's
+// /dev/shm) must match a rule, or the container is not created; the
+// filesystems the guest kernel creates (proc, sysfs, tmpfs, ...) and the
+// sealed files are not volumes and always kept.
+type MountPolicy struct {
+	// Allow are the accepted mounts.
+	Allow []MountRule `json:"allow"`
+}
+
+// MountRule accepts the mounts at one destination.
+type MountRule struct {
+	// Destination is the absolute, clean path in the container; a final
+	// "/*" element accepts anything below the directory (not the
+	// directory itself).
+	Destination string `json:"destination"`
+	// Kinds are the accepted MountCopy, MountEmptyDir or MountShared;
+	// empty accepts copies and emptyDirs, never a shared node path.
+	Kinds []string `json:"kinds,omitempty"`
+	// ReadOnly requires the mount to be read-only in the container.
+	ReadOnly bool `json:"read_only,omitempty"`
+}
+
+// maxMountRules bounds a MountPolicy.
+const maxMountRules = 256
+
+// Match reports whether the rule accepts a mount at destination of kind,
+// read-only or not.
+func (r MountRule) Match(destination, kind string, readOnly bool) bool {
+	if prefix, ok := strings.CutSuffix(r.Destination, "/*"); ok {
+		if !strings.HasPrefix(destination, strings.TrimSuffix(prefix, "/")+"/") {
+			return false
+		}
+	} else if destination != r.Destination {
+		return false
+	}
+	if r.ReadOnly && !readOnly {
+		return false
+	}
+	kinds := r.Kinds
+	if len(kinds) == 0 {
+		kinds = []string{MountCopy, MountEmptyDir}
+	}
+	return slices.Contains(kinds, kind)
+}
+
+// Allows reports whether p accepts a mount at destination of kind.
+func (p *MountPolicy) Allows(destination, kind string, readOnly bool) bool {
+	for _, r := range p.Allow {
+		if r.Match(destination, kind, readOnly) {
+			return true
+		}
+	}
+	return false
+}
+
+func (p *MountPolicy) validate() error {
+	if len(p.Allow) > maxMountRules {
+		return fmt.Errorf("more than %d mount rules: %w", maxMountRules, ErrTooLarge)
+	}
+	for _, r := range p.Allow {
+		d := strings.TrimSuffix(r.Destination, "/*")
+		if d == "" && r.Destination == "/*" {
+			d = "/"
+		}
+		if !path.IsAbs(d) || path.Clean(d) != d {
+			return fmt.Errorf("mount rule destination %q must be absolute and clean: %w", r.Destination, ErrInvalidSpec)
+		}
+		for _, k := range r.Kinds {
+			if k != MountCopy && k != MountEmptyDir && k != MountShared {
+				return fmt.Errorf("mount rule %q: unknown kind %q (copy, empty-dir or shared): %w", r.Destination, k, ErrInvalidSpec)
+			}
+		}
+	}
+	return nil
 }
 
 // Manifest names what an envelope seals, without values. It travels in the
@@ -222,11 +316,13 @@ type Manifest struct {
 	Files []string `json:"files,omitempty"`
 	Image bool     `json:"image,omitempty"`
 	Exec  bool     `json:"exec,omitempty"`
+	// Mounts is set when a mount policy is sealed.
+	Mounts bool `json:"mounts,omitempty"`
 }
 
 // Manifest returns the manifest of s.
 func (s *Spec) Manifest() Manifest {
-	m := Manifest{Args: len(s.Args) > 0, Cwd: s.Cwd != "", Image: s.Image != nil, Exec: s.Exec != nil}
+	m := Manifest{Args: len(s.Args) > 0, Cwd: s.Cwd != "", Image: s.Image != nil, Exec: s.Exec != nil, Mounts: s.Mounts != nil}
 	for _, e := range s.Env {
 		name, _, _ := strings.Cut(e, "=")
 		m.Env = append(m.Env, name)
@@ -275,6 +371,11 @@ func (s *Spec) Validate() error {
 	}
 	if s.Image != nil && s.Image.Reference == "" {
 		return fmt.Errorf("image reference is empty: %w", ErrInvalidSpec)
+	}
+	if s.Mounts != nil {
+		if err := s.Mounts.validate(); err != nil {
+			return err
+		}
 	}
 	return nil
 }

@@ -481,3 +481,38 @@ func TestBindingPattern(t *testing.T) {
 		}
 	}
 }
+
+func TestMountPolicy(t *testing.T) {
+	p := &MountPolicy{Allow: []MountRule{
+		{Destination: "/etc/config", ReadOnly: true},
+		{Destination: "/data/*", Kinds: []string{MountShared, MountEmptyDir}},
+	}}
+	for _, tc := range []struct {
+		dest, kind string
+		ro, want   bool
+	}{
+		{"/etc/config", MountCopy, true, true},
+		{"/etc/config", MountCopy, false, false},
+		{"/etc/config", MountShared, true, false}, // shared only when named
+		{"/etc/config/x", MountCopy, true, false},
+		{"/data/a", MountShared, false, true},
+		{"/data/a/b", MountEmptyDir, false, true},
+		{"/data", MountShared, false, false},
+		{"/database", MountShared, false, false},
+		{"/data/a", MountCopy, false, false},
+	} {
+		if got := p.Allows(tc.dest, tc.kind, tc.ro); got != tc.want {
+			t.Errorf("%s %s ro=%v: %v, want %v", tc.dest, tc.kind, tc.ro, got, tc.want)
+		}
+	}
+	for _, bad := range []MountRule{{Destination: "etc"}, {Destination: "/etc/../x"}, {Destination: "/x", Kinds: []string{"hostpath"}}, {Destination: ""}} {
+		s := Spec{Version: Version, Mounts: &MountPolicy{Allow: []MountRule{bad}}}
+		if err := s.Validate(); err == nil {
+			t.Errorf("rule %+v accepted", bad)
+		}
+	}
+	s := Spec{Version: Version, Mounts: &MountPolicy{Allow: []MountRule{{Destination: "/*"}}}}
+	if err := s.Validate(); err != nil || !s.Manifest().Mounts {
+		t.Errorf("'/*' rule: %v, manifest %+v", err, s.Manifest())
+	}
+}

@@ -68,24 +68,11 @@ func (s *Store) putShared(guest, id string) error {
 	if err != nil {
 		return err
 	}
-	root, err := unix.Open(dir, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	fd, isDir, err := openShareEntry(dir, id)
 	if err != nil {
 		return err
-	}
-	defer unix.Close(root)
-	fd, err := unix.Openat(root, id, unix.O_PATH|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return fmt.Errorf("share entry %s: %w", id, err)
 	}
 	defer unix.Close(fd)
-	var st unix.Stat_t
-	if err := unix.Fstat(fd, &st); err != nil {
-		return err
-	}
-	isDir := st.Mode&unix.S_IFMT == unix.S_IFDIR
-	if !isDir && st.Mode&unix.S_IFMT != unix.S_IFREG {
-		return fmt.Errorf("share entry %s is neither a directory nor a regular file (mode %o): %w", id, st.Mode, errdefs.ErrInvalidArgument)
-	}
 	tree, err := unix.OpenTree(fd, "", unix.OPEN_TREE_CLONE|unix.OPEN_TREE_CLOEXEC|unix.AT_EMPTY_PATH)
 	if err != nil {
 		return fmt.Errorf("clone share entry %s: %w", id, err)
@@ -115,6 +102,37 @@ func (s *Store) putShared(guest, id string) error {
 		return fmt.Errorf("bind share entry %s: %w", id, err)
 	}
 	return nil
+}
+
+// openShareEntry opens (O_PATH) the entry id of the share mounted at dir
+// without following a symlink, and returns it if it is a directory or a
+// regular file.
+func openShareEntry(dir, id string) (fd int, isDir bool, err error) {
+	if err := ValidShareID(id); err != nil {
+		return -1, false, err
+	}
+	root, err := unix.Open(dir, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return -1, false, err
+	}
+	defer unix.Close(root)
+	fd, err = unix.Openat(root, id, unix.O_PATH|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return -1, false, fmt.Errorf("share entry %s: %w", id, err)
+	}
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		unix.Close(fd)
+		return -1, false, err
+	}
+	switch st.Mode & unix.S_IFMT {
+	case unix.S_IFDIR:
+		return fd, true, nil
+	case unix.S_IFREG:
+		return fd, false, nil
+	}
+	unix.Close(fd)
+	return -1, false, fmt.Errorf("share entry %s is neither a directory nor a regular file (mode %o; symlinks are not followed): %w", id, st.Mode, errdefs.ErrInvalidArgument)
 }
 
 // unmountUnder detaches every mount at or below dir, deepest first, and

@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/containerd/errdefs"
+	"golang.org/x/sys/unix"
 )
 
 // kubeletLayout returns a ConfigMap volume as kubelet writes it: a
@@ -162,5 +163,32 @@ func TestValidShareID(t *testing.T) {
 	err := s.Put(Volume{Container: "c1", Destination: "/data", Kind: Shared, Name: "../../etc"})
 	if err == nil || !strings.Contains(err.Error(), "share id") {
 		t.Fatalf("Put with a path as share id: %v", err)
+	}
+}
+
+// TestOpenShareEntry: a share entry is opened without following a symlink
+// (a node-made link to the guest's / is refused, not resolved) and must be
+// a directory or a regular file.
+func TestOpenShareEntry(t *testing.T) {
+	dir := t.TempDir()
+	os.Mkdir(filepath.Join(dir, "vdir"), 0o755)
+	os.WriteFile(filepath.Join(dir, "vfile"), []byte("x"), 0o644)
+	os.Symlink("/", filepath.Join(dir, "vlink"))
+	os.Symlink("vdir", filepath.Join(dir, "vrel"))
+	if err := unix.Mkfifo(filepath.Join(dir, "vfifo"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for id, wantDir := range map[string]bool{"vdir": true, "vfile": false} {
+		fd, isDir, err := openShareEntry(dir, id)
+		if err != nil || isDir != wantDir {
+			t.Errorf("%s: dir %v, %v", id, isDir, err)
+		}
+		unix.Close(fd)
+	}
+	for _, id := range []string{"vlink", "vrel", "vfifo", "vmissing", "..", "v/../vdir"} {
+		if fd, _, err := openShareEntry(dir, id); err == nil {
+			unix.Close(fd)
+			t.Errorf("%s opened", id)
+		}
 	}
 }

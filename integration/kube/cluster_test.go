@@ -60,6 +60,7 @@ type cluster struct {
 	containerd *harness.Containerd
 	conf       *confidential
 	enc        *encImage
+	installer  *installerNode
 	procs      []*proc
 	kubeletDir string
 	logsDir    string
@@ -153,6 +154,9 @@ func startCluster(t *testing.T) *cluster {
 		t.Fatal(err)
 	}
 	h.ImportImage(t, bb, busyboxRef, "k8s.io")
+	if err := c.prepareInstaller(); err != nil {
+		t.Fatal(err)
+	}
 
 	// PKI: one CA, a certificate per component.
 	p, err := newPKI(filepath.Join(dir, "pki"))

@@ -127,9 +127,13 @@ func TestKube(t *testing.T) {
 }
 
 // reexecInNetNS runs this test again in a new network namespace: the node's
-// addresses, bridge, iptables rules and listening ports are its own.
+// addresses, bridge, iptables rules and listening ports are its own. It gets
+// a mount namespace of its own too, whose mounts are shared as on a systemd
+// node (the installer's hostPath "/" with HostToContainer propagation needs
+// it; this host's "/" is private): one mount namespace for every process of
+// the node, and whatever the node mounts goes with it.
 func reexecInNetNS(t *testing.T) {
-	args := []string{"--net", "--", os.Args[0], "-test.run", "^TestKube$", "-test.v", "-test.timeout", "40m"}
+	args := []string{"--net", "--mount", "--propagation", "shared", "--", os.Args[0], "-test.run", "^TestKube$", "-test.v", "-test.timeout", "40m"}
 	cmd := exec.Command("unshare", args...)
 	cmd.Env = append(os.Environ(), inNetNS+"=1")
 	cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
@@ -140,12 +144,9 @@ func reexecInNetNS(t *testing.T) {
 
 // install applies contrib/kubernetes the admin's way (kubectl apply -k):
 // the namespace, the RuntimeClass and the installer DaemonSet with its RBAC.
-// The DaemonSet only runs on nodes labelled raksh.io/installer=true; the
-// installer image is not built here (no image builder on CI machines), so
-// the node is not labelled for it: the test's containerd already has the
-// raksh handler (contrib's drop-in, as install.sh writes it, covered by
-// TestNodeInstaller) and the test labels the node raksh.io/runtime=true as
-// the installer would when done.
+// The DaemonSet runs once the node is labelled raksh.io/installer=true
+// (scenario j, which points install.sh at the test's node paths with
+// kubectl set env).
 func install(t *testing.T, c *cluster) {
 	out, err := c.kubectl("apply", "-k", filepath.Join(harness.Repo(), "contrib", "kubernetes"))
 	if err != nil {
@@ -155,8 +156,4 @@ func install(t *testing.T, c *cluster) {
 	if h, err := c.kubectl("get", "runtimeclass", "raksh", "-o", "jsonpath={.handler} {.overhead.podFixed.memory}"); err != nil || h != "raksh 576Mi" {
 		t.Fatalf("RuntimeClass raksh: %q, %v", h, err)
 	}
-	if _, err := c.kubectl("label", "node", nodeName, "raksh.io/runtime=true", "--overwrite"); err != nil {
-		t.Fatal(err)
-	}
-	t.Logf("installer DaemonSet raksh-deploy applied but not run: its image is not built in the test (node not labelled raksh.io/installer=true); the node's containerd has the raksh handler from contrib/containerd/conf.d")
 }

@@ -23,6 +23,7 @@ import (
 
 // scenarios run in this order; each asserts what kubectl shows.
 var scenarios = []scenario{
+	{id: "j", name: "installer DaemonSet installs Raksh on the node", run: installerInstall},
 	{id: "a", name: "plain raksh pod: logs show the guest kernel", run: plainPod},
 	{id: "b", name: "ConfigMap, Secret, SA token, emptyDir volumes", run: volumes},
 	{id: "c", name: "ClusterIP Service: runc pod to raksh pod", run: service},
@@ -32,6 +33,7 @@ var scenarios = []scenario{
 	{id: "g", name: "NRI node-side sealing of an unmodified pod", run: nriSealing},
 	{id: "h", name: "ocicrypt image via raksh-snapshotter", run: encryptedImage},
 	{id: "i", name: "pod deletion leaves no VM, tap, mount, state", run: deletion},
+	{id: "k", name: "installer DaemonSet uninstalls (label removed)", run: installerUninstall},
 }
 
 // podTimeout bounds a raksh pod's start: a VM boot under TCG on a loaded

@@ -17,7 +17,7 @@ COMMANDS := $(filter-out raksh-agent,$(notdir $(wildcard cmd/*)))
 # Test and demo tools (a loopback registry, the test image writer): never shipped by `make build`.
 TEST_COMMANDS := $(notdir $(wildcard internal/cmd/*))
 
-.PHONY: help deps build test-tools initrd test test-unit test-integration test-critest fuzz bench demo test-demo check clean
+.PHONY: help deps build test-tools initrd test test-unit test-integration test-critest test-kube fuzz bench demo test-demo check clean
 .PHONY: protos check-protos
 
 help: ## list targets with their one-line description
@@ -38,7 +38,7 @@ test-tools: ## build the test/demo tools (raksh-registry, raksh-testimage) into 
 initrd: ## rebuild the guest agent and initrd
 	hack/build-guest.sh
 
-test: check-protos deps build test-unit test-integration test-critest test-demo fuzz ## everything CI runs: unit, root/VM integration, critest and brief fuzzing
+test: check-protos deps build test-unit test-integration test-critest test-kube test-demo fuzz ## everything CI runs: unit, root/VM integration, critest, the Kubernetes e2e and brief fuzzing
 	@echo "make test: all passed"
 
 test-unit: ## unit tests (no root, no VM) under the race detector: go test -race ./...
@@ -61,6 +61,12 @@ test-critest: ## critest (CRI validation) on runc and raksh side by side; table 
 	hack/deps.sh critest
 	RAKSH_KERNEL=$(OUTPUT_DIR)/deps/kernel/vmlinuz RAKSH_INITRD=$(OUTPUT_DIR)/initrd.img \
 		$(GO) test -count=1 -p 1 -tags integration -timeout $(INTEGRATION_TIMEOUT) -v -run '^TestCritest$$' ./integration/critest/
+
+test-kube: ## Kubernetes e2e: a single-node cluster (built once by hack/deps.sh kube, cached in _output/kube) with kubectl scenarios on raksh; table in _output/kube-e2e.txt
+	@if [ "$$(id -u)" != 0 ]; then echo "test-kube needs root" >&2; exit 1; fi
+	hack/deps.sh kube
+	RAKSH_KERNEL=$(OUTPUT_DIR)/deps/kernel/vmlinuz RAKSH_INITRD=$(OUTPUT_DIR)/initrd.img \
+		$(GO) test -count=1 -p 1 -tags integration -timeout 45m -v -run '^TestKube$$' ./integration/kube/
 
 fuzz: ## run every fuzz target briefly (FUZZTIME, default 5s)
 	hack/fuzz.sh $(FUZZTIME)

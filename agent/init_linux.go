@@ -90,6 +90,12 @@ func LoadModules(ctx context.Context, order string) error {
 			return fmt.Errorf("read module: %w", err)
 		}
 		if err := unix.InitModule(b, ""); err != nil && !errors.Is(err, unix.EEXIST) {
+			if errors.Is(err, unix.ENODEV) {
+				// The module's hardware is absent (aesni_intel on a CPU
+				// without AES-NI): the kernel's generic code serves.
+				log.G(ctx).WithField("module", filepath.Base(path)).Info("kernel module not loaded: no such hardware")
+				continue
+			}
 			return fmt.Errorf("load module %s: %w", filepath.Base(path), err)
 		}
 	}

@@ -19,6 +19,8 @@ run go test -tags integration -run '^$' -bench 'ConfigMapVolume' -benchtime 1x -
 run go test -tags integration -run '^$' -bench 'VirtioFSThroughput' -benchtime 1x -timeout 20m ./integration/
 # Storage (root): dd write/read, guest tmpfs on the encrypted scratch disk vs in RAM vs runc overlay; one run.
 run go test -tags integration -run '^$' -bench 'ScratchThroughput' -benchtime 1x -timeout 30m ./integration/
+# Storage (root): first output and QEMU RSS vs image size (0-600 MiB unread layer), tar vs erofs plain rootfs; one run.
+run go test -tags integration -run '^$' -bench 'FirstOutputVsImageSize' -benchtime 1x -timeout 60m ./integration/
 run go test -tags integration -run '^$' -bench 'BootToAgent' -benchtime 5x -timeout 30m ./runtime/vm/
 # Components.
 run go test -run '^$' -bench . -benchtime 200x ./envelope/ ./tee/sim/ ./kbs/...

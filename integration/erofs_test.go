@@ -135,6 +135,7 @@ func openLayerImages(pid int) []string {
 // the containers, then the image, leaves no VM, no layer image and no
 // temporary file.
 func TestErofsRootfs(t *testing.T) {
+	dmBefore := hostDMDevices(t)
 	h := harness.StartContainerd(t, harness.Options{RuntimeConfig: erofsConfig})
 	const ref = "docker.io/library/layered:erofs"
 	h.ImportImage(t, layeredImage(t, t.TempDir(), 0), ref, "")
@@ -209,6 +210,20 @@ func TestErofsRootfs(t *testing.T) {
 	}
 	if p := h.QEMUProcesses(); len(p) != 0 {
 		t.Errorf("QEMU still running after the pods' removal: %v", p)
+	}
+	// Nothing was mounted, looped or mapped on the node for the layers.
+	if dm := hostDMDevices(t); dm != dmBefore {
+		t.Errorf("device-mapper state changed on the node: %q -> %q", dmBefore, dm)
+	}
+	mounts, _ := os.ReadFile("/proc/self/mountinfo")
+	if strings.Contains(string(mounts), runtime.LayerImageName) || strings.Contains(string(mounts), h.Dir+"/root/io.containerd.snapshotter.v1.overlayfs/snapshots") {
+		t.Errorf("a layer or snapshot is mounted on the node")
+	}
+	loops, _ := filepath.Glob("/sys/block/loop*/loop/backing_file")
+	for _, l := range loops {
+		if b, _ := os.ReadFile(l); strings.Contains(string(b), h.Dir) {
+			t.Errorf("loop device %s backs %s", l, b)
+		}
 	}
 	// The cache outlives pods (it belongs to the image's snapshots) ...
 	if imgs, _ := layerImages(t, h); len(imgs) != 2 {

@@ -3,9 +3,11 @@
 package integration
 
 import (
+	"bufio"
 	"context"
 	"fmt"
 	"os"
+	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
@@ -126,4 +128,89 @@ func swapUsedKB(meminfo string) int64 {
 		}
 	}
 	return total - free
+}
+
+// BenchmarkFirstOutputVsImageSize times, in one run, `ctr run` of a plain
+// image to the container's first output in a 512 MiB guest, for images
+// carrying 0, 100, 300 and 600 MiB of random data the container never reads
+// (on top of the busybox and whiteout layers of layeredImage), on the tar
+// path (plain_rootfs = "tar": the merged rootfs streamed into guest tmpfs)
+// and on the erofs path: first with a cold cache (the run builds the
+// layers' erofs images) then warm. It also reports QEMU's RSS once the
+// container has printed. A run that cannot start (the tar path beyond the
+// guest's tmpfs) is logged and reported as -1.
+func BenchmarkFirstOutputVsImageSize(b *testing.B) {
+	sizes := []int{0, 100, 300, 600}
+	if env := os.Getenv("RAKSH_BENCH_IMAGE_MIB"); env != "" { // e.g. "0,100"
+		sizes = nil
+		for _, f := range strings.Split(env, ",") {
+			n, err := strconv.Atoi(f)
+			if err != nil {
+				b.Fatalf("RAKSH_BENCH_IMAGE_MIB: %v", err)
+			}
+			sizes = append(sizes, n)
+		}
+	}
+	h := harness.StartContainerd(b, harness.Options{})
+	base, err := os.ReadFile(h.RuntimeConfigPath)
+	if err != nil {
+		b.Fatal(err)
+	}
+	dir, err := os.MkdirTemp("/var/tmp", "rk-bench-img-")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer os.RemoveAll(dir)
+	for _, mib := range sizes {
+		h.ImportImage(b, layeredImage(b, dir, mib), fmt.Sprintf("docker.io/library/size:%d", mib), "")
+		os.RemoveAll(filepath.Join(dir, fmt.Sprintf("big-%d.tar", mib)))
+	}
+	run := func(mode, ref, id string) (time.Duration, int, error) {
+		if err := os.WriteFile(h.RuntimeConfigPath, append(append([]byte{}, base...), fmt.Sprintf("plain_rootfs = %q\n", mode)...), 0o644); err != nil {
+			b.Fatal(err)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+		defer cancel()
+		cmd := h.CtrCmd(ctx, "run", "--rm", "--runtime", rakshRuntime, ref, id, "sh", "-c", "echo first-output; sleep 600")
+		out, err := cmd.StdoutPipe()
+		if err != nil {
+			b.Fatal(err)
+		}
+		var stderr strings.Builder
+		cmd.Stderr = &stderr
+		start := time.Now()
+		if err := cmd.Start(); err != nil {
+			b.Fatal(err)
+		}
+		defer func() {
+			h.Ctr("task", "kill", "-s", "SIGKILL", id)
+			cmd.Wait()
+			h.Ctr("container", "rm", id)
+		}()
+		line, _ := bufio.NewReader(out).ReadString('\n')
+		if strings.TrimSpace(line) != "first-output" {
+			cmd.Wait()
+			return 0, 0, fmt.Errorf("%q %s", line, strings.TrimSpace(stderr.String()))
+		}
+		d := time.Since(start)
+		q := h.QEMUProcesses()
+		if len(q) != 1 {
+			b.Fatalf("QEMU processes %v", q)
+		}
+		return d, rssKB(q[0]), nil
+	}
+	for _, mib := range sizes {
+		ref := fmt.Sprintf("docker.io/library/size:%d", mib)
+		for _, m := range []struct{ name, mode string }{{"tar", "tar"}, {"erofs-cold", "erofs"}, {"erofs", "erofs"}} {
+			d, kb, err := run(m.mode, ref, fmt.Sprintf("%s-%d", m.name, mib))
+			if err != nil {
+				b.Logf("%s, %d MiB: no output: %v", m.name, mib, err)
+				b.ReportMetric(-1, fmt.Sprintf("%s-%dMiB-ms", m.name, mib))
+				continue
+			}
+			b.Logf("%s, %d MiB: first output after %s, QEMU RSS %d MiB", m.name, mib, d.Round(10*time.Millisecond), kb/1024)
+			b.ReportMetric(float64(d.Milliseconds()), fmt.Sprintf("%s-%dMiB-ms", m.name, mib))
+			b.ReportMetric(float64(kb)/1024, fmt.Sprintf("%s-%dMiB-rss-MiB", m.name, mib))
+		}
+	}
 }

@@ -3,14 +3,20 @@ package runtime
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/containerd/containerd/v2/core/mount"
 	"github.com/containerd/errdefs"
+
+	"github.com/raksh-project/raksh/internal/wire"
+	"github.com/raksh-project/raksh/runtime/vm"
 )
 
 func TestOverlayLayers(t *testing.T) {
@@ -91,5 +97,86 @@ func TestLayerImage(t *testing.T) {
 	ents, _ := os.ReadDir(filepath.Dir(lower))
 	if len(ents) != 2 {
 		t.Errorf("snapshot directory holds %v, want fs and the image", ents)
+	}
+}
+
+// hotplugVM records the disks hot-plugged into it.
+type hotplugVM struct {
+	vm.Instance
+	mu     sync.Mutex
+	serial map[string]string // image path -> serial
+}
+
+func (h *hotplugVM) AddReadOnlyDisk(ctx context.Context, path, id, serial string) error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if _, ok := h.serial[path]; ok {
+		return fmt.Errorf("%s attached twice", path)
+	}
+	h.serial[path] = serial
+	return nil
+}
+
+// TestSendErofsRootfs: layers become wire.RootfsErofs mounts, topmost
+// first, naming only serials; a layer shared by two containers of a pod is
+// built and attached once; a new VM starts its own numbering.
+func TestSendErofsRootfs(t *testing.T) {
+	root := t.TempDir()
+	mkfs := filepath.Join(root, "mkfs")
+	builds := filepath.Join(root, "builds")
+	// A stand-in for mkfs.erofs: args are --quiet --preserve-mtime OUT DIR.
+	os.WriteFile(mkfs, []byte("#!/bin/sh\necho \"$4\" >> "+builds+"\necho image > \"$3\"\n"), 0o755)
+	snap := func(n string) string {
+		p := filepath.Join(root, "snapshots", n, "fs")
+		os.MkdirAll(p, 0o755)
+		return p
+	}
+	base, mid, topA, topB, up := snap("1"), snap("2"), snap("3"), snap("4"), snap("5")
+	ov := func(lowers ...string) []mount.Mount {
+		return []mount.Mount{{Type: "overlay", Source: "overlay", Options: []string{"upperdir=" + up, "lowerdir=" + strings.Join(lowers, ":")}}}
+	}
+	s := &Service{}
+	cfg := &Config{MkfsErofs: mkfs}
+	v := &hotplugVM{serial: map[string]string{}}
+	ctx := context.Background()
+	got := func(ms []mount.Mount) []string {
+		t.Helper()
+		out, ok, why, err := s.sendErofsRootfs(ctx, v, cfg, "c", ms)
+		if err != nil || !ok {
+			t.Fatalf("sendErofsRootfs: ok %v %q %v", ok, why, err)
+		}
+		var serials []string
+		for _, m := range out {
+			if m.Type != wire.RootfsErofs || strings.Contains(m.Source, "/") {
+				t.Fatalf("mount %+v", m)
+			}
+			serials = append(serials, m.Source)
+		}
+		return serials
+	}
+	if s1 := got(ov(topA, mid, base)); !slices.Equal(s1, []string{"raksh-ro-0", "raksh-ro-1", "raksh-ro-2"}) {
+		t.Fatalf("first container: %v", s1)
+	}
+	if s2 := got(ov(topB, mid, base)); !slices.Equal(s2, []string{"raksh-ro-3", "raksh-ro-1", "raksh-ro-2"}) {
+		t.Fatalf("second container sharing two layers: %v", s2)
+	}
+	b, _ := os.ReadFile(builds)
+	if n := strings.Count(string(b), "\n"); n != 4 {
+		t.Errorf("%d image builds, want 4 (one per layer): %s", n, b)
+	}
+	if v.serial[filepath.Join(filepath.Dir(mid), LayerImageName)] != "raksh-ro-1" {
+		t.Errorf("attached: %v", v.serial)
+	}
+	// Another VM (a new pod): its own disks, numbered from 0, no rebuild.
+	v = &hotplugVM{serial: map[string]string{}}
+	if s3 := got(ov(mid, base)); !slices.Equal(s3, []string{"raksh-ro-0", "raksh-ro-1"}) {
+		t.Fatalf("new VM: %v", s3)
+	}
+	if b2, _ := os.ReadFile(builds); len(b2) != len(b) {
+		t.Errorf("cached layers rebuilt: %s", b2)
+	}
+	// A VM that cannot hot-plug takes the tar path.
+	if _, ok, why, err := s.sendErofsRootfs(ctx, struct{ vm.Instance }{}, cfg, "c", ov(base)); ok || err != nil || why == "" {
+		t.Errorf("VM without hotplug: ok %v %q %v", ok, why, err)
 	}
 }

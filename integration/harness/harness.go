@@ -105,6 +105,10 @@ type CNI struct {
 	Subnet string
 	// PortMap adds the portmap plugin (hostPort) to the chain.
 	PortMap bool
+	// Routes are destinations (CIDRs) the pods reach through the bridge
+	// (e.g. a Kubernetes Service range the node's kube-proxy answers); the
+	// default is none beyond the pods' own subnet.
+	Routes []string
 }
 
 // conflist renders the CNI network configuration.
@@ -113,10 +117,17 @@ func (n *CNI) conflist() string {
 	if n.PortMap {
 		pm = `, {"type": "portmap", "capabilities": {"portMappings": true}}`
 	}
+	routes := ""
+	for i, r := range n.Routes {
+		if i > 0 {
+			routes += ", "
+		}
+		routes += fmt.Sprintf(`{"dst": %q}`, r)
+	}
 	return fmt.Sprintf(`{"cniVersion": "1.0.0", "name": %q, "plugins": [
   {"type": "bridge", "bridge": %q, "isGateway": true, "ipMasq": false, "hairpinMode": true,
-   "ipam": {"type": "host-local", "ranges": [[{"subnet": %q}]], "dataDir": %q}}%s]}
-`, n.Bridge, n.Bridge, n.Subnet, "/run/raksh-test-cni/"+n.Bridge, pm)
+   "ipam": {"type": "host-local", "ranges": [[{"subnet": %q}]], "routes": [%s], "dataDir": %q}}%s]}
+`, n.Bridge, n.Bridge, n.Subnet, routes, "/run/raksh-test-cni/"+n.Bridge, pm)
 }
 
 // CNIBinDir is where hack/deps.sh cni puts the CNI plugins.

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -93,5 +94,24 @@ func TestWriteCpio(t *testing.T) {
 	}
 	if again, _ := os.ReadFile(out); !bytes.Equal(first, again) {
 		t.Error("same tree, different archive")
+	}
+}
+
+// TestOptionalModules: a name ending in "?" is included with its
+// dependencies when the kernel has it, and left out otherwise.
+func TestOptionalModules(t *testing.T) {
+	order, err := ModuleOrder(modulesDir(t), []string{"aesni_intel?", "no_such_module?", "erofs"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, p := range order {
+		names = append(names, normalize(strings.TrimSuffix(filepath.Base(p), ".ko")))
+	}
+	if !slices.Contains(names, "aesni_intel") || !slices.Contains(names, "cryptd") || !slices.Contains(names, "erofs") {
+		t.Errorf("modules %v: want aesni_intel with its dependency cryptd, and erofs", names)
+	}
+	if _, err := ModuleOrder(modulesDir(t), []string{"no_such_module"}); err == nil {
+		t.Error("a missing required module was accepted")
 	}
 }

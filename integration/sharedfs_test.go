@@ -92,7 +92,7 @@ func checkNothingLeft(t *testing.T, h *harness.Containerd, survivors ...string) 
 // refuses writes, a single-file hostPath works, symlinks inside the share
 // resolve in the container (an absolute one in the container's root, never
 // the guest's or the node's), and nothing is left on the node after the
-// pod is removed, nor after its QEMU was killed with SIGKILL. (Without
+// pod is removed, nor after its QEMU or its shim was killed with SIGKILL. (Without
 // shared_fs, TestCRIVolumes checks a hostPath is refused, named.)
 func TestCRIHostPathVirtioFS(t *testing.T) {
 	h, rs := startSharedFS(t)
@@ -276,6 +276,20 @@ func TestCRIHostPathVirtioFS(t *testing.T) {
 	if p := virtiofsdProcesses(h); len(p) > 0 {
 		t.Errorf("virtiofsd outlived its QEMU by 30 s: %v", p)
 	}
+	removePod(sb)
+	checkNothingLeft(t, h, filepath.Join(rw, "from-node"), filepath.Join(rw, "from-guest"), filepath.Join(ro, "kept"), single)
+
+	// kill -9 of the pod's shim: containerd's clean-up (the shim's delete
+	// action) and the pod's removal leave nothing either.
+	sb, _, c = runPod("sfshim")
+	if out, code := exec(c, "cat /ro/kept"); code != 0 || out != "read-only\n" {
+		t.Errorf("third pod reads the node's file: exit %d: %q", code, out)
+	}
+	pids = h.QEMUProcesses()
+	if len(pids) != 1 {
+		t.Fatalf("QEMU processes: %v", pids)
+	}
+	must(t, syscall.Kill(parentPid(pids[0]), syscall.SIGKILL))
 	removePod(sb)
 	checkNothingLeft(t, h, filepath.Join(rw, "from-node"), filepath.Join(rw, "from-guest"), filepath.Join(ro, "kept"), single)
 }

@@ -300,3 +300,48 @@ func TestBigImageErofs(t *testing.T) {
 		t.Errorf("after the image's removal: layer images %v, temporary files %v", imgs, temps)
 	}
 }
+
+// TestManyLayersErofs runs an image of 40 layers on the erofs path: more
+// layer disks than the root PCI bus has free slots, so the shim's layer
+// bridges take them; every layer's file is visible in the container.
+func TestManyLayersErofs(t *testing.T) {
+	h := harness.StartContainerd(t, harness.Options{RuntimeConfig: erofsConfig})
+	const ref = "docker.io/library/many:40"
+	img, err := testimage.Busybox(nil, "/bin/sh")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var layers []v1.Layer
+	for i := 1; i < 40; i++ {
+		var buf bytes.Buffer
+		tw := tar.NewWriter(&buf)
+		tw.WriteHeader(&tar.Header{Name: "layers/", Typeflag: tar.TypeDir, Mode: 0o755})
+		content := fmt.Sprintf("%d\n", i)
+		tw.WriteHeader(&tar.Header{Name: fmt.Sprintf("layers/%02d", i), Typeflag: tar.TypeReg, Mode: 0o644, Size: int64(len(content))})
+		tw.Write([]byte(content))
+		tw.Close()
+		b := buf.Bytes()
+		l, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(b)), nil }, tarball.WithMediaType(types.OCILayer))
+		if err != nil {
+			t.Fatal(err)
+		}
+		layers = append(layers, l)
+	}
+	if img, err = mutate.AppendLayers(img, layers...); err != nil {
+		t.Fatal(err)
+	}
+	h.ImportImage(t, img, ref, "")
+	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
+	defer cancel()
+	out, err := h.CtrContext(ctx, "run", "--rm", "--runtime", rakshRuntime, ref, "many", "sh", "-c",
+		"cat /layers/* | wc -l; grep ' / ' /proc/mounts | tr ':' '\\n' | grep -c /run/raksh-layers/")
+	if err != nil {
+		t.Fatalf("run: %v %s", err, out)
+	}
+	if f := strings.Fields(out); len(f) != 2 || f[0] != "39" || f[1] != "40" {
+		t.Fatalf("in the guest: %q, want 39 layer files and 40 erofs lower layers", out)
+	}
+	if imgs, _ := layerImages(t, h); len(imgs) != 40 {
+		t.Errorf("%d layer images, want 40", len(imgs))
+	}
+}

@@ -5,6 +5,8 @@ package integration
 import (
 	"bytes"
 	"context"
+	"encoding/hex"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -15,8 +17,10 @@ import (
 	"github.com/moby/sys/mountinfo"
 	cri "k8s.io/cri-api/pkg/apis/runtime/v1"
 
+	"github.com/raksh-project/raksh/envelope"
 	"github.com/raksh-project/raksh/integration/harness"
 	"github.com/raksh-project/raksh/integration/testimage"
+	rakshruntime "github.com/raksh-project/raksh/runtime"
 )
 
 // startSharedFS starts containerd with the raksh handler sharing node
@@ -92,7 +96,7 @@ func checkNothingLeft(t *testing.T, h *harness.Containerd, survivors ...string) 
 // refuses writes, a single-file hostPath works, symlinks inside the share
 // resolve in the container (an absolute one in the container's root, never
 // the guest's or the node's), and nothing is left on the node after the
-// pod is removed, nor after its QEMU was killed with SIGKILL. (Without
+// pod is removed, nor after its QEMU or its shim was killed with SIGKILL. (Without
 // shared_fs, TestCRIVolumes checks a hostPath is refused, named.)
 func TestCRIHostPathVirtioFS(t *testing.T) {
 	h, rs := startSharedFS(t)
@@ -278,4 +282,71 @@ func TestCRIHostPathVirtioFS(t *testing.T) {
 	}
 	removePod(sb)
 	checkNothingLeft(t, h, filepath.Join(rw, "from-node"), filepath.Join(rw, "from-guest"), filepath.Join(ro, "kept"), single)
+
+	// kill -9 of the pod's shim: containerd's clean-up (the shim's delete
+	// action) and the pod's removal leave nothing either.
+	sb, _, c = runPod("sfshim")
+	if out, code := exec(c, "cat /ro/kept"); code != 0 || out != "read-only\n" {
+		t.Errorf("third pod reads the node's file: exit %d: %q", code, out)
+	}
+	pids = h.QEMUProcesses()
+	if len(pids) != 1 {
+		t.Fatalf("QEMU processes: %v", pids)
+	}
+	must(t, syscall.Kill(parentPid(pids[0]), syscall.SIGKILL))
+	removePod(sb)
+	checkNothingLeft(t, h, filepath.Join(rw, "from-node"), filepath.Join(rw, "from-guest"), filepath.Join(ro, "kept"), single)
+}
+
+// TestSealedMountPolicy: on a node sharing node paths (shared_fs), a
+// sealed container whose envelope's mount policy accepts a read-only
+// shared mount at /data runs with it, and the same container with a
+// node path elsewhere, or /data read-write, is refused, naming the mount.
+func TestSealedMountPolicy(t *testing.T) {
+	harness.RequiresRoot(t)
+	ctx := context.Background()
+	k := startKBS(t)
+	h := startWithBusybox(t, harness.Options{
+		RuntimeConfig: fmt.Sprintf("tee = \"sim\"\nshared_fs = \"virtio-fs\"\n[proxy]\nkbs = %q\n", k.hostPort()),
+	})
+	cfg, err := rakshruntime.LoadConfig(h.RuntimeConfigPath)
+	must(t, err)
+	m, err := rakshruntime.LaunchMeasurement(cfg)
+	must(t, err)
+	k.setPolicy(t, fmt.Sprintf(`{"rules":[{"resources":["default/workload/*"],"tee":["sim"],"measurements":[%q]}]}`, hex.EncodeToString(m)))
+	const kid = "kbs:///default/workload/mounts"
+	key, err := envelope.GenerateKey(envelope.KeyP256)
+	must(t, err)
+	pemKey, _ := envelope.MarshalPrivateKey(key)
+	must(t, k.Admin.SetResource(ctx, "default/workload/mounts", pemKey))
+
+	data := filepath.Join(h.Dir, "policy-data")
+	must(t, os.MkdirAll(data, 0o755))
+	must(t, os.WriteFile(filepath.Join(data, "f"), []byte("node-data\n"), 0o644))
+	run := func(id string, mounts ...string) (string, error) {
+		sealed, err := envelope.Seal(&envelope.Spec{
+			Args:   []string{"cat", "/data/f"},
+			Mounts: &envelope.MountPolicy{Allow: []envelope.MountRule{{Destination: "/data", Kinds: []string{envelope.MountShared}, ReadOnly: true}}},
+		}, envelope.Binding{Namespace: "default", Pod: id, Container: id}, envelope.Recipient{KeyID: kid, Key: key.Public()})
+		must(t, err)
+		cctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
+		defer cancel()
+		args := []string{"run", "--rm", "--runtime", rakshRuntime, "--annotation", envelope.ContainerAnnotation + "=" + string(sealed)}
+		for _, m := range mounts {
+			args = append(args, "--mount", m)
+		}
+		return h.CtrContext(cctx, append(args, busyboxRef, id, envelope.Placeholder)...)
+	}
+	if out, err := run("policy-ok", "type=bind,src="+data+",dst=/data,options=rbind:ro"); err != nil || !strings.Contains(out, "node-data") {
+		t.Errorf("sealed container with its accepted mount: %v %q", err, out)
+	}
+	out, err := run("policy-other", "type=bind,src="+data+",dst=/data,options=rbind:ro", "type=bind,src="+data+",dst=/other,options=rbind:ro")
+	if err == nil || !strings.Contains(err.Error(), `shared mount at "/other"`) || strings.Contains(out, "node-data") {
+		t.Errorf("a mount outside the sealed policy: %v %q", err, out)
+	}
+	out, err = run("policy-rw", "type=bind,src="+data+",dst=/data,options=rbind:rw")
+	if err == nil || !strings.Contains(err.Error(), `shared mount at "/data" (read-only false)`) || strings.Contains(out, "node-data") {
+		t.Errorf("a read-write mount where the policy asks read-only: %v %q", err, out)
+	}
+	waitNoQEMU(t, h)
 }

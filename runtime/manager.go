@@ -237,6 +237,10 @@ func NewQEMUVM(ctx context.Context, cfg Config, id string, nics []qemu.NIC) (vm.
 	}
 	qc.VsockCID, qc.Name = cid, "raksh-"+id
 	qc.NICs = nics
+	if cfg.PlainRootfs == launch.PlainRootfsErofs && (qc.Machine == "" || qc.Machine == "pc") {
+		// Two bridges: room for 62 layer disks besides the root bus.
+		qc.LayerBridges = 2
+	}
 	if cfg.PodScratchDiskMiB > 0 {
 		f, err := openScratch(cfg.ScratchDir, cfg.PodScratchDiskMiB)
 		if err != nil {

@@ -62,7 +62,7 @@ func TestKeysSealInspectUnseal(t *testing.T) {
 	secretFile := filepath.Join(dir, "tls.key")
 	os.WriteFile(secretFile, []byte("file-secret"), 0o600)
 
-	sealed, err := run(t, podYAML, "seal", "-f", "-", "--recipient", pub, "--kid", "kbs:///default/workload/web", "--secret-file", "app:/etc/tls/key="+secretFile+":0440", "--allow-logs")
+	sealed, err := run(t, podYAML, "seal", "-f", "-", "--recipient", pub, "--kid", "kbs:///default/workload/web", "--secret-file", "app:/etc/tls/key="+secretFile+":0440", "--allow-logs", "--mount-allow", "app:/data/*:shared:ro", "--mount-allow", "app:/etc/config")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -86,7 +86,7 @@ func TestKeysSealInspectUnseal(t *testing.T) {
 		t.Fatalf("inspect json: %v\n%s", err, js)
 	}
 	v := views[0]
-	if v.Sealed == nil || !*v.Sealed.Opened || len(v.Sealed.Manifest.Files) != 1 || !v.Sealed.Manifest.Exec {
+	if v.Sealed == nil || !*v.Sealed.Opened || len(v.Sealed.Manifest.Files) != 1 || !v.Sealed.Manifest.Exec || !v.Sealed.Manifest.Mounts {
 		t.Fatalf("view %+v", v.Sealed)
 	}
 	text, err := run(t, "", "inspect", "-f", sealedPath)
@@ -199,5 +199,24 @@ func TestSimPlatformKey(t *testing.T) {
 	ev, _ := a.Evidence(context.Background(), rd)
 	if _, err := v.Verify(context.Background(), ev, rd); err != nil {
 		t.Fatal(err)
+	}
+}
+
+func TestParseMountAllow(t *testing.T) {
+	pols, err := parseMountAllow([]string{"app:/data/*:shared,empty-dir:ro", "app:/etc/config", "side:/cache:empty-dir"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	app := pols["app"]
+	if app == nil || len(app.Allow) != 2 || !app.Allow[0].ReadOnly || len(app.Allow[0].Kinds) != 2 || app.Allow[1].Destination != "/etc/config" {
+		t.Fatalf("app policy %+v", app)
+	}
+	if !app.Allows("/data/x", envelope.MountShared, true) || app.Allows("/data/x", envelope.MountShared, false) || app.Allows("/other", envelope.MountCopy, true) {
+		t.Errorf("app policy decisions %+v", app)
+	}
+	for _, bad := range []string{"app", ":/x", "app:x", "app:/x:hostpath", "app:/x:ro:ro:ro", "app:/../x"} {
+		if _, err := parseMountAllow([]string{bad}); err == nil {
+			t.Errorf("%q accepted", bad)
+		}
 	}
 }

@@ -38,6 +38,7 @@ Other documents pass through unchanged, in the same order.`,
 		&cli.StringFlag{Name: "placeholder-image", Usage: "visible image when the image is sealed"},
 		&cli.BoolFlag{Name: "allow-exec", Usage: "sealed policy: allow exec into the containers"},
 		&cli.BoolFlag{Name: "allow-logs", Usage: "sealed policy: let container output reach the node"},
+		&cli.StringSliceFlag{Name: "mount-allow", Usage: "sealed mount policy: CONTAINER:/dest[/*][:KIND,KIND][:ro] accepts the node's volume there (kinds copy, empty-dir, shared; default copy,empty-dir); once given for a container, its other volumes are refused (repeatable)"},
 		&cli.StringFlag{Name: "out", Usage: "output file (default stdout)"},
 		outputFlag("yaml", "yaml", "json"),
 	}, dryRunFlags...),
@@ -75,6 +76,9 @@ func sealAction(c *cli.Context) error {
 		opts.Exec = &envelope.ExecPolicy{AllowExec: c.Bool("allow-exec"), AllowLogs: c.Bool("allow-logs")}
 	}
 	if opts.Files, err = parseSecretFiles(c.StringSlice("secret-file")); err != nil {
+		return err
+	}
+	if opts.Mounts, err = parseMountAllow(c.StringSlice("mount-allow")); err != nil {
 		return err
 	}
 	sealed, err := kube.Seal(in, opts)
@@ -118,6 +122,40 @@ func parseSecretFiles(specs []string) (map[string][]envelope.File, error) {
 		files[ctr] = append(files[ctr], envelope.File{Path: dst, Mode: uint32(mode), Content: content})
 	}
 	return files, nil
+}
+
+// parseMountAllow parses CONTAINER:/dest[:KIND,KIND][:ro] into mount
+// policies by container.
+func parseMountAllow(specs []string) (map[string]*envelope.MountPolicy, error) {
+	if len(specs) == 0 {
+		return nil, nil
+	}
+	pols := map[string]*envelope.MountPolicy{}
+	for _, s := range specs {
+		parts := strings.Split(s, ":")
+		if len(parts) < 2 || len(parts) > 4 || parts[0] == "" {
+			return nil, fmt.Errorf("--mount-allow %q is not CONTAINER:/dest[:KIND,KIND][:ro]: %w", s, errdefs.ErrInvalidArgument)
+		}
+		r := envelope.MountRule{Destination: parts[1]}
+		for _, p := range parts[2:] {
+			if p == "ro" {
+				r.ReadOnly = true
+				continue
+			}
+			r.Kinds = append(r.Kinds, strings.Split(p, ",")...)
+		}
+		pol := pols[parts[0]]
+		if pol == nil {
+			pol = &envelope.MountPolicy{}
+			pols[parts[0]] = pol
+		}
+		pol.Allow = append(pol.Allow, r)
+		spec := envelope.Spec{Version: envelope.Version, Mounts: pol}
+		if err := spec.Validate(); err != nil {
+			return nil, fmt.Errorf("--mount-allow %q: %w", s, err)
+		}
+	}
+	return pols, nil
 }
 
 // docsToJSON renders a YAML stream as a JSON array of its documents.

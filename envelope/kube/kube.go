@@ -54,6 +54,8 @@ type SealOptions struct {
 	PlaceholderImage string
 	// Exec, when set, is sealed as every container's exec/log policy.
 	Exec *envelope.ExecPolicy
+	// Mounts are mount policies to seal, by container name.
+	Mounts map[string]*envelope.MountPolicy
 }
 
 // Document is one YAML document of a stream.
@@ -342,6 +344,11 @@ func Seal(in []byte, opts SealOptions) ([]byte, error) {
 			return nil, fmt.Errorf("secret files given for container %q, which no workload has: %w", c, errdefs.ErrInvalidArgument)
 		}
 	}
+	for c := range opts.Mounts {
+		if !used["mounts/"+c] {
+			return nil, fmt.Errorf("mount policy given for container %q, which no workload has: %w", c, errdefs.ErrInvalidArgument)
+		}
+	}
 	return JoinDocuments(docs), nil
 }
 
@@ -385,6 +392,10 @@ func sealWorkload(w *workload, opts SealOptions, used map[string]bool) error {
 			s.Image, c.Image = ref, opts.PlaceholderImage
 		}
 		s.Exec = opts.Exec
+		if p, ok := opts.Mounts[c.Name]; ok {
+			s.Mounts = p
+			used["mounts/"+c.Name] = true
+		}
 		data, err := envelope.Seal(&s, w.binding(opts.Namespace, c.Name), opts.Recipient)
 		if err != nil {
 			return fmt.Errorf("container %q: %w", c.Name, err)

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"strings"
 	"time"
+
+	"github.com/raksh-project/raksh/runtime/vm/qemu"
 )
 
 // ReadOnlyDisks is implemented by Instances that can hot-plug read-only
@@ -30,5 +32,14 @@ func (v *qemuVM) AddReadOnlyDisk(ctx context.Context, path, id, serial string) e
 	if strings.ContainsAny(id, ",= ") {
 		return errors.New("invalid disk id")
 	}
-	return proc.AddReadOnlyDisk(path, id, serial, timeout)
+	// Fill the layer bridges first, then what the root bus has left.
+	v.mu.Lock()
+	n := v.roDisks
+	v.roDisks++
+	v.mu.Unlock()
+	bus := ""
+	if b := n / qemu.BridgeSlots; b < v.opts.Config.LayerBridges {
+		bus = qemu.LayerBridgeID(b)
+	}
+	return proc.AddReadOnlyDisk(path, id, serial, bus, timeout)
 }

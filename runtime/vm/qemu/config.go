@@ -67,9 +67,19 @@ type Config struct {
 	// virtiofsd's socket, and backs the guest memory with a shared memfd
 	// (vhost-user maps it).
 	VirtioFS *VirtioFS
+	// LayerBridges adds that many PCI bridges (ids LayerBridgeID(i)) for
+	// hot-plugged read-only layer disks, each with 31 slots beyond the
+	// root bus's few free ones.
+	LayerBridges int
 	// Extra are further raw arguments.
 	Extra []string
 }
+
+// LayerBridgeID is the QEMU id of the i-th layer disk bridge.
+func LayerBridgeID(i int) string { return fmt.Sprintf("rk-layers%d", i) }
+
+// BridgeSlots is the number of hot-pluggable slots of a PCI bridge.
+const BridgeSlots = 31
 
 // VirtioFS is a vhost-user-fs device.
 type VirtioFS struct {
@@ -219,6 +229,9 @@ func (c *Config) Args() ([]string, error) {
 			"-numa", "node,memdev=vfsmem",
 			"-chardev", "socket,id=vfs0,path="+escape(fs.Socket),
 			"-device", "vhost-user-fs-pci,chardev=vfs0,tag="+escape(fs.Tag))
+	}
+	for i := 0; i < c.LayerBridges; i++ {
+		args = append(args, "-device", fmt.Sprintf("pci-bridge,id=%s,chassis_nr=%d", LayerBridgeID(i), i+1))
 	}
 	if c.QMPSocket != "" {
 		args = append(args, "-qmp", "unix:"+escape(c.QMPSocket)+",server=on,wait=off")

@@ -13,7 +13,9 @@ import (
 // the machine's root PCI bus; the guest's ACPI PCI hotplug driver
 // announces it). id names the block node and device in QEMU and must be
 // unique in this VM. The path reaches QEMU only, never the guest.
-func (p *Process) AddReadOnlyDisk(path, id, serial string, timeout time.Duration) error {
+//
+// bus, if not empty, is the id of the PCI bridge to plug the disk into.
+func (p *Process) AddReadOnlyDisk(path, id, serial, bus string, timeout time.Duration) error {
 	node := "ro-node-" + id
 	add, err := json.Marshal(map[string]any{
 		"execute": "blockdev-add",
@@ -28,10 +30,11 @@ func (p *Process) AddReadOnlyDisk(path, id, serial string, timeout time.Duration
 	if _, err := p.qmpRaw(string(add), timeout); err != nil {
 		return fmt.Errorf("qmp blockdev-add of layer disk %s: %w", serial, err)
 	}
-	dev, err := json.Marshal(map[string]any{
-		"execute":   "device_add",
-		"arguments": map[string]any{"driver": "virtio-blk-pci", "id": "ro-dev-" + id, "drive": node, "serial": serial},
-	})
+	devArgs := map[string]any{"driver": "virtio-blk-pci", "id": "ro-dev-" + id, "drive": node, "serial": serial}
+	if bus != "" {
+		devArgs["bus"] = bus
+	}
+	dev, err := json.Marshal(map[string]any{"execute": "device_add", "arguments": devArgs})
 	if err != nil {
 		return err
 	}

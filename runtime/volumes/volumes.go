@@ -272,7 +272,7 @@ type Syncer struct {
 	share  *Share
 
 	mu      sync.Mutex
-	watches map[string]context.CancelFunc
+	watches map[string]*watch
 	// termLogs are the containers' termination-log file volumes, copied
 	// back to the node at exit.
 	termLogs map[string]Volume
@@ -298,7 +298,7 @@ func NewSyncer(client agentapi.VolumesService, cfg Config) *Syncer {
 	if cfg.PollInterval <= 0 {
 		cfg.PollInterval = def.PollInterval
 	}
-	return &Syncer{client: client, cfg: cfg, watches: map[string]context.CancelFunc{}, termLogs: map[string]Volume{}}
+	return &Syncer{client: client, cfg: cfg, watches: map[string]*watch{}, termLogs: map[string]Volume{}}
 }
 
 // WithShare has s share Shared volumes through share.
@@ -376,14 +376,33 @@ func (s *Syncer) Deliver(ctx context.Context, id, pod string, vols []Volume) (re
 		return nil
 	}
 	wctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	w := &watch{cancel: cancel, done: make(chan struct{})}
 	s.mu.Lock()
-	if old := s.watches[id]; old != nil {
-		old()
-	}
-	s.watches[id] = cancel
+	old := s.watches[id]
+	s.watches[id] = w
 	s.mu.Unlock()
-	go s.poll(wctx, id, pod, watched, prints)
+	old.stop()
+	go func() {
+		defer close(w.done)
+		s.poll(wctx, id, pod, watched, prints)
+	}()
 	return nil
+}
+
+// watch is the polling goroutine of one container's volumes.
+type watch struct {
+	cancel context.CancelFunc
+	done   chan struct{}
+}
+
+// stop cancels the polling and waits for it to end, so that no update is
+// delivered once stop returns. A nil watch is a no-op.
+func (w *watch) stop() {
+	if w == nil {
+		return
+	}
+	w.cancel()
+	<-w.done
 }
 
 func (s *Syncer) poll(ctx context.Context, id, pod string, vols []Volume, prints [][32]byte) {
@@ -422,15 +441,13 @@ func (s *Syncer) poll(ctx context.Context, id, pod string, vols []Volume, prints
 func (s *Syncer) CopyBack(ctx context.Context, id string) error {
 	s.mu.Lock()
 	v, ok := s.termLogs[id]
-	cancel := s.watches[id]
+	w := s.watches[id]
 	s.mu.Unlock()
 	if !ok {
 		return nil
 	}
 	// The copy back must not be sent into the guest again.
-	if cancel != nil {
-		cancel()
-	}
+	w.stop()
 	r, err := s.client.Get(ctx, &agentapi.GetVolumeRequest{ContainerId: id, Destination: v.Destination, MaxBytes: MaxTerminationMessage})
 	if err != nil {
 		return fmt.Errorf("read the termination message of %s in the guest: %w", id, err)
@@ -449,17 +466,16 @@ func (s *Syncer) CopyBack(ctx context.Context, id string) error {
 	return f.Close()
 }
 
-// Stop ends the polling of container id's volumes and removes its
+// Stop ends the polling of container id's volumes (waiting for an update in
+// flight, so none is delivered after it returns) and removes its
 // shared mounts from the pod's virtio-fs share.
 func (s *Syncer) Stop(id string) error {
 	s.mu.Lock()
-	cancel := s.watches[id]
+	w := s.watches[id]
 	delete(s.watches, id)
 	delete(s.termLogs, id)
 	s.mu.Unlock()
-	if cancel != nil {
-		cancel()
-	}
+	w.stop()
 	if s.share != nil {
 		return s.share.Unbind(id)
 	}

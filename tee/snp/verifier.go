@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
 	"time"
 
 	"github.com/containerd/errdefs"
@@ -287,10 +288,10 @@ func (v *Verifier) Verify(ctx context.Context, evidence []byte, reportData [tee.
 	if !kds.TCBPartsLE(v.minTCB, reported) {
 		return nil, fmt.Errorf("%w: reported %s", ErrTCB, tcbString(reported))
 	}
-	if len(v.measurements) > 0 && !containsBytes(v.measurements, rep.GetMeasurement()) {
+	if len(v.measurements) > 0 && !slices.ContainsFunc(v.measurements, equalTo(rep.GetMeasurement())) {
 		return nil, fmt.Errorf("%w: %x", ErrMeasurement, rep.GetMeasurement())
 	}
-	if len(v.initData) > 0 && !containsBytes(v.initData, rep.GetHostData()) {
+	if len(v.initData) > 0 && !slices.ContainsFunc(v.initData, equalTo(rep.GetHostData())) {
 		return nil, fmt.Errorf("%w: %x", ErrInitData, rep.GetHostData())
 	}
 	// Everything else go-sev-guest knows to check, repeating the binding
@@ -392,15 +393,11 @@ func decodeHexList(name string, in []string, size int) ([][]byte, error) {
 	return out, nil
 }
 
-func containsBytes(list [][]byte, b []byte) bool {
-	for _, x := range list {
-		if bytes.Equal(x, b) {
-			return true
-		}
-	}
-	return false
-}
-
 func tcbString(t kds.TCBParts) string {
 	return fmt.Sprintf("bl=%d tee=%d snp=%d ucode=%d", t.BlSpl, t.TeeSpl, t.SnpSpl, t.UcodeSpl)
+}
+
+// equalTo returns a predicate matching byte slices equal to b.
+func equalTo(b []byte) func([]byte) bool {
+	return func(x []byte) bool { return bytes.Equal(x, b) }
 }

@@ -9,6 +9,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"os"
+	"slices"
 	"time"
 
 	"github.com/containerd/errdefs"
@@ -281,10 +282,10 @@ func (v *Verifier) checkBody(body *pb.TDQuoteBody, reportData [tee.ReportDataSiz
 			}
 		}
 	}
-	if len(v.mrseams) > 0 && !containsBytes(v.mrseams, body.GetMrSeam()) {
+	if len(v.mrseams) > 0 && !slices.ContainsFunc(v.mrseams, equalTo(body.GetMrSeam())) {
 		return fmt.Errorf("%w: MRSEAM %x not accepted", ErrPolicy, body.GetMrSeam())
 	}
-	if len(v.mrtds) > 0 && !containsBytes(v.mrtds, body.GetMrTd()) {
+	if len(v.mrtds) > 0 && !slices.ContainsFunc(v.mrtds, equalTo(body.GetMrTd())) {
 		return fmt.Errorf("%w: %x", ErrMeasurement, body.GetMrTd())
 	}
 	got := body.GetRtmrs()
@@ -296,7 +297,7 @@ func (v *Verifier) checkBody(body *pb.TDQuoteBody, reportData [tee.ReportDataSiz
 			return fmt.Errorf("%w: RTMR%d", ErrRTMR, i)
 		}
 	}
-	if len(v.initData) > 0 && !containsBytes(v.initData, body.GetMrConfigId()) {
+	if len(v.initData) > 0 && !slices.ContainsFunc(v.initData, equalTo(body.GetMrConfigId())) {
 		return fmt.Errorf("%w: %x", ErrInitData, body.GetMrConfigId())
 	}
 	return nil
@@ -321,11 +322,7 @@ func decodeHexList(name string, in []string, size int) ([][]byte, error) {
 	return out, nil
 }
 
-func containsBytes(list [][]byte, b []byte) bool {
-	for _, x := range list {
-		if bytes.Equal(x, b) {
-			return true
-		}
-	}
-	return false
+// equalTo returns a predicate matching byte slices equal to b.
+func equalTo(b []byte) func([]byte) bool {
+	return func(x []byte) bool { return bytes.Equal(x, b) }
 }

@@ -34,6 +34,9 @@ var DefaultModules = []string{
 	"aesni_intel?",
 	// Host volumes shared with virtio-fs when the runtime config allows it.
 	"virtiofs",
+	// Linux bridges inside a pod (a privileged or CAP_NET_ADMIN container
+	// creating one, as on a runc node); the guest has no module loader.
+	"bridge",
 }
 
 // Options describe an initrd.

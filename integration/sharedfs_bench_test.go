@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -45,31 +44,8 @@ func BenchmarkVirtioFSThroughput(b *testing.B) {
 			h.Ctr("task", "rm", "-f", name)
 			h.Ctr("container", "rm", name)
 		}()
-		exec := func(script string) string {
-			var last error
-			for try := 0; try < 60; try++ { // the task may still be starting
-				out, err := h.CtrContext(ctx, "task", "exec", "--exec-id", fmt.Sprintf("e%d", time.Now().UnixNano()), name, "sh", "-c", script)
-				if err == nil {
-					return out
-				}
-				last = err
-				time.Sleep(2 * time.Second)
-			}
-			b.Fatalf("exec in %s: %v", name, last)
-			return ""
-		}
-		secs := func(out string) float64 {
-			m := elapsedRE.FindStringSubmatch(out)
-			if m == nil {
-				b.Fatalf("%s: no time in %q", name, out)
-			}
-			t0, _ := strconv.ParseFloat(m[1], 64)
-			t1, _ := strconv.ParseFloat(m[2], 64)
-			if t1 <= t0 {
-				t1 = t0 + 0.01 // below the clock's resolution
-			}
-			return t1 - t0
-		}
+		exec := func(script string) string { return execRetry(ctx, b, h, name, script) }
+		secs := func(out string) float64 { return elapsedSeconds(b, name, out) }
 		w := exec(timed(fmt.Sprintf("dd if=/dev/zero of=/data/out-%s bs=1M count=%d conv=fsync 2>&1", name, sizeMiB)))
 		r := exec(timed("dd if=/data/src of=/dev/null bs=1M 2>&1"))
 		if !strings.Contains(r, fmt.Sprintf("%d+0 records in", sizeMiB)) {

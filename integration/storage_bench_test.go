@@ -25,6 +25,36 @@ func timed(cmd string) string {
 
 var elapsedRE = regexp.MustCompile(`elapsed ([0-9.]+) ([0-9.]+)`)
 
+// elapsedSeconds is the time a timed command's output reports.
+func elapsedSeconds(b *testing.B, name, out string) float64 {
+	m := elapsedRE.FindStringSubmatch(out)
+	if m == nil {
+		b.Fatalf("%s: no time in %q", name, out)
+	}
+	t0, _ := strconv.ParseFloat(m[1], 64)
+	t1, _ := strconv.ParseFloat(m[2], 64)
+	if t1 <= t0 {
+		t1 = t0 + 0.01 // below the clock's resolution
+	}
+	return t1 - t0
+}
+
+// execRetry runs script in container name's task, retrying while the task
+// may still be starting, and returns its output.
+func execRetry(ctx context.Context, b *testing.B, h *harness.Containerd, name, script string) string {
+	var last error
+	for try := 0; try < 60; try++ {
+		out, err := h.CtrContext(ctx, "task", "exec", "--exec-id", fmt.Sprintf("e%d", time.Now().UnixNano()), name, "sh", "-c", script)
+		if err == nil {
+			return out
+		}
+		last = err
+		time.Sleep(2 * time.Second)
+	}
+	b.Fatalf("exec in %s: %v", name, last)
+	return ""
+}
+
 // BenchmarkScratchThroughput compares, in one run, sequential write and
 // read throughput (dd, 1 MiB blocks) of a container's root filesystem in
 // three places: a raksh guest with an encrypted scratch disk (its tmpfs
@@ -48,31 +78,8 @@ func BenchmarkScratchThroughput(b *testing.B) {
 			h.Ctr("task", "rm", "-f", name)
 			h.Ctr("container", "rm", name)
 		}()
-		exec := func(script string) string {
-			var last error
-			for try := 0; try < 60; try++ { // the task may still be starting
-				out, err := h.CtrContext(ctx, "task", "exec", "--exec-id", fmt.Sprintf("e%d", time.Now().UnixNano()), name, "sh", "-c", script)
-				if err == nil {
-					return out
-				}
-				last = err
-				time.Sleep(2 * time.Second)
-			}
-			b.Fatalf("exec in %s: %v", name, last)
-			return ""
-		}
-		secs := func(out string) float64 {
-			m := elapsedRE.FindStringSubmatch(out)
-			if m == nil {
-				b.Fatalf("%s: no time in %q", name, out)
-			}
-			t0, _ := strconv.ParseFloat(m[1], 64)
-			t1, _ := strconv.ParseFloat(m[2], 64)
-			if t1 <= t0 {
-				t1 = t0 + 0.01 // below the clock's resolution
-			}
-			return t1 - t0
-		}
+		exec := func(script string) string { return execRetry(ctx, b, h, name, script) }
+		secs := func(out string) float64 { return elapsedSeconds(b, name, out) }
 		w := exec(timed(fmt.Sprintf("dd if=/dev/zero of=/big bs=1M count=%d conv=fsync 2>&1", mib)))
 		r := exec(timed("dd if=/big of=/dev/null bs=1M 2>&1") + "; grep -E 'MemTotal|SwapTotal|SwapFree' /proc/meminfo")
 		if !strings.Contains(r, fmt.Sprintf("%d+0 records in", mib)) {

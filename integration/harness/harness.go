@@ -384,19 +384,24 @@ func (c *Containerd) CtrCmd(ctx context.Context, args ...string) *exec.Cmd {
 // wrote to the terminal.
 func (c *Containerd) RunInPty(t testing.TB, args ...string) (string, error) {
 	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	return RunInPty(c.CtrCmd(ctx, args...))
+}
+
+// RunInPty runs cmd with a new pseudo-terminal (120x40) as its controlling
+// terminal and stdio, and returns what it wrote to the terminal.
+func RunInPty(cmd *exec.Cmd) (string, error) {
 	master, slavePath, err := console.NewPty()
 	if err != nil {
-		t.Fatal(err)
+		return "", err
 	}
 	defer master.Close()
 	master.Resize(console.WinSize{Height: 40, Width: 120})
 	slave, err := os.OpenFile(slavePath, os.O_RDWR, 0)
 	if err != nil {
-		t.Fatal(err)
+		return "", err
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-	defer cancel()
-	cmd := c.CtrCmd(ctx, args...)
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = slave, slave, slave
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Setctty: true}
 	var out bytes.Buffer

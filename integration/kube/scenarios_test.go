@@ -18,7 +18,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/containerd/console"
+	"github.com/raksh-project/raksh/integration/harness"
 )
 
 // scenarios run in this order; each asserts what kubectl shows.
@@ -375,31 +375,9 @@ func execAndPortForward(s *S, c *cluster) {
 // runInPty runs kubectl with a pseudo-terminal as its stdio and returns what
 // it wrote to the terminal.
 func runInPty(c *cluster, args ...string) (string, error) {
-	master, slavePath, err := console.NewPty()
-	if err != nil {
-		return "", err
-	}
-	defer master.Close()
-	master.Resize(console.WinSize{Height: 40, Width: 120})
-	slave, err := os.OpenFile(slavePath, os.O_RDWR, 0)
-	if err != nil {
-		return "", err
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	cmd := c.kubectlCmd(ctx, args...)
-	cmd.Stdin, cmd.Stdout, cmd.Stderr = slave, slave, slave
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Setctty: true}
-	var out strings.Builder
-	done := make(chan struct{})
-	go func() { io.Copy(&out, master); close(done) }()
-	err = cmd.Run()
-	slave.Close()
-	select {
-	case <-done:
-	case <-time.After(2 * time.Second):
-	}
-	return out.String(), err
+	return harness.RunInPty(c.kubectlCmd(ctx, args...))
 }
 
 // (i) Deleting raksh pods stops their VMs and leaves no tap, mount or

@@ -17,7 +17,6 @@ import (
 	cri "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	"github.com/raksh-project/raksh/integration/harness"
-	"github.com/raksh-project/raksh/integration/testimage"
 )
 
 const criBusybox = "docker.io/raksh/busybox:cri"
@@ -28,16 +27,7 @@ const criBusybox = "docker.io/raksh/busybox:cri"
 func startCRI(t testing.TB, o harness.Options) (*harness.Containerd, cri.RuntimeServiceClient) {
 	t.Helper()
 	h := harness.StartContainerd(t, o)
-	pause, err := testimage.Pause()
-	if err != nil {
-		t.Fatal(err)
-	}
-	h.ImportImage(t, pause, testimage.PauseRef, "k8s.io")
-	bb, err := testimage.Busybox(nil, "/bin/sh")
-	if err != nil {
-		t.Fatal(err)
-	}
-	h.ImportImage(t, bb, criBusybox, "k8s.io")
+	h.ImportCRIImages(t, criBusybox)
 	return h, criRuntime(t, h)
 }
 

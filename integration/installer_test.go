@@ -18,7 +18,6 @@ import (
 	cri "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	"github.com/raksh-project/raksh/integration/harness"
-	"github.com/raksh-project/raksh/integration/testimage"
 )
 
 // TestNodeInstaller runs contrib/kubernetes/installer/install.sh (what the
@@ -28,16 +27,7 @@ import (
 // the handler is gone and the node is byte-for-byte as before.
 func TestNodeInstaller(t *testing.T) {
 	h := harness.StartContainerd(t, harness.Options{NoRakshDropin: true})
-	pause, err := testimage.Pause()
-	if err != nil {
-		t.Fatal(err)
-	}
-	h.ImportImage(t, pause, testimage.PauseRef, "k8s.io")
-	bb, err := testimage.Busybox(nil, "/bin/sh")
-	if err != nil {
-		t.Fatal(err)
-	}
-	h.ImportImage(t, bb, criBusybox, "k8s.io")
+	h.ImportCRIImages(t, criBusybox)
 
 	// The installer image's payload: binaries, kernel, initrd, contrib/.
 	work := t.TempDir()

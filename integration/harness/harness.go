@@ -380,6 +380,23 @@ func (c *Containerd) CtrCmd(ctx context.Context, args ...string) *exec.Cmd {
 	return exec.CommandContext(ctx, Bin(c.t, "ctr"), all...)
 }
 
+// ImportCRIImages imports the test pause image (testimage.PauseRef) and a
+// busybox image (as busyboxRef, /bin/sh its command) into the CRI's
+// namespace, as a kubelet's node has them.
+func (c *Containerd) ImportCRIImages(t testing.TB, busyboxRef string) {
+	t.Helper()
+	pause, err := testimage.Pause()
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.ImportImage(t, pause, testimage.PauseRef, "k8s.io")
+	bb, err := testimage.Busybox(nil, "/bin/sh")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.ImportImage(t, bb, busyboxRef, "k8s.io")
+}
+
 // RunInPty runs ctr with a pseudo-terminal as its stdio and returns what it
 // wrote to the terminal.
 func (c *Containerd) RunInPty(t testing.TB, args ...string) (string, error) {

@@ -20,7 +20,6 @@ import (
 	cri "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	"github.com/raksh-project/raksh/integration/harness"
-	"github.com/raksh-project/raksh/integration/testimage"
 )
 
 // Versions hack/deps.sh kube builds into _output/kube/<KubeVersion>.
@@ -144,16 +143,7 @@ func startCluster(t *testing.T) *cluster {
 	c.containerd = h
 	c.enc.start(t, h)
 	c.conf.setPolicy(t, h.RuntimeConfigPath, c.enc.encConfig)
-	pause, err := testimage.Pause()
-	if err != nil {
-		t.Fatal(err)
-	}
-	h.ImportImage(t, pause, testimage.PauseRef, "k8s.io")
-	bb, err := testimage.Busybox(nil, "/bin/sh")
-	if err != nil {
-		t.Fatal(err)
-	}
-	h.ImportImage(t, bb, busyboxRef, "k8s.io")
+	h.ImportCRIImages(t, busyboxRef)
 	if err := c.prepareInstaller(); err != nil {
 		t.Fatal(err)
 	}

@@ -172,17 +172,7 @@ func TestInitDataSim(t *testing.T) {
 		t.Helper()
 		start := time.Now()
 		out, err := run(t, id, doc, `echo "SECRET=$SECRET"`)
-		if err == nil {
-			t.Fatalf("the container ran: %s", out)
-		}
-		if !strings.Contains(err.Error(), want) {
-			t.Fatalf("error %v, want one saying %q", err, want)
-		}
-		if strings.Contains(err.Error()+out, secret) {
-			t.Fatal("the secret leaked")
-		}
-		_, msg, _ := strings.Cut(err.Error(), "ctr: ")
-		t.Logf("refused in %s: %s", time.Since(start).Round(100*time.Millisecond), msg)
+		assertRefused(t, start, out, err, want, secret)
 	}
 
 	t.Run("pinned digest", func(t *testing.T) {
@@ -293,4 +283,22 @@ func TestCRIInitData(t *testing.T) {
 		t.Fatalf("ExecSync into a pod whose init data denies exec: %v", err)
 	}
 	t.Logf("pod with init data up and exec refused in %s: %v", time.Since(start).Round(100*time.Millisecond), err)
+}
+
+// assertRefused fails t unless the container run that began at start
+// failed with an error containing want, and neither the error nor the
+// output holds secret; it logs how long the refusal took.
+func assertRefused(t *testing.T, start time.Time, out string, err error, want, secret string) {
+	t.Helper()
+	if err == nil {
+		t.Fatalf("the container ran: %s", out)
+	}
+	if !strings.Contains(err.Error(), want) {
+		t.Fatalf("error %v, want one saying %q", err, want)
+	}
+	if strings.Contains(err.Error()+out, secret) {
+		t.Fatal("the secret leaked")
+	}
+	_, msg, _ := strings.Cut(err.Error(), "ctr: ")
+	t.Logf("refused in %s: %s", time.Since(start).Round(100*time.Millisecond), msg)
 }

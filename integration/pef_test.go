@@ -164,17 +164,7 @@ func TestPEFSim(t *testing.T) {
 		t.Helper()
 		start := time.Now()
 		out, err := run(t, id)
-		if err == nil {
-			t.Fatalf("the container ran: %s", out)
-		}
-		if !strings.Contains(err.Error(), want) {
-			t.Fatalf("error %v, want one saying %q", err, want)
-		}
-		if strings.Contains(err.Error()+out, secret) {
-			t.Fatal("the secret leaked")
-		}
-		_, msg, _ := strings.Cut(err.Error(), "ctr: ")
-		t.Logf("refused in %s: %s", time.Since(start).Round(100*time.Millisecond), msg)
+		assertRefused(t, start, out, err, want, secret)
 	}
 
 	t.Run("sealed container on the simulated ultravisor", func(t *testing.T) {

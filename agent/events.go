@@ -50,7 +50,7 @@ func (e *eventsService) Stream(ctx context.Context, _ *agentapi.StreamEventsRequ
 }
 
 func (s *Service) reap() {
-	for e := range s.rt.Exits() {
+	for e := range s.rt.Exits {
 		s.mu.Lock()
 		p, ok := s.byPid[e.Pid]
 		if ok {
@@ -64,7 +64,7 @@ func (s *Service) reap() {
 		s.mu.Unlock()
 		if ok {
 			log.G(context.Background()).WithFields(log.Fields{"id": p.id, "exec": p.execID, "pid": e.Pid, "status": e.Status}).Debug("process exited")
-			p.setExited(e.Status)
+			p.proc.SetExited(e.Status)
 		}
 	}
 }
@@ -73,7 +73,6 @@ func (s *Service) reap() {
 // before the pid was known.
 func (s *Service) track(p *process, pid int) {
 	s.mu.Lock()
-	p.setPid(pid)
 	status, exited := s.early[pid]
 	if exited {
 		delete(s.early, pid)
@@ -82,6 +81,6 @@ func (s *Service) track(p *process, pid int) {
 	}
 	s.mu.Unlock()
 	if exited {
-		p.setExited(status)
+		p.proc.SetExited(status)
 	}
 }

@@ -51,7 +51,7 @@ func serve(t *testing.T, svc *agent.Service) *ttrpc.Client {
 }
 
 func TestInfo(t *testing.T) {
-	svc := agent.NewService(t.TempDir(), agenttest.NewHostRuntime(), agent.WithVersion("v9.9.9-test"),
+	svc := agent.NewService(t.TempDir(), agenttest.NewRuntime(t), agent.WithVersion("v9.9.9-test"),
 		agent.WithTEEType(func(context.Context) string { return "sim" }))
 	client := agentapi.NewAgentClient(serve(t, svc))
 	ctx := context.Background()
@@ -79,7 +79,7 @@ func TestInfo(t *testing.T) {
 }
 
 func TestEventsStream(t *testing.T) {
-	svc := agent.NewService(t.TempDir(), agenttest.NewHostRuntime())
+	svc := agent.NewService(t.TempDir(), agenttest.NewRuntime(t))
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	// Published before anyone streams: queued, not lost.
@@ -110,7 +110,7 @@ func TestEventsStream(t *testing.T) {
 // answer to reach the host).
 func TestShutdownAfterSessionClose(t *testing.T) {
 	stopped := make(chan struct{})
-	svc := agent.NewService(t.TempDir(), agenttest.NewHostRuntime(), agent.WithShutdown(func() { close(stopped) }))
+	svc := agent.NewService(t.TempDir(), agenttest.NewRuntime(t), agent.WithShutdown(func() { close(stopped) }))
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	host, guest := net.Pipe()

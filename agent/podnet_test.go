@@ -4,6 +4,8 @@ import (
 	"context"
 	"testing"
 
+	runc "github.com/containerd/go-runc"
+
 	"github.com/containerd/errdefs"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
@@ -12,7 +14,7 @@ import (
 
 func TestSetupNetwork(t *testing.T) {
 	ctx := context.Background()
-	s := NewService(t.TempDir(), noRuntime{})
+	s := NewService(t.TempDir(), noRuntime())
 	applied := 0
 	s.net.apply = func(context.Context, *network.Config) error { applied++; return nil }
 	bad := &network.Config{Interfaces: []network.Interface{{Name: "lo", MAC: "02:42:0a:c7:26:05", MTU: 1500}}}
@@ -36,7 +38,7 @@ func TestSetupNetwork(t *testing.T) {
 }
 
 func TestSetupNetworkAfterContainer(t *testing.T) {
-	s := NewService(t.TempDir(), noRuntime{})
+	s := NewService(t.TempDir(), noRuntime())
 	s.net.apply = func(context.Context, *network.Config) error { return nil }
 	s.containers["c"] = &container{id: "c"}
 	good := &network.Config{Interfaces: []network.Interface{{Name: "eth0", MAC: "02:42:0a:c7:26:05", MTU: 1500}}}
@@ -47,6 +49,4 @@ func TestSetupNetworkAfterContainer(t *testing.T) {
 
 // noRuntime is a Runtime that runs nothing (the network tests create no
 // container).
-type noRuntime struct{ Runtime }
-
-func (noRuntime) Exits() <-chan Exit { return make(chan Exit) }
+func noRuntime() *Runtime { return &Runtime{Binary: "false", Exits: make(chan runc.Exit)} }

@@ -13,6 +13,9 @@ import (
 	"strings"
 	"testing"
 
+	runcproc "github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2/process"
+	"github.com/containerd/containerd/v2/pkg/stdio"
+
 	taskAPI "github.com/containerd/containerd/api/runtime/task/v3"
 	"github.com/containerd/containerd/v2/pkg/namespaces"
 	"github.com/containerd/errdefs"
@@ -245,6 +248,7 @@ func TestSealedExecPolicy(t *testing.T) {
 			c := sealedContainer("sealed", data, nil)
 			c.bundle = t.TempDir()
 			c.execs = map[string]*process{}
+			c.init = createdInit(c.id)
 			s := withKeys(unseal.StaticKeys{testKID: key})
 			s.containers = map[string]*container{c.id: c}
 			if err := s.unseal(ctx, c, t.TempDir()); err != nil {
@@ -263,7 +267,7 @@ func TestSealedExecPolicy(t *testing.T) {
 		})
 	}
 	// A container without an envelope allows exec.
-	plain := &container{id: "plain", spec: &specs.Spec{Process: &specs.Process{Args: []string{"sh"}}}, execs: map[string]*process{}}
+	plain := &container{id: "plain", spec: &specs.Spec{Process: &specs.Process{Args: []string{"sh"}}}, execs: map[string]*process{}, init: createdInit("plain")}
 	s := &Service{containers: map[string]*container{"plain": plain}}
 	if _, err := s.Exec(ctx, &taskAPI.ExecProcessRequest{ID: "plain", ExecID: "e1", Spec: packed(t, &agentapi.ExecProcessOptions{Process: []byte(`{}`)})}); err != nil {
 		t.Fatal(err)
@@ -344,4 +348,11 @@ func TestRuntimeErrorsOfSealedContainersWithheld(t *testing.T) {
 	if !strings.Contains(err.Error(), `"sealed"`) || !errdefs.IsUnknown(err) {
 		t.Errorf("withheld error should still name the container and carry a class: %v", err)
 	}
+}
+
+// createdInit is the init of a created container (as far as the process
+// package's state machine goes: no runc behind it).
+func createdInit(id string) *process {
+	init := runcproc.New(id, nil, stdio.Stdio{})
+	return &process{id: id, proc: init, init: init}
 }

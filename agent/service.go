@@ -7,10 +7,13 @@ import (
 	"fmt"
 	"net"
 	"sync"
+	"sync/atomic"
 
 	taskAPI "github.com/containerd/containerd/api/runtime/task/v3"
 	"github.com/containerd/containerd/api/types"
+	shimrunc "github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2/runc"
 	"github.com/containerd/containerd/v2/pkg/oom"
+	"github.com/containerd/containerd/v2/pkg/stdio"
 	"github.com/containerd/errdefs"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
@@ -23,8 +26,14 @@ import (
 // Service is the agent's task service.
 type Service struct {
 	root    string
-	rt      Runtime
+	rt      *Runtime
 	streams *streams
+	// ioSeq numbers the processes' fifo directories (stdio.go).
+	ioSeq atomic.Uint64
+	// platform copies consoles (containerd's runc-shim platform);
+	// made at the first Create.
+	platformMu sync.Mutex
+	platform   stdio.Platform
 	// volumes holds the volumes the shim delivered (guestmounts.go).
 	volumes *volumes.Store
 
@@ -87,7 +96,7 @@ func WithStats(f func(id string) (any, error)) Opt { return func(s *Service) { s
 func WithShutdown(f func()) Opt { return func(s *Service) { s.shutdown = f } }
 
 // NewService returns a task service keeping bundles under root.
-func NewService(root string, rt Runtime, opts ...Opt) *Service {
+func NewService(root string, rt *Runtime, opts ...Opt) *Service {
 	s := &Service{
 		root:        root,
 		rt:          rt,
@@ -141,6 +150,20 @@ func runtimeErr(c *container, op string, err error) error {
 		return fmt.Errorf("%s sealed container %q failed; runtime details are withheld as they may quote sealed values: %w", op, c.id, errdefs.ErrUnknown)
 	}
 	return fmt.Errorf("%s container %q: %w", op, c.id, err)
+}
+
+// consolePlatform returns the platform copying processes' consoles.
+func (s *Service) consolePlatform() (stdio.Platform, error) {
+	s.platformMu.Lock()
+	defer s.platformMu.Unlock()
+	if s.platform == nil {
+		p, err := shimrunc.NewPlatform()
+		if err != nil {
+			return nil, err
+		}
+		s.platform = p
+	}
+	return s.platform, nil
 }
 
 func (s *Service) get(id string) (*container, error) {

@@ -19,7 +19,7 @@ import (
 	"github.com/raksh-project/raksh/internal/wire"
 )
 
-func specAny(t *testing.T, s *specs.Spec) *ptypes.Any {
+func specAny(t testing.TB, s *specs.Spec) *ptypes.Any {
 	b, err := json.Marshal(s)
 	if err != nil {
 		t.Fatal(err)
@@ -34,7 +34,7 @@ func specAny(t *testing.T, s *specs.Spec) *ptypes.Any {
 // TestCreateRejects checks the agent refuses malformed requests with the
 // right class of error before touching the runtime.
 func TestCreateRejects(t *testing.T) {
-	svc := agent.NewService(t.TempDir(), agenttest.NewHostRuntime())
+	svc := agent.NewService(t.TempDir(), agenttest.NewRuntime(t))
 	ctx := context.Background()
 	good := &specs.Spec{Process: &specs.Process{Args: []string{"true"}}}
 	rootfs := []*types.Mount{{Type: wire.RootfsTar, Source: wire.RootfsStream("c1")}}
@@ -67,7 +67,7 @@ func TestCreateRejects(t *testing.T) {
 }
 
 func TestUnknownTask(t *testing.T) {
-	svc := agent.NewService(t.TempDir(), agenttest.NewHostRuntime())
+	svc := agent.NewService(t.TempDir(), agenttest.NewRuntime(t))
 	ctx := context.Background()
 	if _, err := svc.Start(ctx, &taskAPI.StartRequest{ID: "ghost"}); !errdefs.IsNotFound(errgrpc.ToNative(err)) {
 		t.Errorf("start: %v", err)

@@ -87,9 +87,13 @@ func (s *Service) sandboxPid(spec *specs.Spec) int {
 		return 0
 	}
 	s.mu.Lock()
-	defer s.mu.Unlock()
-	if c, ok := s.containers[sb]; ok && c.init != nil && !c.init.hasExited() {
-		return c.init.getPid()
+	var p *process
+	if c, ok := s.containers[sb]; ok {
+		p = c.init
 	}
-	return 0
+	s.mu.Unlock()
+	if p == nil || !p.proc.ExitedAt().IsZero() {
+		return 0
+	}
+	return p.proc.Pid()
 }

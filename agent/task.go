@@ -9,12 +9,15 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/containerd/console"
 	taskAPI "github.com/containerd/containerd/api/runtime/task/v3"
 	"github.com/containerd/containerd/api/types/task"
+	runcproc "github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2/process"
 	"github.com/containerd/containerd/v2/pkg/protobuf"
 	ptypes "github.com/containerd/containerd/v2/pkg/protobuf/types"
 	"github.com/containerd/errdefs"
 	"github.com/containerd/errdefs/pkg/errgrpc"
+	runc "github.com/containerd/go-runc"
 	"github.com/containerd/log"
 	"github.com/containerd/typeurl/v2"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
@@ -82,20 +85,40 @@ func (s *Service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 		return nil, errgrpc.ToGRPC(err)
 	}
 
-	p := newProcess(r.ID, "", r.Terminal)
 	stdout, stderr, err := s.outputStreams(ctx, c, r.Terminal, r.Stdout, r.Stderr)
 	if err != nil {
 		return nil, errgrpc.ToGRPC(err)
 	}
-	pid, err := s.startProcess(ctx, p, r.Stdin, stdout, stderr, func(stdio Stdio, console string) (int, error) {
-		return s.rt.Create(ctx, r.ID, c.bundle, stdio, console)
-	})
+	names := [3]string{r.Stdin, stdout, stderr}
+	dir := s.ioDir()
+	pio, err := s.openIO(ctx, dir, ioPaths(dir, names, r.Terminal), names)
 	if err != nil {
+		return nil, errgrpc.ToGRPC(err)
+	}
+	platform, err := s.consolePlatform()
+	if err != nil {
+		pio.release()
+		return nil, errgrpc.ToGRPC(err)
+	}
+	init := runcproc.New(r.ID, s.rt.runc(c.bundle), pio.stdio(r.Terminal))
+	init.Bundle = c.bundle
+	init.WorkDir = c.bundle
+	init.Platform = platform
+	// The guest's root is the initramfs, where pivot_root is not allowed.
+	init.NoPivotRoot = true
+	if err := init.Create(ctx, &runcproc.CreateConfig{ID: r.ID, Bundle: c.bundle, Terminal: r.Terminal,
+		Stdin: pio.paths[0], Stdout: pio.paths[1], Stderr: pio.paths[2]}); err != nil {
+		pio.release()
+		// Create fails before or after runc created the container.
+		init.Runtime().Delete(context.WithoutCancel(ctx), r.ID, &runc.DeleteOpts{Force: true})
 		return nil, errgrpc.ToGRPC(runtimeErr(c, "create", err))
 	}
+	pio.setStdin(init.Stdin())
+	p := &process{id: r.ID, terminal: r.Terminal, proc: init, init: init, io: pio}
 	s.mu.Lock()
 	c.init = p
 	s.mu.Unlock()
+	pid := init.Pid()
 	s.track(p, pid)
 	log.G(ctx).WithFields(log.Fields{"id": r.ID, "pid": pid}).Info("container created")
 	if s.created != nil {
@@ -110,34 +133,53 @@ func (s *Service) Start(ctx context.Context, r *taskAPI.StartRequest) (*taskAPI.
 	if err != nil {
 		return nil, errgrpc.ToGRPC(err)
 	}
-	// beginStart lets one Start through; a second one is refused.
-	if err := p.beginStart(); err != nil {
+	if err := notStarted(ctx, p); err != nil {
 		return nil, errgrpc.ToGRPC(err)
 	}
-	if r.ExecID != "" {
-		var proc specs.Process
-		if err := json.Unmarshal(p.pendingSpec(), &proc); err != nil {
-			p.endStart(false)
-			return nil, errgrpc.ToGRPC(fmt.Errorf("decode the process of exec %q: %w: %w", r.ExecID, err, errdefs.ErrInvalidArgument))
+	if r.ExecID == "" {
+		if err := p.proc.Start(ctx); err != nil {
+			return nil, errgrpc.ToGRPC(runtimeErr(c, "start", err))
 		}
-		pid, err := s.startProcess(ctx, p, p.stdio[0], p.stdio[1], p.stdio[2], func(stdio Stdio, console string) (int, error) {
-			return s.rt.Exec(ctx, c.id, r.ExecID, &proc, stdio, console)
-		})
-		if err != nil {
-			p.endStart(false)
-			return nil, errgrpc.ToGRPC(fmt.Errorf("exec %q in %q: %w", r.ExecID, c.id, err))
-		}
-		s.track(p, pid)
-		p.endStart(true)
-		log.G(ctx).WithFields(log.Fields{"id": c.id, "exec": r.ExecID, "pid": pid}).Debug("exec started")
-		return &taskAPI.StartResponse{Pid: uint32(pid)}, nil
+		return &taskAPI.StartResponse{Pid: uint32(p.proc.Pid())}, nil
 	}
-	if err := s.rt.Start(ctx, r.ID); err != nil {
-		p.endStart(false)
-		return nil, errgrpc.ToGRPC(runtimeErr(c, "start", err))
+	// One Start claims the exec's streams and runs it; another one is
+	// refused.
+	s.mu.Lock()
+	if p.starting {
+		s.mu.Unlock()
+		return nil, errgrpc.ToGRPCf(errdefs.ErrFailedPrecondition, "exec %q already started", r.ExecID)
 	}
-	p.endStart(true)
-	return &taskAPI.StartResponse{Pid: uint32(p.getPid())}, nil
+	p.starting = true
+	s.mu.Unlock()
+	pio, err := s.openIO(ctx, p.ioDir, ioPaths(p.ioDir, p.streams, p.terminal), p.streams)
+	if err != nil {
+		return nil, errgrpc.ToGRPC(fmt.Errorf("exec %q in %q: %w", r.ExecID, c.id, err))
+	}
+	s.mu.Lock()
+	p.io = pio
+	s.mu.Unlock()
+	if err := p.proc.Start(ctx); err != nil {
+		pio.release()
+		return nil, errgrpc.ToGRPC(fmt.Errorf("exec %q in %q: %w", r.ExecID, c.id, runtimeErr(c, "exec in", err)))
+	}
+	pio.setStdin(p.proc.Stdin())
+	pid := p.proc.Pid()
+	s.track(p, pid)
+	log.G(ctx).WithFields(log.Fields{"id": c.id, "exec": r.ExecID, "pid": pid}).Debug("exec started")
+	return &taskAPI.StartResponse{Pid: uint32(pid)}, nil
+}
+
+// notStarted refuses to start a process that was started or has exited
+// (the process package's own refusals carry no error class).
+func notStarted(ctx context.Context, p *process) error {
+	switch st, _ := p.proc.Status(ctx); st {
+	case "created":
+		return nil
+	case "stopped", "deleted":
+		return fmt.Errorf("%s has exited: %w", p.name(), errdefs.ErrFailedPrecondition)
+	default:
+		return fmt.Errorf("%s already started: %w", p.name(), errdefs.ErrFailedPrecondition)
+	}
 }
 
 // Exec registers an additional process; Start runs it.
@@ -157,14 +199,30 @@ func (s *Service) Exec(ctx context.Context, r *taskAPI.ExecProcessRequest) (*pty
 		return nil, errgrpc.ToGRPC(err)
 	}
 	s.mu.Lock()
+	init := c.init
+	_, dup := c.execs[r.ExecID]
+	s.mu.Unlock()
+	if init == nil {
+		return nil, errgrpc.ToGRPCf(errdefs.ErrNotFound, "container %q is being created", r.ID)
+	}
+	if dup {
+		return nil, errgrpc.ToGRPCf(errdefs.ErrAlreadyExists, "exec %q", r.ExecID)
+	}
+	names := [3]string{r.Stdin, r.Stdout, r.Stderr}
+	dir := s.ioDir()
+	paths := ioPaths(dir, names, r.Terminal)
+	// Not under s.mu: the init's own lock may be held by a runc call.
+	e, err := init.init.Exec(ctx, c.bundle, &runcproc.ExecConfig{ID: r.ExecID, Terminal: r.Terminal,
+		Stdin: paths[0], Stdout: paths[1], Stderr: paths[2], Spec: &ptypes.Any{Value: proc}})
+	if err != nil {
+		return nil, errgrpc.ToGRPC(fmt.Errorf("exec %q in %q: %w: %w", r.ExecID, r.ID, err, errdefs.ErrFailedPrecondition))
+	}
+	s.mu.Lock()
 	defer s.mu.Unlock()
 	if _, ok := c.execs[r.ExecID]; ok {
 		return nil, errgrpc.ToGRPCf(errdefs.ErrAlreadyExists, "exec %q", r.ExecID)
 	}
-	p := newProcess(r.ID, r.ExecID, r.Terminal)
-	p.spec = proc
-	p.stdio = [3]string{r.Stdin, r.Stdout, r.Stderr}
-	c.execs[r.ExecID] = p
+	c.execs[r.ExecID] = &process{id: r.ID, execID: r.ExecID, terminal: r.Terminal, proc: e, ioDir: dir, streams: names}
 	return &ptypes.Empty{}, nil
 }
 
@@ -174,39 +232,31 @@ func (s *Service) Wait(ctx context.Context, r *taskAPI.WaitRequest) (*taskAPI.Wa
 	if err != nil {
 		return nil, errgrpc.ToGRPC(err)
 	}
-	select {
-	case <-p.exited:
-	case <-ctx.Done():
-		return nil, errgrpc.ToGRPC(ctx.Err())
+	if err := p.proc.Wait(ctx); err != nil {
+		return nil, errgrpc.ToGRPC(err)
 	}
 	log.G(ctx).WithFields(log.Fields{"id": r.ID, "exec": r.ExecID}).Debug("wait: exited, draining output")
-	p.ioDone.Wait()
-	p.closeIO()
-	st := p.snapshot()
-	return &taskAPI.WaitResponse{ExitStatus: uint32(st.status), ExitedAt: protobuf.ToTimestamp(st.exitedAt)}, nil
+	pio := s.procIO(p)
+	pio.wait()
+	pio.close()
+	return &taskAPI.WaitResponse{ExitStatus: uint32(p.proc.ExitStatus()), ExitedAt: protobuf.ToTimestamp(p.proc.ExitedAt())}, nil
+}
+
+// procIO returns p's stdio, nil before an exec started.
+func (s *Service) procIO(p *process) *procIO {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return p.io
 }
 
 // Kill signals a process.
 func (s *Service) Kill(ctx context.Context, r *taskAPI.KillRequest) (*ptypes.Empty, error) {
-	c, p, err := s.getProcess(r.ID, r.ExecID)
+	_, p, err := s.getProcess(r.ID, r.ExecID)
 	if err != nil {
 		return nil, errgrpc.ToGRPC(err)
 	}
-	if r.ExecID != "" {
-		pid := p.getPid()
-		if pid == 0 || p.hasExited() {
-			return nil, errgrpc.ToGRPCf(errdefs.ErrNotFound, "exec %q is not running", r.ExecID)
-		}
-		if err := syscall.Kill(pid, syscall.Signal(r.Signal)); err != nil {
-			return nil, errgrpc.ToGRPC(fmt.Errorf("signal exec %q: %w", r.ExecID, err))
-		}
-		return &ptypes.Empty{}, nil
-	}
-	if p.hasExited() && !r.All {
-		return nil, errgrpc.ToGRPCf(errdefs.ErrNotFound, "container %q: process already finished", c.id)
-	}
-	if err := s.rt.Kill(ctx, c.id, int(r.Signal), r.All); err != nil {
-		return nil, errgrpc.ToGRPC(fmt.Errorf("kill %q: %w", c.id, err))
+	if err := p.proc.Kill(ctx, r.Signal, r.All); err != nil {
+		return nil, errgrpc.ToGRPC(fmt.Errorf("signal %s: %w", p.name(), err))
 	}
 	return &ptypes.Empty{}, nil
 }
@@ -218,34 +268,45 @@ func (s *Service) Delete(ctx context.Context, r *taskAPI.DeleteRequest) (*taskAP
 		return nil, errgrpc.ToGRPC(err)
 	}
 	if r.ExecID != "" {
-		if st := p.snapshot(); st.state != procCreated && st.state != procStopped {
+		if st, _ := p.proc.Status(ctx); st == "running" {
 			return nil, errgrpc.ToGRPCf(errdefs.ErrFailedPrecondition, "exec %q is still running", r.ExecID)
+		}
+		if err := p.proc.Delete(ctx); err != nil {
+			return nil, errgrpc.ToGRPC(fmt.Errorf("delete exec %q: %w", r.ExecID, err))
 		}
 		s.mu.Lock()
 		delete(c.execs, r.ExecID)
+		pio := p.io
 		s.mu.Unlock()
-		p.closeIO()
-		st := p.snapshot()
-		return &taskAPI.DeleteResponse{Pid: uint32(st.pid), ExitStatus: uint32(st.status), ExitedAt: protobuf.ToTimestamp(st.exitedAt)}, nil
+		pio.release()
+		return &taskAPI.DeleteResponse{Pid: uint32(p.proc.Pid()), ExitStatus: uint32(p.proc.ExitStatus()), ExitedAt: protobuf.ToTimestamp(p.proc.ExitedAt())}, nil
 	}
-	if err := s.rt.Delete(ctx, c.id, true); err != nil {
-		log.G(ctx).WithError(err).WithField("id", c.id).Warn("runc delete failed")
-	}
-	if !p.hasExited() {
-		// A created but never started container: its process is gone now.
-		select {
-		case <-p.exited:
-		case <-time.After(2 * time.Second):
-			p.setExited(128 + int(syscall.SIGKILL))
+	// The task API deletes a container whatever its state: a created or
+	// running one is killed first (the process package refuses to delete
+	// a running process).
+	if st, _ := p.proc.Status(ctx); st == "created" || st == "running" {
+		if err := p.proc.Kill(ctx, uint32(syscall.SIGKILL), true); err != nil {
+			log.G(ctx).WithError(err).WithField("id", c.id).Warn("kill before delete failed")
 		}
+		wctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		if p.proc.Wait(wctx) != nil {
+			// Its exit was not reaped (runc never started it); record one.
+			p.proc.SetExited(128 + int(syscall.SIGKILL))
+		}
+		cancel()
 	}
-	p.closeIO()
 	s.mu.Lock()
 	delete(s.containers, c.id)
-	for _, e := range c.execs {
-		e.closeIO()
-	}
+	execs := c.execs
 	s.mu.Unlock()
+	for _, e := range execs {
+		e.proc.Delete(ctx)
+		s.procIO(e).release()
+	}
+	if err := p.proc.Delete(ctx); err != nil {
+		log.G(ctx).WithError(err).WithField("id", c.id).Warn("runc delete failed")
+	}
+	p.io.release()
 	if err := releaseRootfs(c.bundle); err != nil {
 		log.G(ctx).WithError(err).WithField("id", c.id).Warn("failed to unmount rootfs")
 	}
@@ -253,8 +314,7 @@ func (s *Service) Delete(ctx context.Context, r *taskAPI.DeleteRequest) (*taskAP
 		log.G(ctx).WithError(err).WithField("id", c.id).Warn("failed to remove bundle")
 	}
 	s.removeVolumes(ctx, c)
-	st := p.snapshot()
-	return &taskAPI.DeleteResponse{Pid: uint32(st.pid), ExitStatus: uint32(st.status), ExitedAt: protobuf.ToTimestamp(st.exitedAt)}, nil
+	return &taskAPI.DeleteResponse{Pid: uint32(p.proc.Pid()), ExitStatus: uint32(p.proc.ExitStatus()), ExitedAt: protobuf.ToTimestamp(p.proc.ExitedAt())}, nil
 }
 
 // State reports a process's state.
@@ -263,28 +323,37 @@ func (s *Service) State(ctx context.Context, r *taskAPI.StateRequest) (*taskAPI.
 	if err != nil {
 		return nil, errgrpc.ToGRPC(err)
 	}
-	ps := p.snapshot()
-	st := task.Status_CREATED
-	switch ps.state {
-	case procStopped:
-		st = task.Status_STOPPED
-	case procRunning:
+	ps, err := p.proc.Status(ctx)
+	if err != nil {
+		return nil, errgrpc.ToGRPC(err)
+	}
+	st := task.Status_UNKNOWN
+	switch ps {
+	case "created":
+		st = task.Status_CREATED
+	case "running":
 		st = task.Status_RUNNING
+	case "stopped", "deleted":
+		st = task.Status_STOPPED
+	case "paused":
+		st = task.Status_PAUSED
+	case "pausing":
+		st = task.Status_PAUSING
 	}
 	resp := &taskAPI.StateResponse{
-		ID: r.ID, ExecID: r.ExecID, Bundle: c.bundle, Pid: uint32(ps.pid), Status: st,
-		Terminal: p.terminal, ExitStatus: uint32(ps.status), ExitedAt: protobuf.ToTimestamp(ps.exitedAt),
+		ID: r.ID, ExecID: r.ExecID, Bundle: c.bundle, Pid: uint32(p.proc.Pid()), Status: st,
+		Terminal: p.terminal, ExitStatus: uint32(p.proc.ExitStatus()), ExitedAt: protobuf.ToTimestamp(p.proc.ExitedAt()),
 	}
 	return resp, nil
 }
 
 // Pids lists a container's processes.
 func (s *Service) Pids(ctx context.Context, r *taskAPI.PidsRequest) (*taskAPI.PidsResponse, error) {
-	c, err := s.get(r.ID)
+	_, p, err := s.getProcess(r.ID, "")
 	if err != nil {
 		return nil, errgrpc.ToGRPC(err)
 	}
-	pids, err := s.rt.Pids(ctx, c.id)
+	pids, err := p.init.Runtime().Ps(ctx, r.ID)
 	if err != nil {
 		return nil, errgrpc.ToGRPC(err)
 	}
@@ -316,13 +385,10 @@ func (s *Service) ResizePty(ctx context.Context, r *taskAPI.ResizePtyRequest) (*
 	if err != nil {
 		return nil, errgrpc.ToGRPC(err)
 	}
-	p.mu.Lock()
-	con := p.console
-	p.mu.Unlock()
-	if con == nil {
+	if !p.terminal {
 		return nil, errgrpc.ToGRPCf(errdefs.ErrFailedPrecondition, "process has no terminal")
 	}
-	if err := con.Resize(uint16(r.Width), uint16(r.Height)); err != nil {
+	if err := p.proc.Resize(console.WinSize{Width: uint16(r.Width), Height: uint16(r.Height)}); err != nil {
 		return nil, errgrpc.ToGRPC(err)
 	}
 	return &ptypes.Empty{}, nil
@@ -335,19 +401,14 @@ func (s *Service) CloseIO(ctx context.Context, r *taskAPI.CloseIORequest) (*ptyp
 		return nil, errgrpc.ToGRPC(err)
 	}
 	if r.Stdin {
-		p.mu.Lock()
-		if p.stdin != nil {
-			p.stdin.Close()
-			p.stdin = nil
-		}
-		p.mu.Unlock()
+		s.procIO(p).closeStdin()
 	}
 	return &ptypes.Empty{}, nil
 }
 
 // Update changes a container's resources.
 func (s *Service) Update(ctx context.Context, r *taskAPI.UpdateTaskRequest) (*ptypes.Empty, error) {
-	c, err := s.get(r.ID)
+	_, p, err := s.getProcess(r.ID, "")
 	if err != nil {
 		return nil, errgrpc.ToGRPC(err)
 	}
@@ -358,7 +419,7 @@ func (s *Service) Update(ctx context.Context, r *taskAPI.UpdateTaskRequest) (*pt
 	if err := json.Unmarshal(r.Resources.GetValue(), &res); err != nil {
 		return nil, errgrpc.ToGRPC(fmt.Errorf("decode resources: %w: %w", err, errdefs.ErrInvalidArgument))
 	}
-	if err := s.rt.Update(ctx, c.id, &res); err != nil {
+	if err := p.init.Update(ctx, r.Resources); err != nil {
 		return nil, errgrpc.ToGRPC(err)
 	}
 	return &ptypes.Empty{}, nil
@@ -388,7 +449,7 @@ func (s *Service) Stats(ctx context.Context, r *taskAPI.StatsRequest) (*taskAPI.
 func (s *Service) Connect(ctx context.Context, r *taskAPI.ConnectRequest) (*taskAPI.ConnectResponse, error) {
 	resp := &taskAPI.ConnectResponse{ShimPid: uint32(os.Getpid()), Version: agentapi.Version}
 	if _, p, err := s.getProcess(r.ID, ""); err == nil {
-		resp.TaskPid = uint32(p.getPid())
+		resp.TaskPid = uint32(p.proc.Pid())
 	}
 	return resp, nil
 }

@@ -21,9 +21,11 @@ run go test -tags integration -run '^$' -bench 'VirtioFSThroughput' -benchtime 1
 run go test -tags integration -run '^$' -bench 'ScratchThroughput' -benchtime 1x -timeout 30m ./integration/
 # Storage (root): first output and QEMU RSS vs image size (0-600 MiB unread layer), tar vs erofs plain rootfs; one run.
 run go test -tags integration -run '^$' -bench 'FirstOutputVsImageSize' -benchtime 1x -timeout 60m ./integration/
+# Process stdio (root): an exec's stdout out of the VM.
+run go test -tags integration -run '^$' -bench 'ExecStdoutThroughput' -benchtime 3x -timeout 20m ./integration/
 run go test -tags integration -run '^$' -bench 'BootToAgent' -benchtime 5x -timeout 30m ./runtime/vm/
 # Components.
 run go test -run '^$' -bench . -benchtime 200x ./envelope/ ./tee/sim/ ./kbs/...
 run go test -run '^$' -bench . -benchtime 1x ./nri/
-run go test -run '^$' -bench . -benchtime 3x ./snapshotter/ ./agent/image/
+run go test -run '^$' -bench . -benchtime 3x ./snapshotter/ ./agent/image/ ./agent/
 echo "results in $res"

@@ -86,7 +86,7 @@ func (f *fakeVM) Start(ctx context.Context) error {
 		if f.opts != nil {
 			opts = f.opts(func() transport.Session { return s })
 		}
-		svc := agent.NewService(filepath.Join(f.dir, "guest"), agenttest.NewHostRuntime(), opts...)
+		svc := agent.NewService(filepath.Join(f.dir, "guest"), agenttest.NewRuntime(f.t), opts...)
 		f.agent.Store(svc)
 		agent.Serve(context.Background(), s, svc)
 	}()

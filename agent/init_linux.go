@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/signal"
 	"path/filepath"
 	"strings"
 	"time"
@@ -129,8 +130,22 @@ func FindPort(ctx context.Context, name string, timeout time.Duration) (string, 
 }
 
 // SerialPort is a virtio-serial port whose reads return EOF while the host
-// side is not connected; it retries such reads instead.
-type SerialPort struct{ f *os.File }
+// side is not connected; it waits for the host instead.
+//
+// The port cannot be waited on with poll(2): while the host is not connected
+// the virtio console driver reports POLLHUP at once (port_fops_poll) and a
+// read returns 0 without blocking, even on a blocking descriptor
+// (port_fops_read). What the driver does signal is the host connecting: it
+// sends SIGIO to the owner of a port opened with O_ASYNC
+// (send_sigio_to_port). So a read that finds no host waits for SIGIO.
+type SerialPort struct {
+	f     *os.File
+	sigio chan os.Signal
+}
+
+// hostWaitFallback bounds a wait for the host's SIGIO, should the signal be
+// lost (a SIGIO is not queued twice): the read is then retried.
+const hostWaitFallback = time.Second
 
 // OpenSerialPort opens the port device.
 func OpenSerialPort(dev string) (*SerialPort, error) {
@@ -138,7 +153,37 @@ func OpenSerialPort(dev string) (*SerialPort, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &SerialPort{f: f}, nil
+	p := &SerialPort{f: f, sigio: make(chan os.Signal, 1)}
+	signal.Notify(p.sigio, unix.SIGIO)
+	if err := setAsync(f); err != nil {
+		signal.Stop(p.sigio)
+		f.Close()
+		return nil, fmt.Errorf("serial port %s: ask for SIGIO: %w", dev, err)
+	}
+	return p, nil
+}
+
+// setAsync makes the kernel send SIGIO to this process for f.
+func setAsync(f *os.File) error {
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var serr error
+	err = rc.Control(func(fd uintptr) {
+		if _, serr = unix.FcntlInt(fd, unix.F_SETOWN, os.Getpid()); serr != nil {
+			return
+		}
+		var fl int
+		if fl, serr = unix.FcntlInt(fd, unix.F_GETFL, 0); serr != nil {
+			return
+		}
+		_, serr = unix.FcntlInt(fd, unix.F_SETFL, fl|unix.O_ASYNC)
+	})
+	if err != nil {
+		return err
+	}
+	return serr
 }
 
 // Read implements io.Reader, treating EOF as "host not connected yet".
@@ -148,7 +193,13 @@ func (p *SerialPort) Read(b []byte) (int, error) {
 		if n > 0 || (err != nil && err != io.EOF) {
 			return n, err
 		}
-		time.Sleep(10 * time.Millisecond)
+		t := time.NewTimer(hostWaitFallback)
+		select {
+		case <-p.sigio:
+		case <-t.C:
+			log.L.Debug("serial port: no SIGIO from the host connecting; reading again")
+		}
+		t.Stop()
 	}
 }
 
@@ -156,7 +207,10 @@ func (p *SerialPort) Read(b []byte) (int, error) {
 func (p *SerialPort) Write(b []byte) (int, error) { return p.f.Write(b) }
 
 // Close implements io.Closer.
-func (p *SerialPort) Close() error { return p.f.Close() }
+func (p *SerialPort) Close() error {
+	signal.Stop(p.sigio)
+	return p.f.Close()
+}
 
 // CgroupStats returns the cgroup v2 metrics of a container in the guest.
 func CgroupStats(id string) (any, error) {

@@ -212,7 +212,8 @@ func layerReadError(desc ocispec.Descriptor, err error) error {
 
 // stage creates a staging directory next to dest and returns a commit
 // function renaming it to dest and a discard function; dest must not exist
-// or be an empty directory.
+// or be an empty directory. (A directory is renamed: continuity's
+// AtomicWriteFile, for single files, does not apply.)
 func stage(dest string) (string, func() error, func(), error) {
 	if entries, err := os.ReadDir(dest); err == nil && len(entries) > 0 {
 		return "", nil, nil, fmt.Errorf("destination %s is not empty: %w", dest, errdefs.ErrAlreadyExists)

@@ -368,6 +368,8 @@ func (s *Store) putTree(dir string, entries []Entry) error {
 		if cur, err := os.Readlink(p); err == nil && cur == e.Target {
 			continue
 		}
+		// A symlink is replaced by rename too; continuity.AtomicWriteFile
+		// writes regular files only.
 		tmp := filepath.Join(filepath.Dir(p), ".raksh-tmp-link")
 		os.Remove(tmp)
 		if err := os.Symlink(e.Target, tmp); err != nil {
@@ -437,6 +439,11 @@ func (s *Store) putFile(p string, entries []Entry) error {
 	return setAttrs(p, e)
 }
 
+// writeFileAtomic replaces p by a file with e's content and attributes. Not
+// continuity.AtomicWriteFile: that can only chmod its temporary file, so the
+// file would appear owned by root and be chowned after the rename, unreadable
+// meanwhile by a container user that owns a 0600 file. Here the owner is set
+// before the rename.
 func writeFileAtomic(p string, e Entry) error {
 	if st, err := os.Lstat(p); err == nil && st.IsDir() {
 		if err := os.RemoveAll(p); err != nil {

@@ -163,6 +163,12 @@ func writeCpio(dir, output string, compress bool) error {
 	if err := w.Close(); err != nil {
 		return err
 	}
+	// Not continuity.AtomicWriteFile: that takes the whole content as one
+	// []byte, and the archive is streamed (tens of MB of modules and
+	// binaries). Same steps by hand: sync, close, rename.
+	if err := out.Sync(); err != nil {
+		return err
+	}
 	if err := out.Close(); err != nil {
 		return err
 	}

@@ -66,6 +66,10 @@ type layerDisks struct {
 	disks   map[string]*layerDisk   // image path -> disk
 	users   map[string][]*layerDisk // container id -> the disks it holds, one per layer
 	serials map[int]bool            // serial numbers in use, or retired
+	// noUnplug is set once the guest failed to release a device in time:
+	// this VM's disks then stay attached (each further try would wait
+	// as long again).
+	noUnplug bool
 }
 
 // layerDisk is one layer image's disk in the VM. refs is guarded by
@@ -143,7 +147,9 @@ func (l *layerDisks) forget(d *layerDisk) {
 // the next container needing the layer uses it again (its deletion retries
 // the detach); when the unplug fails, the guest may still hold the device,
 // so its serial is retired (never reused) and the layer gets a new disk
-// when it is needed again.
+// when it is needed again; when the guest did not release the device in
+// time, the VM's disks are no longer unplugged (each try would wait as
+// long).
 func (l *layerDisks) release(ctx context.Context, d *layerDisk) {
 	l.mu.Lock()
 	d.refs--
@@ -156,9 +162,9 @@ func (l *layerDisks) release(ctx context.Context, d *layerDisk) {
 	d.op.Lock()
 	defer d.op.Unlock()
 	l.mu.Lock()
-	busy := d.refs > 0
+	busy, noUnplug := d.refs > 0, l.noUnplug
 	l.mu.Unlock()
-	if busy || !d.attached {
+	if busy || !d.attached || noUnplug {
 		return
 	}
 	serial := wire.LayerSerial(d.n)
@@ -176,10 +182,17 @@ func (l *layerDisks) release(ctx context.Context, d *layerDisk) {
 	if err == nil {
 		delete(l.serials, d.n)
 	}
+	if errors.Is(err, vm.ErrUnplugPending) {
+		l.noUnplug = true
+	}
 	l.forget(d)
 	l.mu.Unlock()
 	if err != nil {
 		if l.vmGone() {
+			return
+		}
+		if errors.Is(err, vm.ErrUnplugPending) {
+			lg.WithError(err).Warn("layer disk unplug failed: its serial is retired; this VM's other layer disks stay attached until it stops")
 			return
 		}
 		lg.WithError(err).Warn("layer disk unplug failed: its serial is retired, the layer gets a new disk when needed")
@@ -317,6 +330,7 @@ func (s *Service) sendErofsRootfs(ctx context.Context, v vm.Instance, cfg *Confi
 	if s.layers.vm != v {
 		s.layers.vm, s.layers.hp, s.layers.guest = v, hp, layersClient(v)
 		s.layers.disks, s.layers.users, s.layers.serials = map[string]*layerDisk{}, map[string][]*layerDisk{}, map[int]bool{}
+		s.layers.noUnplug = false
 	}
 	if _, ok := s.layers.users[id]; ok {
 		s.layers.mu.Unlock()

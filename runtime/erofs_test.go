@@ -111,7 +111,7 @@ type hotplugVM struct {
 	byID    map[string]string // disk id -> image path
 	log     []string          // "add raksh-ro-N", "release raksh-ro-N", "remove N"
 	failAdd string            // an image path whose attach fails
-	failRm  bool              // unplugs fail
+	rmErr   error             // if set, unplugs fail with it
 	rmGate  chan struct{}     // if set, an unplug waits for it
 	done    chan struct{}
 }
@@ -163,9 +163,9 @@ func (h *hotplugVM) RemoveReadOnlyDisk(ctx context.Context, id string) error {
 		return fmt.Errorf("disk %s is not attached", id)
 	}
 	delete(h.serial, path)
-	if h.failRm {
+	if h.rmErr != nil {
 		// The device is stuck: its id stays taken.
-		return errors.New("device_del: still present")
+		return h.rmErr
 	}
 	delete(h.byID, id)
 	return nil
@@ -272,7 +272,8 @@ func TestSendErofsRootfs(t *testing.T) {
 // goes, its serial is reused afterwards (lowest first); a guest refusal
 // keeps the disk attached and reusable; a failed unplug retires the serial;
 // a failed create releases what it took; a container needing a layer
-// while it is being detached waits and attaches it again.
+// while it is being detached waits and attaches it again; after a guest
+// did not release a device in time, the VM's disks stay.
 func TestLayerDiskLifecycle(t *testing.T) {
 	root := t.TempDir()
 	mkfs := filepath.Join(root, "mkfs")
@@ -360,10 +361,10 @@ func TestLayerDiskLifecycle(t *testing.T) {
 	step("kept disk reused, then detached", "release raksh-ro-0", "remove 0")
 
 	// The unplug fails: serial 0 is retired, the layer gets a new disk.
-	v.failRm = true
+	v.rmErr = errors.New("device_del: DeviceNotFound")
 	mustCreate("f", []string{"raksh-ro-0"}, base)
 	s.releaseLayers(ctx, "f")
-	v.failRm = false
+	v.rmErr = nil
 	mustCreate("g", []string{"raksh-ro-1"}, base)
 	step("unplug failure retires the serial", "add raksh-ro-0", "release raksh-ro-0", "remove 0", "add raksh-ro-1")
 	s.releaseLayers(ctx, "g")
@@ -420,5 +421,19 @@ func TestLayerDiskLifecycle(t *testing.T) {
 	step("create during detach", "release raksh-ro-1", "remove 1", "add raksh-ro-1")
 	if v.serial[img(base)] != "raksh-ro-1" {
 		t.Fatalf("j's layer is not attached: %v", v.serial)
+	}
+
+	// A guest that does not release a device in time: that serial is
+	// retired and the VM's disks are no longer unplugged.
+	v.rmErr = fmt.Errorf("device_del of ro-dev-1: %w", vm.ErrUnplugPending)
+	s.releaseLayers(ctx, "j")
+	step("unplug timeout", "release raksh-ro-1", "remove 1")
+	v.rmErr = nil
+	// Serials 0 and 1 are retired, and so is 2 (h's failed attach).
+	mustCreate("k", []string{"raksh-ro-3", "raksh-ro-4"}, topA, base)
+	s.releaseLayers(ctx, "k")
+	step("no unplug after a timeout", "add raksh-ro-3", "add raksh-ro-4")
+	if n := attached(); n != 2 {
+		t.Errorf("%d disks attached, want k's 2 (kept)", n)
 	}
 }

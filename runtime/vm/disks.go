@@ -22,6 +22,10 @@ type ReadOnlyDisks interface {
 	RemoveReadOnlyDisk(ctx context.Context, id string) error
 }
 
+// ErrUnplugPending is returned (wrapped) by RemoveReadOnlyDisk when the
+// guest did not release the device in time.
+var ErrUnplugPending = qemu.ErrUnplugPending
+
 // unplugTimeout bounds the wait for the guest to release an unplugged
 // disk.
 const unplugTimeout = 20 * time.Second

@@ -149,7 +149,7 @@ func (l *layerDisks) forget(d *layerDisk) {
 // so its serial is retired (never reused) and the layer gets a new disk
 // when it is needed again; when the guest did not release the device in
 // time, the VM's disks are no longer unplugged (each try would wait as
-// long).
+// long, delaying a container that needs the layer).
 func (l *layerDisks) release(ctx context.Context, d *layerDisk) {
 	l.mu.Lock()
 	d.refs--
@@ -169,14 +169,17 @@ func (l *layerDisks) release(ctx context.Context, d *layerDisk) {
 	}
 	serial := wire.LayerSerial(d.n)
 	lg := log.G(ctx).WithField("serial", serial).WithField("snapshot", filepath.Base(filepath.Dir(d.img)))
-	if _, err := guest.Release(ctx, &agentapi.ReleaseLayerRequest{Serial: serial}); err != nil {
+	rctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	_, err := guest.Release(rctx, &agentapi.ReleaseLayerRequest{Serial: serial})
+	cancel()
+	if err != nil {
 		if l.vmGone() {
 			return
 		}
 		lg.WithError(err).Warn("layer disk stays attached: the guest did not release it")
 		return
 	}
-	err := hp.RemoveReadOnlyDisk(ctx, strconv.Itoa(d.n))
+	err = hp.RemoveReadOnlyDisk(ctx, strconv.Itoa(d.n))
 	l.mu.Lock()
 	d.attached = false
 	if err == nil {
@@ -215,13 +218,33 @@ func (l *layerDisks) vmGone() bool {
 	}
 }
 
-// releaseLayers releases the layer disks container id holds (its deletion,
-// or its failed creation). When the VM is gone there is nothing to detach.
+// releaseLayers releases the layer disks container id holds and waits for
+// their detaches. When the VM is gone there is nothing to detach.
 func (s *Service) releaseLayers(ctx context.Context, id string) {
+	s.releaseDisks(ctx, s.takeLayers(id))
+}
+
+// releaseLayersLater releases the layer disks container id holds (its
+// deletion, or its failed creation) without waiting for the detaches: the
+// container's deletion (and the pod's, which CRI does container by
+// container) does not wait for the unplugs. A container created meanwhile
+// that needs one of the layers waits for that layer's detach.
+func (s *Service) releaseLayersLater(ctx context.Context, id string) {
+	if ds := s.takeLayers(id); len(ds) > 0 {
+		go s.releaseDisks(context.WithoutCancel(ctx), ds)
+	}
+}
+
+// takeLayers removes and returns the disks container id holds.
+func (s *Service) takeLayers(id string) []*layerDisk {
 	s.layers.mu.Lock()
+	defer s.layers.mu.Unlock()
 	ds := s.layers.users[id]
 	delete(s.layers.users, id)
-	s.layers.mu.Unlock()
+	return ds
+}
+
+func (s *Service) releaseDisks(ctx context.Context, ds []*layerDisk) {
 	if len(ds) == 0 || s.layers.vmGone() {
 		return
 	}

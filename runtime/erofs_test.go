@@ -12,6 +12,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/containerd/containerd/v2/core/mount"
 	"github.com/containerd/errdefs"
@@ -435,5 +436,48 @@ func TestLayerDiskLifecycle(t *testing.T) {
 	step("no unplug after a timeout", "add raksh-ro-3", "add raksh-ro-4")
 	if n := attached(); n != 2 {
 		t.Errorf("%d disks attached, want k's 2 (kept)", n)
+	}
+}
+
+// TestReleaseLayersLater: a container's deletion hands its disks back at
+// once (the id is free again) and does not wait for the unplugs, which
+// follow in the background.
+func TestReleaseLayersLater(t *testing.T) {
+	root := t.TempDir()
+	mkfs := filepath.Join(root, "mkfs")
+	os.WriteFile(mkfs, []byte("#!/bin/sh\necho image > \"$3\"\n"), 0o755)
+	lower := filepath.Join(root, "snapshots", "1", "fs")
+	os.MkdirAll(lower, 0o755)
+	fakeGuests(t)
+	s := &Service{}
+	v := newHotplugVM()
+	ctx := context.Background()
+	ms := []mount.Mount{{Type: "overlay", Source: "overlay", Options: []string{"lowerdir=" + lower}}}
+	if _, ok, why, err := s.sendErofsRootfs(ctx, v, &Config{MkfsErofs: mkfs}, "c", ms); err != nil || !ok {
+		t.Fatalf("create: %v %q %v", ok, why, err)
+	}
+	v.rmGate = make(chan struct{})
+	returned := make(chan struct{})
+	go func() {
+		s.releaseLayersLater(ctx, "c")
+		close(returned)
+	}()
+	select {
+	case <-returned:
+	case <-time.After(time.Minute):
+		t.Fatal("releaseLayersLater waited for the unplug")
+	}
+	s.layers.mu.Lock()
+	_, held := s.layers.users["c"]
+	s.layers.mu.Unlock()
+	if held {
+		t.Error("the deleted container still holds disks")
+	}
+	close(v.rmGate)
+	for !slices.Contains(v.events(), "remove 0") {
+		runtime.Gosched()
+	}
+	if got := v.events(); !slices.Equal(got, []string{"add raksh-ro-0", "release raksh-ro-0", "remove 0"}) {
+		t.Errorf("events %q", got)
 	}
 }

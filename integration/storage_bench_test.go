@@ -64,15 +64,16 @@ func execRetry(ctx context.Context, b *testing.B, h *harness.Containerd, name, s
 // scratch disk a medium Memory emptyDir (tmpfs spilling to the swap part
 // of the disk) and a disk-backed emptyDir (the ext2 filesystem on
 // dm-crypt+dm-integrity, read back with O_DIRECT so the guest's page cache
-// does not answer). Each writes and reads back sizeMiB. The plain guest
-// has the default 512 MiB; the scratch guest has scratchGuestMiB so that
-// the tmpfs write pushes part of its memory to the encrypted swap; the
-// swap in use afterwards is reported.
+// does not answer). Each writes and reads back sizeMiB; the two scratch
+// places also beyondMiB, more than the guest's RAM. The plain guest has
+// the default 512 MiB; the scratch guest has scratchGuestMiB so that the
+// tmpfs write pushes part of its memory to the encrypted swap; the swap in
+// use afterwards is reported.
 func BenchmarkScratchThroughput(b *testing.B) {
-	const sizeMiB, scratchGuestMiB = 128, 256
+	const sizeMiB, beyondMiB, scratchGuestMiB = 128, 256, 256
 	type result struct{ w, r float64 }
 	res := map[string]result{}
-	measure := func(h *harness.Containerd, name, runtime, file, readFlags string, runArgs ...string) (result, string) {
+	measure := func(h *harness.Containerd, name, runtime string, mib int, file, readFlags string, runArgs ...string) (result, string) {
 		ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
 		defer cancel()
 		args := append(append([]string{"run", "-d", "--runtime", runtime}, runArgs...), busyboxRef, name, "sleep", "900")
@@ -86,18 +87,18 @@ func BenchmarkScratchThroughput(b *testing.B) {
 		}()
 		exec := func(script string) string { return execRetry(ctx, b, h, name, script) }
 		secs := func(out string) float64 { return elapsedSeconds(b, name, out) }
-		w := exec(timed(fmt.Sprintf("dd if=/dev/zero of=%s bs=1M count=%d conv=fsync 2>&1", file, sizeMiB)))
+		w := exec(timed(fmt.Sprintf("dd if=/dev/zero of=%s bs=1M count=%d conv=fsync 2>&1", file, mib)))
 		r := exec(timed(fmt.Sprintf("dd if=%s of=/dev/null bs=1M %s 2>&1", file, readFlags)) + "; grep -E 'MemTotal|SwapTotal|SwapFree' /proc/meminfo")
-		if !strings.Contains(r, fmt.Sprintf("%d+0 records in", sizeMiB)) {
+		if !strings.Contains(r, fmt.Sprintf("%d+0 records in", mib)) {
 			b.Fatalf("%s: read back: %q", name, r)
 		}
-		return result{float64(sizeMiB) / secs(w), float64(sizeMiB) / secs(r)}, r
+		return result{float64(mib) / secs(w), float64(mib) / secs(r)}, r
 	}
 
 	// Plain guest (tmpfs in RAM) and runc on the node, one containerd.
 	h := startWithBusybox(b, harness.Options{})
-	res["runc"], _ = measure(h, "bench-runc", "io.containerd.runc.v2", "/big", "")
-	res["ram"], _ = measure(h, "bench-ram", rakshRuntime, "/big", "")
+	res["runc"], _ = measure(h, "bench-runc", "io.containerd.runc.v2", sizeMiB, "/big", "")
+	res["ram"], _ = measure(h, "bench-ram", rakshRuntime, sizeMiB, "/big", "")
 	h.Stop()
 
 	// Guest with an encrypted scratch disk: a medium Memory emptyDir
@@ -121,15 +122,20 @@ func BenchmarkScratchThroughput(b *testing.B) {
 	defer unix.Unmount(memDir, unix.MNT_DETACH)
 	bind := func(src, dst string) string { return "type=bind,src=" + src + ",dst=" + dst + ",options=rbind:rw" }
 	var info string
-	res["swap"], info = measure(h, "bench-swap", rakshRuntime, "/mem/big", "", "--mount", bind(memDir, "/mem"))
-	res["scratchfs"], _ = measure(h, "bench-scratchfs", rakshRuntime, "/disk/big", "iflag=direct", "--mount", bind(diskDir, "/disk"))
+	res["swap"], info = measure(h, "bench-swap", rakshRuntime, sizeMiB, "/mem/big", "", "--mount", bind(memDir, "/mem"))
+	res["scratchfs"], _ = measure(h, "bench-scratchfs", rakshRuntime, sizeMiB, "/disk/big", "iflag=direct", "--mount", bind(diskDir, "/disk"))
+	// Beyond the guest's RAM: most of the tmpfs must go to swap.
+	var bigInfo string
+	res["swap-big"], bigInfo = measure(h, "bench-swap-big", rakshRuntime, beyondMiB, "/mem/big", "", "--mount", bind(memDir, "/mem"))
+	res["scratchfs-big"], _ = measure(h, "bench-scratchfs-big", rakshRuntime, beyondMiB, "/disk/big", "iflag=direct", "--mount", bind(diskDir, "/disk"))
 	h.Stop()
 	if !swapUsed(info) {
 		b.Logf("the scratch guest did not swap: %q", info)
 	}
 	b.ReportMetric(float64(swapUsedKB(info))/1024, "scratch-swap-used-MiB")
+	b.ReportMetric(float64(swapUsedKB(bigInfo))/1024, "scratch-big-swap-used-MiB")
 
-	for _, k := range []string{"runc", "ram", "swap", "scratchfs"} {
+	for _, k := range []string{"runc", "ram", "swap", "scratchfs", "swap-big", "scratchfs-big"} {
 		b.ReportMetric(res[k].w, k+"-write-MiB/s")
 		b.ReportMetric(res[k].r, k+"-read-MiB/s")
 	}
@@ -141,6 +147,8 @@ func BenchmarkScratchThroughput(b *testing.B) {
 	}
 	b.ReportMetric(res["scratchfs"].w/res["swap"].w, "scratchfs/swap-write")
 	b.ReportMetric(res["scratchfs"].r/res["swap"].r, "scratchfs/swap-read")
+	b.ReportMetric(res["scratchfs-big"].w/res["swap-big"].w, "scratchfs/swap-big-write")
+	b.ReportMetric(res["scratchfs-big"].r/res["swap-big"].r, "scratchfs/swap-big-read")
 	b.ReportMetric(res["ram"].w/res["runc"].w, "ram/runc-write")
 	b.ReportMetric(res["ram"].r/res["runc"].r, "ram/runc-read")
 }

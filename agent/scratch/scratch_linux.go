@@ -103,7 +103,7 @@ func Setup(ctx context.Context) error {
 		return err
 	}
 	start := time.Now()
-	if err := format(ctx, fsNode, int64(fsSectors)*512); err != nil {
+	if err := format(ctx, Mke2fs, "/tmp", fsNode, int64(fsSectors)*512); err != nil {
 		return err
 	}
 	formatted := time.Since(start)
@@ -151,8 +151,10 @@ func Setup(ctx context.Context) error {
 // sparse image in guest tmpfs and the blocks it wrote are copied to dev
 // whole (the rest stays unwritten: the filesystem allocates a block before
 // it reads it).
-func format(ctx context.Context, dev string, size int64) error {
-	img, err := os.CreateTemp("/tmp", "raksh-scratch-fs-")
+//
+// mke2fs is the formatter's path and tmp the tmpfs directory for the image.
+func format(ctx context.Context, mke2fs, tmp, dev string, size int64) error {
+	img, err := os.CreateTemp(tmp, "raksh-scratch-fs-")
 	if err != nil {
 		return err
 	}
@@ -162,8 +164,8 @@ func format(ctx context.Context, dev string, size int64) error {
 		return err
 	}
 	args := Mke2fsArgs(img.Name(), size)
-	if out, err := exec.CommandContext(ctx, Mke2fs, args...).CombinedOutput(); err != nil {
-		return fmt.Errorf("%s %s: %w: %s", Mke2fs, strings.Join(args, " "), err, bytes.TrimSpace(out))
+	if out, err := exec.CommandContext(ctx, mke2fs, args...).CombinedOutput(); err != nil {
+		return fmt.Errorf("%s %s: %w: %s", mke2fs, strings.Join(args, " "), err, bytes.TrimSpace(out))
 	}
 	out, err := os.OpenFile(dev, os.O_WRONLY, 0)
 	if err != nil {

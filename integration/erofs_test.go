@@ -555,7 +555,7 @@ func TestErofsLayerDetach(t *testing.T) {
 				t.Fatalf("%s running: %d layer devices, want at least %d", name, dev, baseDev+perImage)
 			}
 			t0 = time.Now()
-			if _, err := rs.StopContainer(ctx, &cri.StopContainerRequest{ContainerId: id, Timeout: 1}); err != nil {
+			if _, err := rs.StopContainer(ctx, &cri.StopContainerRequest{ContainerId: id, Timeout: 30}); err != nil {
 				t.Fatalf("StopContainer %s: %v", name, err)
 			}
 			if _, err := rs.RemoveContainer(ctx, &cri.RemoveContainerRequest{ContainerId: id}); err != nil {

@@ -12,9 +12,12 @@ import (
 
 	"github.com/containerd/containerd/api/types"
 	"github.com/containerd/errdefs"
+	"github.com/containerd/errdefs/pkg/errgrpc"
 	"github.com/containerd/log"
+	"github.com/moby/sys/mountinfo"
 	"golang.org/x/sys/unix"
 
+	agentapi "github.com/raksh-project/raksh/api/agent/v1"
 	"github.com/raksh-project/raksh/internal/wire"
 )
 
@@ -29,6 +32,9 @@ var layerDiskTimeout = 60 * time.Second
 var (
 	layerMu      sync.Mutex
 	layerMounted = map[string]string{} // serial -> mount point
+	// layerStacking counts, per serial, the containers between mounting
+	// the layer disk and stacking their overlay: Release refuses those.
+	layerStacking = map[string]int{}
 )
 
 // mountLayers builds dest from the erofs layer disks named by mounts
@@ -54,11 +60,22 @@ func (s *Service) mountLayers(ctx context.Context, id string, mounts []*types.Mo
 			}
 		}
 	}
+	var held []string
+	defer func() {
+		layerMu.Lock()
+		for _, serial := range held {
+			if layerStacking[serial]--; layerStacking[serial] == 0 {
+				delete(layerStacking, serial)
+			}
+		}
+		layerMu.Unlock()
+	}()
 	for _, m := range mounts {
 		mp, err := mountLayerDisk(ctx, m.Source)
 		if err != nil {
 			return fmt.Errorf("rootfs of %q: %w", id, err)
 		}
+		held = append(held, m.Source)
 		lowers = append(lowers, mp)
 	}
 	bundle := filepath.Dir(dest)
@@ -82,6 +99,7 @@ func mountLayerDisk(ctx context.Context, serial string) (string, error) {
 	layerMu.Lock()
 	defer layerMu.Unlock()
 	if mp, ok := layerMounted[serial]; ok {
+		layerStacking[serial]++
 		return mp, nil
 	}
 	dev, err := waitLayerDisk(ctx, serial)
@@ -96,7 +114,86 @@ func mountLayerDisk(ctx context.Context, serial string) (string, error) {
 		return "", fmt.Errorf("mount layer disk %s (%s) as erofs: %w", serial, dev, err)
 	}
 	layerMounted[serial] = mp
+	layerStacking[serial]++
 	return mp, nil
+}
+
+// layersService serves agentapi.LayersService.
+type layersService struct{ s *Service }
+
+// Release unmounts the guest's erofs mount of a layer disk before the host
+// unplugs it: see agentapi.LayersService.
+func (l *layersService) Release(ctx context.Context, r *agentapi.ReleaseLayerRequest) (*agentapi.ReleaseLayerResponse, error) {
+	if _, err := wire.ParseLayerSerial(r.Serial); err != nil {
+		return nil, errgrpc.ToGRPC(fmt.Errorf("release: %w: %w", err, errdefs.ErrInvalidArgument))
+	}
+	if err := releaseLayerDisk(ctx, r.Serial); err != nil {
+		return nil, errgrpc.ToGRPC(err)
+	}
+	return &agentapi.ReleaseLayerResponse{}, nil
+}
+
+// mountInfoPath is the mount table releaseLayerDisk checks, and
+// unmountLayer unmounts a layer's mount point (both replaced in tests).
+var (
+	mountInfoPath = "/proc/self/mountinfo"
+	unmountLayer  = func(mp string) error { return unix.Unmount(mp, 0) }
+)
+
+// releaseLayerDisk unmounts the erofs mount of the layer disk with serial
+// (a valid serial), refusing while a container is stacking it or an
+// overlay in the mount table still has it as a lower layer. A serial that
+// is not mounted is already released.
+func releaseLayerDisk(ctx context.Context, serial string) error {
+	layerMu.Lock()
+	defer layerMu.Unlock()
+	mp, ok := layerMounted[serial]
+	if !ok {
+		return nil
+	}
+	if layerStacking[serial] > 0 {
+		return fmt.Errorf("layer disk %s is being stacked for a container: %w", serial, errdefs.ErrFailedPrecondition)
+	}
+	f, err := os.Open(mountInfoPath)
+	if err != nil {
+		return fmt.Errorf("release layer disk %s: %w", serial, err)
+	}
+	ms, err := mountinfo.GetMountsFromReader(f, func(m *mountinfo.Info) (skip, stop bool) {
+		return m.FSType != "overlay", false
+	})
+	f.Close()
+	if err != nil {
+		return fmt.Errorf("release layer disk %s: read mount table: %w", serial, err)
+	}
+	for _, m := range ms {
+		if overlayStacks(m.VFSOptions, mp) {
+			return fmt.Errorf("layer disk %s is still a lower layer of the overlay at %s: %w", serial, m.Mountpoint, errdefs.ErrFailedPrecondition)
+		}
+	}
+	if err := unmountLayer(mp); err != nil {
+		return fmt.Errorf("unmount layer disk %s: %w", serial, err)
+	}
+	delete(layerMounted, serial)
+	os.Remove(mp)
+	log.G(ctx).WithField("serial", serial).Debug("layer disk released")
+	return nil
+}
+
+// overlayStacks reports whether overlay super options (as the mount table
+// shows them) name dir as a lower layer.
+func overlayStacks(opts, dir string) bool {
+	for _, o := range strings.Split(opts, ",") {
+		k, v, _ := strings.Cut(o, "=")
+		if k != "lowerdir" && k != "lowerdir+" && k != "datadir+" {
+			continue
+		}
+		for _, l := range strings.Split(v, ":") {
+			if l == dir {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // waitLayerDisk waits for the virtio-blk disk with serial and its device

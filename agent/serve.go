@@ -27,6 +27,7 @@ func Serve(ctx context.Context, sess transport.Session, svc *Service) error {
 	agentapi.RegisterVolumesService(server, &volumesService{svc})
 	agentapi.RegisterInitDataService(server, &initDataService{svc})
 	agentapi.RegisterNetworkService(server, &networkService{svc})
+	agentapi.RegisterLayersService(server, &layersService{svc})
 	l := newChanListener()
 	go func() {
 		defer l.Close()

@@ -7,6 +7,7 @@ import (
 	"bytes"
 	"compress/gzip"
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"math/rand/v2"
@@ -17,10 +18,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/digitalocean/go-qemu/qmp"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
 	"github.com/google/go-containerregistry/pkg/v1/types"
+	cri "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	"github.com/raksh-project/raksh/integration/harness"
 	"github.com/raksh-project/raksh/integration/testimage"
@@ -343,5 +346,248 @@ func TestManyLayersErofs(t *testing.T) {
 	}
 	if imgs, _ := layerImages(t, h); len(imgs) != 40 {
 		t.Errorf("%d layer images, want 40", len(imgs))
+	}
+}
+
+// churnImage returns a busybox image with n further layers of one small
+// file each (/layers/<tag>-<i>), all distinct from every other image's.
+func churnImage(t testing.TB, tag string, n int) v1.Image {
+	t.Helper()
+	img, err := testimage.Busybox(nil, "/bin/sh")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var layers []v1.Layer
+	for i := 0; i < n; i++ {
+		var buf bytes.Buffer
+		tw := tar.NewWriter(&buf)
+		tw.WriteHeader(&tar.Header{Name: "layers/", Typeflag: tar.TypeDir, Mode: 0o755})
+		content := fmt.Sprintf("%s %d\n", tag, i)
+		tw.WriteHeader(&tar.Header{Name: fmt.Sprintf("layers/%s-%02d", tag, i), Typeflag: tar.TypeReg, Mode: 0o644, Size: int64(len(content))})
+		tw.Write([]byte(content))
+		tw.Close()
+		b := buf.Bytes()
+		l, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(b)), nil }, tarball.WithMediaType(types.OCILayer))
+		if err != nil {
+			t.Fatal(err)
+		}
+		layers = append(layers, l)
+	}
+	if img, err = mutate.AppendLayers(img, layers...); err != nil {
+		t.Fatal(err)
+	}
+	return img
+}
+
+// qemuLayerDisks asks QEMU process pid over its QMP socket how many layer
+// disk devices (ro-dev-*) and block nodes (ro-node-*) it has.
+func qemuLayerDisks(t testing.TB, pid int) (devices, nodes int) {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	args := strings.Split(string(b), "\x00")
+	sock := ""
+	for i, a := range args {
+		if a == "-qmp" && i+1 < len(args) {
+			sock, _, _ = strings.Cut(strings.TrimPrefix(args[i+1], "unix:"), ",server")
+		}
+	}
+	if sock == "" {
+		t.Fatalf("QEMU %d has no -qmp socket: %q", pid, args)
+	}
+	mon, err := qmp.NewSocketMonitor("unix", sock, 10*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := mon.Connect(); err != nil {
+		t.Fatal(err)
+	}
+	defer mon.Disconnect()
+	var kids struct {
+		Return []struct {
+			Name string `json:"name"`
+		} `json:"return"`
+	}
+	var graph struct {
+		Return struct {
+			Nodes []struct {
+				Name string `json:"name"`
+				Type string `json:"type"`
+			} `json:"nodes"`
+		} `json:"return"`
+	}
+	for _, q := range []struct {
+		cmd string
+		out any
+	}{
+		{`{"execute": "qom-list", "arguments": {"path": "/machine/peripheral"}}`, &kids},
+		// The block graph: query-named-block-nodes' answer outgrows
+		// go-qemu's 64 KiB line with many nodes.
+		{`{"execute": "x-debug-query-block-graph"}`, &graph},
+	} {
+		raw, err := mon.Run([]byte(q.cmd))
+		if err != nil {
+			t.Fatalf("qmp %s: %v", q.cmd, err)
+		}
+		if err := json.Unmarshal(raw, q.out); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, k := range kids.Return {
+		if strings.HasPrefix(k.Name, "ro-dev-") {
+			devices++
+		}
+	}
+	for _, n := range graph.Return.Nodes {
+		if n.Type == "block-driver" && strings.HasPrefix(n.Name, "ro-node-") {
+			nodes++
+		}
+	}
+	return devices, nodes
+}
+
+// TestErofsLayerDetach churns containers of three plain images (32 layers
+// of their own each, 96 distinct layers plus busybox's: more than the
+// VM's layer bridges and root bus have slots) through one CRI pod, twice
+// each, beside a long-running container of another image. After each
+// container's removal QEMU is soon back to the keeper's layer disks only
+// (devices and block nodes: the others were unplugged and their slots
+// freed, else the later containers could not attach theirs: without the
+// unplugs the third container fails at the 88th disk), the guest has no
+// erofs mount nor virtio disk left of the removed container, and the
+// keeper still runs and answers.
+func TestErofsLayerDetach(t *testing.T) {
+	const images, perImage, rounds = 3, 32, 2
+	h, rs := startCRI(t, harness.Options{RuntimeConfig: erofsConfig})
+	var refs []string
+	for i := 0; i < images; i++ {
+		ref := fmt.Sprintf("docker.io/raksh/churn:%d", i)
+		h.ImportImage(t, churnImage(t, fmt.Sprintf("img%d", i), perImage), ref, "k8s.io")
+		refs = append(refs, ref)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
+	defer cancel()
+	pod := &cri.PodSandboxConfig{
+		Metadata: &cri.PodSandboxMetadata{Name: "churn", Uid: "uid-churn", Namespace: "raksh-test"},
+		Hostname: "churn",
+		Linux: &cri.LinuxPodSandboxConfig{SecurityContext: &cri.LinuxSandboxSecurityContext{
+			NamespaceOptions: &cri.NamespaceOption{Network: cri.NamespaceMode_NODE},
+		}},
+	}
+	sb, err := rs.RunPodSandbox(ctx, &cri.RunPodSandboxRequest{Config: pod, RuntimeHandler: "raksh"})
+	if err != nil {
+		t.Fatalf("RunPodSandbox: %v", err)
+	}
+	defer func() {
+		rs.StopPodSandbox(ctx, &cri.StopPodSandboxRequest{PodSandboxId: sb.PodSandboxId})
+		rs.RemovePodSandbox(ctx, &cri.RemovePodSandboxRequest{PodSandboxId: sb.PodSandboxId})
+		waitNoQEMU(t, h)
+	}()
+	start := func(name, image string, cmd ...string) string {
+		t.Helper()
+		c, err := rs.CreateContainer(ctx, &cri.CreateContainerRequest{
+			PodSandboxId: sb.PodSandboxId, SandboxConfig: pod,
+			Config: &cri.ContainerConfig{
+				Metadata: &cri.ContainerMetadata{Name: name},
+				Image:    &cri.ImageSpec{Image: image},
+				Command:  cmd,
+				Linux:    &cri.LinuxContainerConfig{},
+			},
+		})
+		if err != nil {
+			t.Fatalf("CreateContainer %s: %v", name, err)
+		}
+		if _, err := rs.StartContainer(ctx, &cri.StartContainerRequest{ContainerId: c.ContainerId}); err != nil {
+			t.Fatalf("StartContainer %s: %v", name, err)
+		}
+		return c.ContainerId
+	}
+	exec := func(id, script string) string {
+		t.Helper()
+		r, err := rs.ExecSync(ctx, &cri.ExecSyncRequest{ContainerId: id, Cmd: []string{"/bin/sh", "-c", script}, Timeout: 120})
+		if err != nil || r.ExitCode != 0 {
+			t.Fatalf("exec %q in %s: %v, exit %d, %q %q", script, id, err, r.GetExitCode(), r.GetStdout(), r.GetStderr())
+		}
+		return strings.TrimSpace(string(r.Stdout))
+	}
+	// The guest's view, from the keeper: erofs superblocks mounted
+	// (/sys/fs/erofs has one entry per mounted disk, besides "features")
+	// and virtio disks present.
+	guest := func(keeper string) (erofs, disks int) {
+		t.Helper()
+		f := strings.Fields(exec(keeper, "ls /sys/fs/erofs | grep -vc '^features$'; ls /sys/block | grep -c '^vd'"))
+		if len(f) != 2 {
+			t.Fatalf("guest counts: %q", f)
+		}
+		fmt.Sscan(f[0], &erofs)
+		fmt.Sscan(f[1], &disks)
+		return erofs, disks
+	}
+
+	keeper := start("keeper", criBusybox, "/bin/sh", "-c", "echo alive > /tmp/alive; exec sleep 3600")
+	pids := h.QEMUProcesses()
+	if len(pids) != 1 {
+		t.Fatalf("QEMU processes %v, want 1", pids)
+	}
+	qemu := pids[0]
+	baseDev, baseNodes := qemuLayerDisks(t, qemu)
+	baseErofs, baseDisks := guest(keeper)
+	if baseDev == 0 || baseNodes != baseDev || baseErofs != baseDev {
+		t.Fatalf("keeper alone: %d layer devices, %d nodes, %d erofs mounts in the guest: want the keeper's layers, on the erofs path", baseDev, baseNodes, baseErofs)
+	}
+	t.Logf("keeper: %d layer disk(s); guest: %d erofs mount(s), %d virtio disk(s)", baseDev, baseErofs, baseDisks)
+
+	began := time.Now()
+	var createTime, removeTime, detachTime time.Duration
+	for round := 0; round < rounds; round++ {
+		for i, ref := range refs {
+			name := fmt.Sprintf("churn-%d-%d", round, i)
+			t0 := time.Now()
+			id := start(name, ref, "sleep", "3600")
+			createTime += time.Since(t0)
+			got := exec(id, fmt.Sprintf("cat /layers/img%d-* | wc -l; grep ' / ' /proc/mounts | tr ':' '\\n' | grep -c /run/raksh-layers/", i))
+			if f := strings.Fields(got); len(f) != 2 || f[0] != fmt.Sprint(perImage) || f[1] != fmt.Sprint(perImage+1) {
+				t.Fatalf("%s: %q, want %d layer files on %d erofs layers", name, got, perImage, perImage+1)
+			}
+			if dev, _ := qemuLayerDisks(t, qemu); dev < baseDev+perImage {
+				t.Fatalf("%s running: %d layer devices, want at least %d", name, dev, baseDev+perImage)
+			}
+			t0 = time.Now()
+			if _, err := rs.StopContainer(ctx, &cri.StopContainerRequest{ContainerId: id, Timeout: 30}); err != nil {
+				t.Fatalf("StopContainer %s: %v", name, err)
+			}
+			if _, err := rs.RemoveContainer(ctx, &cri.RemoveContainerRequest{ContainerId: id}); err != nil {
+				t.Fatalf("RemoveContainer %s: %v", name, err)
+			}
+			removeTime += time.Since(t0)
+			// The unplugs run after the deletion returned.
+			deadline := time.Now().Add(2 * time.Minute)
+			for {
+				dev, nodes := qemuLayerDisks(t, qemu)
+				if dev == baseDev && nodes == baseNodes {
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Fatalf("after removing %s: QEMU has %d layer devices and %d block nodes, want the keeper's %d", name, dev, nodes, baseDev)
+				}
+				time.Sleep(200 * time.Millisecond)
+			}
+			detachTime += time.Since(t0)
+			if erofs, disks := guest(keeper); erofs != baseErofs || disks != baseDisks {
+				t.Fatalf("after removing %s: the guest has %d erofs mounts and %d virtio disks, want %d and %d", name, erofs, disks, baseErofs, baseDisks)
+			}
+			if got := exec(keeper, "cat /tmp/alive"); got != "alive" {
+				t.Fatalf("keeper after %s: %q", name, got)
+			}
+		}
+	}
+	n := rounds * images
+	avg := func(d time.Duration) time.Duration { return (d / time.Duration(n)).Round(10 * time.Millisecond) }
+	t.Logf("%d containers of %d layers created and removed in %s: create+start %s, stop+remove %s, until the last unplug %s on average",
+		n, perImage+1, time.Since(began).Round(time.Second), avg(createTime), avg(removeTime), avg(detachTime))
+	if p := h.QEMUProcesses(); len(p) != 1 || p[0] != qemu {
+		t.Fatalf("QEMU processes %v, want the pod's %d throughout", p, qemu)
 	}
 }

@@ -14,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/raksh-project/raksh/integration/harness"
 )
 
@@ -56,21 +58,26 @@ func execRetry(ctx context.Context, b *testing.B, h *harness.Containerd, name, s
 }
 
 // BenchmarkScratchThroughput compares, in one run, sequential write and
-// read throughput (dd, 1 MiB blocks) of a container's root filesystem in
-// three places: a raksh guest with an encrypted scratch disk (its tmpfs
-// spills to swap on dm-crypt+dm-integrity), a plain raksh guest (tmpfs in
-// RAM only), and a runc container (overlay on the node's disk). Each writes
-// and reads back sizeMiB. The plain guest has the default 512 MiB; the
-// scratch guest has scratchGuestMiB so that the write pushes part of its
-// memory to the encrypted swap; the swap in use afterwards is reported.
+// read throughput (dd, 1 MiB blocks) in four places: a runc container's
+// root filesystem (overlay on the node's disk), a plain raksh guest's root
+// filesystem (tmpfs in RAM only), and in a raksh guest with an encrypted
+// scratch disk a medium Memory emptyDir (tmpfs spilling to the swap part
+// of the disk) and a disk-backed emptyDir (the ext2 filesystem on
+// dm-crypt+dm-integrity, read back with O_DIRECT so the guest's page cache
+// does not answer). Each writes and reads back sizeMiB; the two scratch
+// places also beyondMiB, more than the guest's RAM. The plain guest has
+// the default 512 MiB; the scratch guest has scratchGuestMiB so that the
+// tmpfs write pushes part of its memory to the encrypted swap; the swap in
+// use afterwards is reported.
 func BenchmarkScratchThroughput(b *testing.B) {
-	const sizeMiB, scratchGuestMiB = 128, 256
+	const sizeMiB, beyondMiB, scratchGuestMiB = 128, 256, 256
 	type result struct{ w, r float64 }
 	res := map[string]result{}
-	measure := func(h *harness.Containerd, name, runtime string, mib int) (result, string) {
+	measure := func(h *harness.Containerd, name, runtime string, mib int, file, readFlags string, runArgs ...string) (result, string) {
 		ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
 		defer cancel()
-		if out, err := h.CtrContext(ctx, "run", "-d", "--runtime", runtime, busyboxRef, name, "sleep", "900"); err != nil {
+		args := append(append([]string{"run", "-d", "--runtime", runtime}, runArgs...), busyboxRef, name, "sleep", "900")
+		if out, err := h.CtrContext(ctx, args...); err != nil {
 			b.Fatalf("run %s: %v %s", name, err, out)
 		}
 		defer func() {
@@ -80,8 +87,8 @@ func BenchmarkScratchThroughput(b *testing.B) {
 		}()
 		exec := func(script string) string { return execRetry(ctx, b, h, name, script) }
 		secs := func(out string) float64 { return elapsedSeconds(b, name, out) }
-		w := exec(timed(fmt.Sprintf("dd if=/dev/zero of=/big bs=1M count=%d conv=fsync 2>&1", mib)))
-		r := exec(timed("dd if=/big of=/dev/null bs=1M 2>&1") + "; grep -E 'MemTotal|SwapTotal|SwapFree' /proc/meminfo")
+		w := exec(timed(fmt.Sprintf("dd if=/dev/zero of=%s bs=1M count=%d conv=fsync 2>&1", file, mib)))
+		r := exec(timed(fmt.Sprintf("dd if=%s of=/dev/null bs=1M %s 2>&1", file, readFlags)) + "; grep -E 'MemTotal|SwapTotal|SwapFree' /proc/meminfo")
 		if !strings.Contains(r, fmt.Sprintf("%d+0 records in", mib)) {
 			b.Fatalf("%s: read back: %q", name, r)
 		}
@@ -90,33 +97,58 @@ func BenchmarkScratchThroughput(b *testing.B) {
 
 	// Plain guest (tmpfs in RAM) and runc on the node, one containerd.
 	h := startWithBusybox(b, harness.Options{})
-	res["runc"], _ = measure(h, "bench-runc", "io.containerd.runc.v2", sizeMiB)
-	res["ram"], _ = measure(h, "bench-ram", rakshRuntime, sizeMiB)
+	res["runc"], _ = measure(h, "bench-runc", "io.containerd.runc.v2", sizeMiB, "/big", "")
+	res["ram"], _ = measure(h, "bench-ram", rakshRuntime, sizeMiB, "/big", "")
 	h.Stop()
 
-	// Guest with an encrypted scratch disk.
+	// Guest with an encrypted scratch disk: a medium Memory emptyDir
+	// (kubelet's tmpfs on the node gives its size) and a disk-backed one.
 	scratchDir, err := os.MkdirTemp("/var/tmp", "rk-scratch-")
 	if err != nil {
 		b.Fatal(err)
 	}
 	defer os.RemoveAll(scratchDir)
 	h = startWithBusybox(b, harness.Options{RuntimeConfig: fmt.Sprintf("memory_mib = %d\nscratch_disk_mib = 1024\nscratch_dir = %q\n", scratchGuestMiB, scratchDir)})
+	vols := filepath.Join(h.Dir, "pods", "uid-bench", "volumes", "kubernetes.io~empty-dir")
+	memDir, diskDir := filepath.Join(vols, "mem"), filepath.Join(vols, "disk")
+	for _, d := range []string{memDir, diskDir} {
+		if err := os.MkdirAll(d, 0o777); err != nil {
+			b.Fatal(err)
+		}
+	}
+	if err := unix.Mount("tmpfs", memDir, "tmpfs", 0, "size=512m"); err != nil {
+		b.Fatal(err)
+	}
+	defer unix.Unmount(memDir, unix.MNT_DETACH)
+	bind := func(src, dst string) string { return "type=bind,src=" + src + ",dst=" + dst + ",options=rbind:rw" }
 	var info string
-	res["scratch"], info = measure(h, "bench-scratch", rakshRuntime, sizeMiB)
+	res["swap"], info = measure(h, "bench-swap", rakshRuntime, sizeMiB, "/mem/big", "", "--mount", bind(memDir, "/mem"))
+	res["scratchfs"], _ = measure(h, "bench-scratchfs", rakshRuntime, sizeMiB, "/disk/big", "iflag=direct", "--mount", bind(diskDir, "/disk"))
+	// Beyond the guest's RAM: most of the tmpfs must go to swap.
+	var bigInfo string
+	res["swap-big"], bigInfo = measure(h, "bench-swap-big", rakshRuntime, beyondMiB, "/mem/big", "", "--mount", bind(memDir, "/mem"))
+	res["scratchfs-big"], _ = measure(h, "bench-scratchfs-big", rakshRuntime, beyondMiB, "/disk/big", "iflag=direct", "--mount", bind(diskDir, "/disk"))
 	h.Stop()
 	if !swapUsed(info) {
 		b.Logf("the scratch guest did not swap: %q", info)
 	}
 	b.ReportMetric(float64(swapUsedKB(info))/1024, "scratch-swap-used-MiB")
+	b.ReportMetric(float64(swapUsedKB(bigInfo))/1024, "scratch-big-swap-used-MiB")
 
-	for _, k := range []string{"runc", "ram", "scratch"} {
+	for _, k := range []string{"runc", "ram", "swap", "scratchfs", "swap-big", "scratchfs-big"} {
 		b.ReportMetric(res[k].w, k+"-write-MiB/s")
 		b.ReportMetric(res[k].r, k+"-read-MiB/s")
 	}
-	b.ReportMetric(res["scratch"].w/res["ram"].w, "scratch/ram-write")
-	b.ReportMetric(res["scratch"].r/res["ram"].r, "scratch/ram-read")
-	b.ReportMetric(res["scratch"].w/res["runc"].w, "scratch/runc-write")
-	b.ReportMetric(res["scratch"].r/res["runc"].r, "scratch/runc-read")
+	for _, k := range []string{"swap", "scratchfs"} {
+		b.ReportMetric(res[k].w/res["ram"].w, k+"/ram-write")
+		b.ReportMetric(res[k].r/res["ram"].r, k+"/ram-read")
+		b.ReportMetric(res[k].w/res["runc"].w, k+"/runc-write")
+		b.ReportMetric(res[k].r/res["runc"].r, k+"/runc-read")
+	}
+	b.ReportMetric(res["scratchfs"].w/res["swap"].w, "scratchfs/swap-write")
+	b.ReportMetric(res["scratchfs"].r/res["swap"].r, "scratchfs/swap-read")
+	b.ReportMetric(res["scratchfs-big"].w/res["swap-big"].w, "scratchfs/swap-big-write")
+	b.ReportMetric(res["scratchfs-big"].r/res["swap-big"].r, "scratchfs/swap-big-read")
 	b.ReportMetric(res["ram"].w/res["runc"].w, "ram/runc-write")
 	b.ReportMetric(res["ram"].r/res["runc"].r, "ram/runc-read")
 }

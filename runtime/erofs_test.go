@@ -7,14 +7,17 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/containerd/containerd/v2/core/mount"
 	"github.com/containerd/errdefs"
 
+	agentapi "github.com/raksh-project/raksh/api/agent/v1"
 	"github.com/raksh-project/raksh/internal/wire"
 	"github.com/raksh-project/raksh/runtime/vm"
 )
@@ -100,21 +103,102 @@ func TestLayerImage(t *testing.T) {
 	}
 }
 
-// hotplugVM records the disks hot-plugged into it.
+// hotplugVM records the disks hot-plugged into it, and the plug and
+// unplug calls (with its guest's releases) in order.
 type hotplugVM struct {
 	vm.Instance
-	mu     sync.Mutex
-	serial map[string]string // image path -> serial
+	mu      sync.Mutex
+	serial  map[string]string // image path -> serial, while attached
+	byID    map[string]string // disk id -> image path
+	log     []string          // "add raksh-ro-N", "release raksh-ro-N", "remove N"
+	failAdd string            // an image path whose attach fails
+	rmErr   error             // if set, unplugs fail with it
+	rmGate  chan struct{}     // if set, an unplug waits for it
+	done    chan struct{}
+}
+
+func newHotplugVM() *hotplugVM {
+	return &hotplugVM{serial: map[string]string{}, byID: map[string]string{}, done: make(chan struct{})}
+}
+
+func (h *hotplugVM) Done() <-chan struct{} { return h.done }
+
+func (h *hotplugVM) record(e string) {
+	h.mu.Lock()
+	h.log = append(h.log, e)
+	h.mu.Unlock()
+}
+
+func (h *hotplugVM) events() []string {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return slices.Clone(h.log)
 }
 
 func (h *hotplugVM) AddReadOnlyDisk(ctx context.Context, path, id, serial string) error {
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	if path == h.failAdd {
+		return errors.New("device_add failed")
+	}
 	if _, ok := h.serial[path]; ok {
 		return fmt.Errorf("%s attached twice", path)
 	}
-	h.serial[path] = serial
+	if _, ok := h.byID[id]; ok {
+		return fmt.Errorf("disk id %s reused while attached", id)
+	}
+	h.serial[path], h.byID[id] = serial, path
+	h.log = append(h.log, "add "+serial)
 	return nil
+}
+
+func (h *hotplugVM) RemoveReadOnlyDisk(ctx context.Context, id string) error {
+	if h.rmGate != nil {
+		<-h.rmGate
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.log = append(h.log, "remove "+id)
+	path, ok := h.byID[id]
+	if !ok {
+		return fmt.Errorf("disk %s is not attached", id)
+	}
+	delete(h.serial, path)
+	if h.rmErr != nil {
+		// The device is stuck: its id stays taken.
+		return h.rmErr
+	}
+	delete(h.byID, id)
+	return nil
+}
+
+// fakeGuest is the agent's Layers service of a hotplugVM.
+type fakeGuest struct {
+	v    *hotplugVM
+	fail bool
+}
+
+func (g *fakeGuest) Release(ctx context.Context, r *agentapi.ReleaseLayerRequest) (*agentapi.ReleaseLayerResponse, error) {
+	g.v.record("release " + r.Serial)
+	if g.fail {
+		return nil, errdefs.ErrFailedPrecondition
+	}
+	return &agentapi.ReleaseLayerResponse{}, nil
+}
+
+// fakeGuests makes layersClient return a fakeGuest for hotplugVMs.
+func fakeGuests(t *testing.T) map[*hotplugVM]*fakeGuest {
+	guests := map[*hotplugVM]*fakeGuest{}
+	old := layersClient
+	layersClient = func(v vm.Instance) agentapi.LayersService {
+		h := v.(*hotplugVM)
+		if guests[h] == nil {
+			guests[h] = &fakeGuest{v: h}
+		}
+		return guests[h]
+	}
+	t.Cleanup(func() { layersClient = old })
+	return guests
 }
 
 // TestSendErofsRootfs: layers become wire.RootfsErofs mounts, topmost
@@ -135,13 +219,16 @@ func TestSendErofsRootfs(t *testing.T) {
 	ov := func(lowers ...string) []mount.Mount {
 		return []mount.Mount{{Type: "overlay", Source: "overlay", Options: []string{"upperdir=" + up, "lowerdir=" + strings.Join(lowers, ":")}}}
 	}
+	fakeGuests(t)
 	s := &Service{}
 	cfg := &Config{MkfsErofs: mkfs}
-	v := &hotplugVM{serial: map[string]string{}}
+	v := newHotplugVM()
 	ctx := context.Background()
+	ids := 0
 	got := func(ms []mount.Mount) []string {
 		t.Helper()
-		out, ok, why, err := s.sendErofsRootfs(ctx, v, cfg, "c", ms)
+		ids++
+		out, ok, why, err := s.sendErofsRootfs(ctx, v, cfg, fmt.Sprintf("c%d", ids), ms)
 		if err != nil || !ok {
 			t.Fatalf("sendErofsRootfs: ok %v %q %v", ok, why, err)
 		}
@@ -168,7 +255,7 @@ func TestSendErofsRootfs(t *testing.T) {
 		t.Errorf("attached: %v", v.serial)
 	}
 	// Another VM (a new pod): its own disks, numbered from 0, no rebuild.
-	v = &hotplugVM{serial: map[string]string{}}
+	v = newHotplugVM()
 	if s3 := got(ov(mid, base)); !slices.Equal(s3, []string{"raksh-ro-0", "raksh-ro-1"}) {
 		t.Fatalf("new VM: %v", s3)
 	}
@@ -178,5 +265,219 @@ func TestSendErofsRootfs(t *testing.T) {
 	// A VM that cannot hot-plug takes the tar path.
 	if _, ok, why, err := s.sendErofsRootfs(ctx, struct{ vm.Instance }{}, cfg, "c", ov(base)); ok || err != nil || why == "" {
 		t.Errorf("VM without hotplug: ok %v %q %v", ok, why, err)
+	}
+}
+
+// TestLayerDiskLifecycle checks the per-VM refcount of layer disks: a disk
+// is released in the guest and unplugged when the last container using it
+// goes, its serial is reused afterwards (lowest first); a guest refusal
+// keeps the disk attached and reusable; a failed unplug retires the serial;
+// a failed create releases what it took; a container needing a layer
+// while it is being detached waits and attaches it again; after a guest
+// did not release a device in time, the VM's disks stay.
+func TestLayerDiskLifecycle(t *testing.T) {
+	root := t.TempDir()
+	mkfs := filepath.Join(root, "mkfs")
+	os.WriteFile(mkfs, []byte("#!/bin/sh\necho image > \"$3\"\n"), 0o755)
+	snap := func(n string) string {
+		p := filepath.Join(root, "snapshots", n, "fs")
+		os.MkdirAll(p, 0o755)
+		return p
+	}
+	img := func(lower string) string { return filepath.Join(filepath.Dir(lower), LayerImageName) }
+	base, mid, topA, topB, topC := snap("1"), snap("2"), snap("3"), snap("4"), snap("5")
+	guests := fakeGuests(t)
+	s := &Service{}
+	cfg := &Config{MkfsErofs: mkfs}
+	v := newHotplugVM()
+	ctx := context.Background()
+	create := func(id string, lowers ...string) ([]string, error) {
+		ms := []mount.Mount{{Type: "overlay", Source: "overlay", Options: []string{"lowerdir=" + strings.Join(lowers, ":")}}}
+		out, ok, why, err := s.sendErofsRootfs(ctx, v, cfg, id, ms)
+		if err != nil {
+			return nil, err
+		}
+		if !ok {
+			return nil, errors.New(why)
+		}
+		var serials []string
+		for _, m := range out {
+			serials = append(serials, m.Source)
+		}
+		return serials, nil
+	}
+	mustCreate := func(id string, want []string, lowers ...string) {
+		t.Helper()
+		got, err := create(id, lowers...)
+		if err != nil || !slices.Equal(got, want) {
+			t.Fatalf("container %s: %v %v, want %v", id, got, err, want)
+		}
+	}
+	seen := 0
+	step := func(what string, want ...string) {
+		t.Helper()
+		ev := v.events()
+		if got := ev[seen:]; !slices.Equal(got, want) {
+			t.Fatalf("%s: %q, want %q", what, got, want)
+		}
+		seen = len(ev)
+	}
+	attached := func() int {
+		v.mu.Lock()
+		defer v.mu.Unlock()
+		return len(v.serial)
+	}
+
+	mustCreate("a", []string{"raksh-ro-0", "raksh-ro-1", "raksh-ro-2"}, topA, mid, base)
+	mustCreate("b", []string{"raksh-ro-3", "raksh-ro-1", "raksh-ro-2"}, topB, mid, base)
+	step("two containers sharing two layers", "add raksh-ro-0", "add raksh-ro-1", "add raksh-ro-2", "add raksh-ro-3")
+	s.releaseLayers(ctx, "a")
+	step("delete a", "release raksh-ro-0", "remove 0")
+	if n := attached(); n != 3 {
+		t.Fatalf("%d disks attached after a's deletion, want 3", n)
+	}
+	mustCreate("c", []string{"raksh-ro-0", "raksh-ro-2"}, topC, base)
+	step("c reuses serial 0", "add raksh-ro-0")
+	s.releaseLayers(ctx, "b")
+	step("delete b", "release raksh-ro-3", "remove 3", "release raksh-ro-1", "remove 1")
+	s.releaseLayers(ctx, "c")
+	step("delete c", "release raksh-ro-0", "remove 0", "release raksh-ro-2", "remove 2")
+	s.releaseLayers(ctx, "c")
+	step("second delete of c")
+	if n := attached(); n != 0 || len(s.layers.disks) != 0 || len(s.layers.serials) != 0 || len(s.layers.users) != 0 {
+		t.Fatalf("after every container: %d attached, state %v %v %v", n, s.layers.disks, s.layers.serials, s.layers.users)
+	}
+
+	// The guest refuses: the disk stays, and serves the next container.
+	guests[v].fail = true
+	mustCreate("d", []string{"raksh-ro-0"}, base)
+	s.releaseLayers(ctx, "d")
+	step("guest refuses", "add raksh-ro-0", "release raksh-ro-0")
+	if v.serial[img(base)] != "raksh-ro-0" {
+		t.Fatalf("refused disk not attached: %v", v.serial)
+	}
+	guests[v].fail = false
+	mustCreate("e", []string{"raksh-ro-0"}, base)
+	s.releaseLayers(ctx, "e")
+	step("kept disk reused, then detached", "release raksh-ro-0", "remove 0")
+
+	// The unplug fails: serial 0 is retired, the layer gets a new disk.
+	v.rmErr = errors.New("device_del: DeviceNotFound")
+	mustCreate("f", []string{"raksh-ro-0"}, base)
+	s.releaseLayers(ctx, "f")
+	v.rmErr = nil
+	mustCreate("g", []string{"raksh-ro-1"}, base)
+	step("unplug failure retires the serial", "add raksh-ro-0", "release raksh-ro-0", "remove 0", "add raksh-ro-1")
+	s.releaseLayers(ctx, "g")
+	step("delete g", "release raksh-ro-1", "remove 1")
+
+	// A failed create releases the layers it had attached.
+	v.failAdd = img(topA)
+	if _, err := create("h", topB, topA); err == nil {
+		t.Fatal("create with a failing attach succeeded")
+	}
+	v.failAdd = ""
+	step("failed create", "add raksh-ro-1", "release raksh-ro-1", "remove 1")
+	if _, ok := s.layers.users["h"]; ok {
+		t.Error("a failed container still holds layers")
+	}
+
+	// A container needing a layer while it is being detached waits and
+	// attaches it again once the unplug is done.
+	mustCreate("i", []string{"raksh-ro-1"}, base)
+	step("i", "add raksh-ro-1")
+	v.rmGate = make(chan struct{})
+	deleted := make(chan struct{})
+	go func() {
+		s.releaseLayers(ctx, "i")
+		close(deleted)
+	}()
+	for !slices.Contains(v.events()[seen:], "release raksh-ro-1") {
+		runtime.Gosched()
+	}
+	type result struct {
+		serials []string
+		err     error
+	}
+	created := make(chan result, 1)
+	go func() {
+		serials, err := create("j", base)
+		created <- result{serials, err}
+	}()
+	for {
+		s.layers.mu.Lock()
+		refs := s.layers.disks[img(base)].refs
+		s.layers.mu.Unlock()
+		if refs == 1 {
+			break
+		}
+		runtime.Gosched()
+	}
+	close(v.rmGate)
+	<-deleted
+	r := <-created
+	if r.err != nil || !slices.Equal(r.serials, []string{"raksh-ro-1"}) {
+		t.Fatalf("container j: %v %v", r.serials, r.err)
+	}
+	step("create during detach", "release raksh-ro-1", "remove 1", "add raksh-ro-1")
+	if v.serial[img(base)] != "raksh-ro-1" {
+		t.Fatalf("j's layer is not attached: %v", v.serial)
+	}
+
+	// A guest that does not release a device in time: that serial is
+	// retired and the VM's disks are no longer unplugged.
+	v.rmErr = fmt.Errorf("device_del of ro-dev-1: %w", vm.ErrUnplugPending)
+	s.releaseLayers(ctx, "j")
+	step("unplug timeout", "release raksh-ro-1", "remove 1")
+	v.rmErr = nil
+	// Serials 0 and 1 are retired, and so is 2 (h's failed attach).
+	mustCreate("k", []string{"raksh-ro-3", "raksh-ro-4"}, topA, base)
+	s.releaseLayers(ctx, "k")
+	step("no unplug after a timeout", "add raksh-ro-3", "add raksh-ro-4")
+	if n := attached(); n != 2 {
+		t.Errorf("%d disks attached, want k's 2 (kept)", n)
+	}
+}
+
+// TestReleaseLayersLater: a container's deletion hands its disks back at
+// once (the id is free again) and does not wait for the unplugs, which
+// follow in the background.
+func TestReleaseLayersLater(t *testing.T) {
+	root := t.TempDir()
+	mkfs := filepath.Join(root, "mkfs")
+	os.WriteFile(mkfs, []byte("#!/bin/sh\necho image > \"$3\"\n"), 0o755)
+	lower := filepath.Join(root, "snapshots", "1", "fs")
+	os.MkdirAll(lower, 0o755)
+	fakeGuests(t)
+	s := &Service{}
+	v := newHotplugVM()
+	ctx := context.Background()
+	ms := []mount.Mount{{Type: "overlay", Source: "overlay", Options: []string{"lowerdir=" + lower}}}
+	if _, ok, why, err := s.sendErofsRootfs(ctx, v, &Config{MkfsErofs: mkfs}, "c", ms); err != nil || !ok {
+		t.Fatalf("create: %v %q %v", ok, why, err)
+	}
+	v.rmGate = make(chan struct{})
+	returned := make(chan struct{})
+	go func() {
+		s.releaseLayersLater(ctx, "c")
+		close(returned)
+	}()
+	select {
+	case <-returned:
+	case <-time.After(time.Minute):
+		t.Fatal("releaseLayersLater waited for the unplug")
+	}
+	s.layers.mu.Lock()
+	_, held := s.layers.users["c"]
+	s.layers.mu.Unlock()
+	if held {
+		t.Error("the deleted container still holds disks")
+	}
+	close(v.rmGate)
+	for !slices.Contains(v.events(), "remove 0") {
+		runtime.Gosched()
+	}
+	if got := v.events(); !slices.Equal(got, []string{"add raksh-ro-0", "release raksh-ro-0", "remove 0"}) {
+		t.Errorf("events %q", got)
 	}
 }

@@ -369,6 +369,7 @@ func (s *Service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 			delete(s.containers, r.ID)
 			s.mu.Unlock()
 			s.unmountRootfs(ctx, c)
+			s.releaseLayersLater(ctx, r.ID)
 		}
 	}()
 
@@ -590,6 +591,7 @@ func (s *Service) Delete(ctx context.Context, r *taskAPI.DeleteRequest) (*taskAP
 	s.mu.Unlock()
 	if r.ExecID == "" {
 		s.unmountRootfs(ctx, c)
+		s.releaseLayersLater(ctx, r.ID)
 		s.stopVolumes(ctx, r.ID)
 		c.hooks.deleted(ctx, int(s.vmPid()))
 		s.send(&eventstypes.TaskDelete{ContainerID: r.ID, Pid: pi.pid, ExitStatus: pi.status, ExitedAt: protobuf.ToTimestamp(pi.exitedAt)})

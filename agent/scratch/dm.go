@@ -1,12 +1,12 @@
 // Package scratch turns the pod's scratch disk (a virtio-blk device the
-// shim backs with a sparse file on the node) into encrypted, authenticated
-// swap inside the guest: dm-integrity under dm-crypt with an AEAD
-// (authenc(hmac(sha256),xts(aes)) with random IVs), keyed by a key drawn
-// from crypto/rand in the guest that never leaves it. The guest's tmpfs
-// mounts (bundle store, rootfs unpack, emptyDir) are then sized to RAM plus
-// swap, so a pod writes beyond its memory while the node only sees
-// ciphertext; a sector changed on the node fails its tag check and reads
-// as an I/O error. See docs/storage.md.
+// shim backs with a sparse file on the node) into an encrypted,
+// authenticated filesystem and swap inside the guest: dm-integrity under
+// dm-crypt with an AEAD (authenc(hmac(sha256),xts(aes)) with random IVs),
+// keyed by a key drawn from crypto/rand in the guest that never leaves it,
+// split with dm-linear into an ext2 filesystem (the bundle store,
+// disk-backed emptyDirs, /tmp) and swap. The node only sees ciphertext; a
+// sector changed on the node fails its tag check and reads as an I/O
+// error. See docs/storage.md.
 package scratch
 
 import (

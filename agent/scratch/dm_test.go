@@ -100,3 +100,46 @@ func TestProvidedSectors(t *testing.T) {
 		t.Error("a zeroed superblock was accepted")
 	}
 }
+
+// TestSplit: a quarter of the device is swap, capped at the guest's
+// memory; block aligned; no swap on a device too small for it.
+func TestSplit(t *testing.T) {
+	const mib = 1 << 20 / 512 // sectors
+	for _, tc := range []struct {
+		sectors  uint64
+		mem      int64
+		fs, swap uint64
+	}{
+		{2048 * mib, 480 << 20, 1568 * mib, 480 * mib},
+		{1024 * mib, 480 << 20, 768 * mib, 256 * mib},
+		{64 * mib, 480 << 20, 48 * mib, 16 * mib},
+		{60 * mib, 480 << 20, 60 * mib, 0},
+		{2048*mib + 7, 480<<20 + 5, 1568*mib + 0, 480 * mib},
+		{2048 * mib, 0, 2048 * mib, 0},
+	} {
+		fs, swap := Split(tc.sectors, tc.mem)
+		if fs != tc.fs || swap != tc.swap || fs%8 != 0 || swap%8 != 0 {
+			t.Errorf("Split(%d, %d) = %d, %d; want %d, %d", tc.sectors, tc.mem, fs, swap, tc.fs, tc.swap)
+		}
+	}
+}
+
+// TestMke2fsArgs: 4 KiB blocks (dm-crypt's sector), forced, no reserved
+// blocks, the image and its size in KiB last; at most maxInodes inodes.
+func TestMke2fsArgs(t *testing.T) {
+	got := strings.Join(Mke2fsArgs("/tmp/img", 1568<<20), " ")
+	if want := "-F -b 4096 -m 0 -i 16384 /tmp/img 1605632"; got != want {
+		t.Fatalf("mke2fs %s, want %s", got, want)
+	}
+	for size, want := range map[int64]int64{64 << 20: 16384, 4 << 30: 16384, 5 << 30: 32768, 64 << 30: 262144} {
+		if r := InodeRatio(size); r != want || size/r > maxInodes {
+			t.Errorf("InodeRatio(%d MiB) = %d, want %d", size>>20, r, want)
+		}
+	}
+	if LinearParams("253:1", 4096) != "253:1 4096" {
+		t.Fatal(LinearParams("253:1", 4096))
+	}
+	if dirOf("", BundlesDir) != "" || dirOf(MountPoint, BundlesDir) != "/run/raksh-scratch/bundles" {
+		t.Fatal("dirOf")
+	}
+}

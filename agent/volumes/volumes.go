@@ -1,7 +1,8 @@
 // Package volumes keeps, in the guest, the copies of the volumes the shim
 // delivers: kubelet's ConfigMap, Secret, projected and downward-API
 // volumes and CRI's per-pod files (copied from the node and kept updated),
-// and the pod's emptyDirs and /dev/shm (guest tmpfs, never on the node).
+// and the pod's emptyDirs and /dev/shm (guest tmpfs, or for disk-backed
+// emptyDirs the guest's encrypted scratch filesystem; never on the node).
 //
 // The node is untrusted: every name and link target it sends is checked
 // (relative, no ".." element, no link leaving its volume) before anything
@@ -39,7 +40,8 @@ const (
 	// File is a single file copied from the node (/etc/hosts,
 	// /etc/resolv.conf, /etc/hostname, /dev/termination-log).
 	File
-	// EmptyDir is a guest tmpfs shared by the pod's containers.
+	// EmptyDir is a guest directory shared by the pod's containers: a
+	// tmpfs, or on the scratch filesystem (Volume.SizeBytes).
 	EmptyDir
 	// Shared is an entry of the pod's virtio-fs share (the node's
 	// content, live; only with shared_fs in the runtime config), named by
@@ -78,7 +80,10 @@ type Volume struct {
 	Kind        Kind
 	Entries     []Entry
 	// Pod and Name identify an EmptyDir, shared by the pod's containers;
-	// SizeBytes limits its tmpfs (0: half the guest's memory, tmpfs's default).
+	// SizeBytes is the size of a medium Memory emptyDir's tmpfs; 0 for a
+	// disk-backed one, which lives on the scratch filesystem when the
+	// guest has one (bounded by its free space) and else on a tmpfs of
+	// tmpfs's default size (half the guest's memory).
 	Pod, Name string
 	SizeBytes int64
 }
@@ -205,6 +210,11 @@ func (s *Store) RemovePod(pod string) error {
 	for _, e := range entries {
 		unix.Unmount(filepath.Join(dir, e.Name()), unix.MNT_DETACH)
 	}
+	if disk := scratch.Dir(scratch.VolumesDir); disk != "" {
+		if err := os.RemoveAll(filepath.Join(disk, pod)); err != nil {
+			return err
+		}
+	}
 	return os.RemoveAll(dir)
 }
 
@@ -221,7 +231,49 @@ func (s *Store) emptyDir(pod, name string, size int64) (string, error) {
 		return "", fmt.Errorf("emptyDir %q: negative size: %w", name, errdefs.ErrInvalidArgument)
 	}
 	// As on runc: CRI binds emptyDirs without nosuid or noexec.
+	if src := emptyDirSource(scratch.Dir(scratch.VolumesDir), pod, name, size); src != "" {
+		return s.podDisk(pod, "e-"+name, src)
+	}
 	return s.podTmpfs(pod, "e-"+name, size, unix.MS_NODEV)
+}
+
+// emptyDirSource is the directory on the scratch filesystem (mounted with
+// its volumes directory at disk) holding the pod's disk-backed emptyDir
+// name, or "" when it is a tmpfs: medium Memory (size > 0, kubelet's tmpfs
+// size) or a guest without a scratch filesystem (disk "").
+func emptyDirSource(disk, pod, name string, size int64) string {
+	if disk == "" || size > 0 {
+		return ""
+	}
+	return filepath.Join(disk, pod, "e-"+name)
+}
+
+// podDisk binds (once) the scratch directory src to the pod's directory
+// called name and returns it. src is made mode 0777 as the emptyDir tmpfs
+// is, and goes with the pod (RemovePod).
+func (s *Store) podDisk(pod, name, src string) (string, error) {
+	if err := wire.ValidID(pod); err != nil {
+		return "", fmt.Errorf("pod %q: %w: %w", pod, err, errdefs.ErrInvalidArgument)
+	}
+	dir := filepath.Join(s.root, "p", pod, name)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if ok, _ := isMountPoint(dir); ok {
+		return dir, nil
+	}
+	for _, d := range []string{dir, src} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			return "", err
+		}
+	}
+	if err := os.Chmod(src, 0o777); err != nil {
+		return "", err
+	}
+	if err := scratch.Bind(src, dir); err != nil {
+		return "", fmt.Errorf("emptyDir of pod %s on the scratch disk: %w", pod, err)
+	}
+	s.pods[pod] = true
+	return dir, nil
 }
 
 // podTmpfs mounts (once) and returns the pod's tmpfs called name.
@@ -244,8 +296,6 @@ func (s *Store) podTmpfs(pod, name string, size int64, flags uintptr) (string, e
 	}
 	if size > 0 {
 		data += fmt.Sprintf(",size=%d", size)
-	} else if room := scratch.TmpfsSize(); room != "" && name != "shm" {
-		data += "," + room // RAM plus the encrypted scratch swap
 	}
 	if err := unix.Mount("tmpfs", dir, "tmpfs", flags, data); err != nil {
 		return "", fmt.Errorf("mount tmpfs for pod %s: %w", pod, err)

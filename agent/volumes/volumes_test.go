@@ -192,3 +192,18 @@ func TestOpenShareEntry(t *testing.T) {
 		}
 	}
 }
+
+// TestEmptyDirSource: a disk-backed emptyDir goes to the scratch
+// filesystem when the guest has one; medium Memory (a size) and a guest
+// without scratch keep a tmpfs.
+func TestEmptyDirSource(t *testing.T) {
+	if got := emptyDirSource("/run/raksh-scratch/volumes", "pod1", "cache", 0); got != "/run/raksh-scratch/volumes/pod1/e-cache" {
+		t.Errorf("disk-backed with scratch: %q", got)
+	}
+	if got := emptyDirSource("/run/raksh-scratch/volumes", "pod1", "cache", 64<<20); got != "" {
+		t.Errorf("medium Memory with scratch: %q, want tmpfs", got)
+	}
+	if got := emptyDirSource("", "pod1", "cache", 0); got != "" {
+		t.Errorf("disk-backed without scratch: %q, want tmpfs", got)
+	}
+}

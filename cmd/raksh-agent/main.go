@@ -66,9 +66,9 @@ func run(ctx context.Context) error {
 		if err := agent.SetupSystem(ctx); err != nil {
 			return err
 		}
-		// The encrypted scratch swap, before the bundle store that is
-		// sized to it (a failure shows on the console).
-		if _, err := scratch.Setup(ctx); err != nil {
+		// The encrypted scratch filesystem and swap, before the bundle
+		// store that lives on it (a failure shows on the console).
+		if err := scratch.Setup(ctx); err != nil {
 			return fmt.Errorf("scratch disk: %w", err)
 		}
 	}

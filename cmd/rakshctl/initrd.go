@@ -30,6 +30,7 @@ one) releases them into /raksh/pef only to a VM booting exactly that.`,
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "agent", Usage: "static raksh-agent binary (becomes /init)", Required: true},
 			&cli.StringFlag{Name: "runc", Usage: "static runc binary", Required: true},
+			&cli.StringFlag{Name: "mke2fs", Value: initrd.DefaultMke2fs, Usage: "static binary installed as /bin/mke2fs, which formats the encrypted scratch disk in the guest (busybox-static; \"\" leaves it out: a guest then cannot use a scratch disk)"},
 			&cli.StringFlag{Name: "modules-dir", Usage: "kernel modules directory (lib/modules/<version>)"},
 			&cli.StringSliceFlag{Name: "module", Usage: "kernel module to include (repeatable; default: virtio, vsock, overlay)"},
 			&cli.StringSliceFlag{Name: "file", Usage: "extra file DEST=SRC (repeatable)"},
@@ -76,7 +77,7 @@ one) releases them into /raksh/pef only to a VM booting exactly that.`,
 				mods = initrd.DefaultModules
 			}
 			o := initrd.Options{
-				Agent: c.String("agent"), Runc: c.String("runc"),
+				Agent: c.String("agent"), Runc: c.String("runc"), Mke2fs: c.String("mke2fs"),
 				ModulesDir: c.String("modules-dir"), Modules: mods,
 				Files: files, Output: c.String("out"), Gzip: c.Bool("gzip"),
 			}
@@ -86,6 +87,9 @@ one) releases them into /raksh/pef only to a VM booting exactly that.`,
 			}
 			start := time.Now()
 			fmt.Fprintf(progress, "initrd: /init from %s (%s), /bin/runc from %s (%s)\n", o.Agent, fileSize(o.Agent), o.Runc, fileSize(o.Runc))
+			if o.Mke2fs != "" {
+				fmt.Fprintf(progress, "initrd: /%s from %s (%s)\n", initrd.Mke2fsPath, o.Mke2fs, fileSize(o.Mke2fs))
+			}
 			if o.ModulesDir != "" {
 				order, err := initrd.ModuleOrder(o.ModulesDir, o.Modules)
 				if err != nil {

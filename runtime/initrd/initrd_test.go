@@ -2,6 +2,9 @@ package initrd
 
 import (
 	"bytes"
+	"debug/elf"
+	"encoding/binary"
+	"io"
 	"os"
 	"path/filepath"
 	"slices"
@@ -113,5 +116,93 @@ func TestOptionalModules(t *testing.T) {
 	}
 	if _, err := ModuleOrder(modulesDir(t), []string{"no_such_module"}); err == nil {
 		t.Error("a missing required module was accepted")
+	}
+}
+
+// writeELF writes a minimal x86-64 ELF executable, dynamically linked
+// (with a PT_INTERP program header) or not.
+func writeELF(t *testing.T, dynamic bool) string {
+	t.Helper()
+	var b bytes.Buffer
+	h := elf.Header64{
+		Type: uint16(elf.ET_EXEC), Machine: uint16(elf.EM_X86_64), Version: uint32(elf.EV_CURRENT),
+		Ehsize: 64, Phentsize: 56,
+	}
+	copy(h.Ident[:], elf.ELFMAG)
+	h.Ident[elf.EI_CLASS], h.Ident[elf.EI_DATA], h.Ident[elf.EI_VERSION] = byte(elf.ELFCLASS64), byte(elf.ELFDATA2LSB), byte(elf.EV_CURRENT)
+	if dynamic {
+		h.Phoff, h.Phnum = 64, 1
+	}
+	binary.Write(&b, binary.LittleEndian, h)
+	if dynamic {
+		interp := "/lib64/ld-linux-x86-64.so.2\x00"
+		binary.Write(&b, binary.LittleEndian, elf.Prog64{Type: uint32(elf.PT_INTERP), Off: 64 + 56, Filesz: uint64(len(interp)), Memsz: uint64(len(interp))})
+		b.WriteString(interp)
+	}
+	p := filepath.Join(t.TempDir(), "bin")
+	if err := os.WriteFile(p, b.Bytes(), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// TestBuildMke2fs: a static mke2fs becomes /bin/mke2fs (mode 0755, same
+// bytes); a dynamically linked one, a file that is not ELF or a missing
+// one fail naming the problem; without one there is no /bin/mke2fs.
+func TestBuildMke2fs(t *testing.T) {
+	dir := t.TempDir()
+	agent, runc := filepath.Join(dir, "agent"), filepath.Join(dir, "runc")
+	os.WriteFile(agent, []byte("agent"), 0o755)
+	os.WriteFile(runc, []byte("runc"), 0o755)
+	static := writeELF(t, false)
+	want, _ := os.ReadFile(static)
+	type file struct {
+		mode uint64
+		data []byte
+	}
+	read := func(out string) map[string]file {
+		f, err := os.Open(out)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer f.Close()
+		recs, err := cpio.ReadAllRecords(cpio.Newc.Reader(f))
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := map[string]file{}
+		for _, r := range recs {
+			data, _ := io.ReadAll(io.NewSectionReader(r.ReaderAt, 0, int64(r.FileSize)))
+			got[r.Name] = file{r.Mode, data}
+		}
+		return got
+	}
+	out := filepath.Join(dir, "with.img")
+	if err := Build(Options{Agent: agent, Runc: runc, Mke2fs: static, Output: out}); err != nil {
+		t.Fatal(err)
+	}
+	r, ok := read(out)[Mke2fsPath]
+	if !ok {
+		t.Fatalf("%s not in the initrd", Mke2fsPath)
+	}
+	if r.mode&0o777 != 0o755 || !bytes.Equal(r.data, want) {
+		t.Fatalf("%s: mode %o, %d bytes (want 0755, %d bytes)", Mke2fsPath, r.mode&0o777, len(r.data), len(want))
+	}
+	out = filepath.Join(dir, "without.img")
+	if err := Build(Options{Agent: agent, Runc: runc, Output: out}); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := read(out)[Mke2fsPath]; ok {
+		t.Fatalf("%s in an initrd built without one", Mke2fsPath)
+	}
+	for name, tc := range map[string]struct{ path, want string }{
+		"dynamic": {writeELF(t, true), "dynamically linked"},
+		"not ELF": {agent, "mke2fs"},
+		"missing": {filepath.Join(dir, "nope"), "nope"},
+	} {
+		err := Build(Options{Agent: agent, Runc: runc, Mke2fs: tc.path, Output: filepath.Join(dir, "bad.img")})
+		if err == nil || !strings.Contains(err.Error(), tc.want) || !strings.Contains(err.Error(), "mke2fs") {
+			t.Errorf("%s mke2fs: %v", name, err)
+		}
 	}
 }

@@ -59,8 +59,8 @@ type qemuVM struct {
 	client   *ttrpc.Client
 	done     chan struct{}
 	once     sync.Once
-	// roDisks counts the read-only disks hot-plugged (disks.go).
-	roDisks int
+	// roSlots places the read-only disks hot-plugged (disks.go).
+	roSlots roSlots
 }
 
 // NewQEMU returns an Instance that boots opts.Config with QEMU.

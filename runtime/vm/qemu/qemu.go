@@ -20,6 +20,8 @@ type Process struct {
 	done chan struct{}
 	err  error
 	out  bytes.Buffer
+	// dial, if set, replaces the QMP socket connection (tests).
+	dial func() qmp.Monitor
 }
 
 // Start launches QEMU with cfg. QEMU is killed if the calling process dies.

@@ -26,6 +26,7 @@ import (
 type hostIO struct {
 	stdin          net.Conn
 	stdinSrc       io.ReadCloser
+	stdinPath      string
 	outputs        sync.WaitGroup
 	closers        []io.Closer
 	streamNames    [3]string
@@ -63,6 +64,7 @@ func newHostIO(ctx context.Context, v vm.Instance, id, execID, stdin, stdout, st
 			return nil, fmt.Errorf("open stdin %s: %w", stdin, err)
 		}
 		h.stdinSrc = src
+		h.stdinPath = stdin
 		h.closers = append(h.closers, src)
 		c, err := open("stdin")
 		if err != nil {
@@ -167,6 +169,23 @@ func (h *hostIO) startLogger(ctx context.Context, id string, u *url.URL) (io.Wri
 // StreamNames returns the stream names to hand the agent.
 func (h *hostIO) StreamNames() (stdin, stdout, stderr string) {
 	return h.streamNames[0], h.streamNames[1], h.streamNames[2]
+}
+
+// EndStdin is CloseIO: the client wrote all its stdin and closed its end
+// of the fifo, but what it wrote may still sit in the fifo (ctr calls
+// CloseIO as soon as its own input ends). So the copy forwards it and
+// half-closes the stream at the fifo's EOF, as containerd's runc shim
+// drains a fifo before the process reads EOF. Opening and closing a writer
+// completes the copy's open of the fifo should the client never have
+// opened it; with no reader left (the copy ended) the stream is closed now.
+func (h *hostIO) EndStdin() {
+	if h.stdinPath != "" {
+		if w, err := os.OpenFile(h.stdinPath, os.O_WRONLY|syscall.O_NONBLOCK, 0); err == nil {
+			w.Close()
+			return
+		}
+	}
+	h.CloseStdin()
 }
 
 // CloseStdin half-closes the stdin stream: the process reads EOF.

@@ -679,7 +679,7 @@ func (s *Service) CloseIO(ctx context.Context, r *taskAPI.CloseIORequest) (*ptyp
 		return nil, errgrpc.ToGRPC(err)
 	}
 	if r.Stdin && p.io != nil {
-		p.io.CloseStdin()
+		p.io.EndStdin()
 	}
 	return &ptypes.Empty{}, nil
 }

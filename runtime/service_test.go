@@ -413,3 +413,34 @@ func TestProxyAllowList(t *testing.T) {
 		t.Fatalf("refused target answered %q", b)
 	}
 }
+
+// TestCloseIODrainsStdin: ctr calls CloseIO as soon as its input ends, when
+// what it wrote may still be in the stdin fifo; the process must read it
+// before EOF (as with containerd's runc shim).
+func TestCloseIODrainsStdin(t *testing.T) {
+	e := newEnv(t)
+	b := e.bundle(t, "c5", nil, "/bin/sh", "-c", "read x; echo got-$x")
+	_, stdout := mkfifo(t, filepath.Join(e.dir, "c5-stdout"))
+	stdinPath := filepath.Join(e.dir, "c5-stdin")
+	stdinW, err := fifo.OpenFifo(context.Background(), stdinPath, syscall.O_CREAT|syscall.O_WRONLY|syscall.O_NONBLOCK, 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.svc.Create(e.ctx, &taskAPI.CreateTaskRequest{ID: "c5", Bundle: b, Stdin: stdinPath, Stdout: filepath.Join(e.dir, "c5-stdout")}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.svc.Start(e.ctx, &taskAPI.StartRequest{ID: "c5"}); err != nil {
+		t.Fatal(err)
+	}
+	stdinW.Write([]byte("line\n"))
+	stdinW.Close()
+	if _, err := e.svc.CloseIO(e.ctx, &taskAPI.CloseIORequest{ID: "c5", Stdin: true}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.svc.Wait(e.ctx, &taskAPI.WaitRequest{ID: "c5"}); err != nil {
+		t.Fatal(err)
+	}
+	if got := <-stdout; got != "got-line\n" {
+		t.Fatalf("stdout %q, want got-line", got)
+	}
+}

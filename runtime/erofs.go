@@ -70,6 +70,8 @@ type layerDisks struct {
 	// this VM's disks then stay attached (each further try would wait
 	// as long again).
 	noUnplug bool
+	// stopping is set when the shim stops the VM: no more detaches.
+	stopping bool
 }
 
 // layerDisk is one layer image's disk in the VM. refs is guarded by
@@ -208,8 +210,11 @@ func (l *layerDisks) release(ctx context.Context, d *layerDisk) {
 // news: everything goes with the VM).
 func (l *layerDisks) vmGone() bool {
 	l.mu.Lock()
-	v := l.vm
+	v, stopping := l.vm, l.stopping
 	l.mu.Unlock()
+	if stopping {
+		return true
+	}
 	select {
 	case <-v.Done():
 		return true
@@ -229,10 +234,34 @@ func (s *Service) releaseLayers(ctx context.Context, id string) {
 // container's deletion (and the pod's, which CRI does container by
 // container) does not wait for the unplugs. A container created meanwhile
 // that needs one of the layers waits for that layer's detach.
+//
+// When the shim has no container left it is about to stop the VM (ctr's
+// containers, a pod's sandbox container): the disks go with the VM, and
+// unplugs in flight would only hold QMP while QEMU is asked to quit.
 func (s *Service) releaseLayersLater(ctx context.Context, id string) {
-	if ds := s.takeLayers(id); len(ds) > 0 {
+	ds := s.takeLayers(id)
+	s.mu.Lock()
+	last := len(s.containers) == 0
+	s.mu.Unlock()
+	switch {
+	case len(ds) == 0:
+	case last:
+		// Counted down only: a container created after all reuses them.
+		s.layers.mu.Lock()
+		for _, d := range ds {
+			d.refs--
+		}
+		s.layers.mu.Unlock()
+	default:
 		go s.releaseDisks(context.WithoutCancel(ctx), ds)
 	}
+}
+
+// stopLayers stops the detaches: the VM is stopping.
+func (s *Service) stopLayers() {
+	s.layers.mu.Lock()
+	s.layers.stopping = true
+	s.layers.mu.Unlock()
 }
 
 // takeLayers removes and returns the disks container id holds.
@@ -249,6 +278,12 @@ func (s *Service) releaseDisks(ctx context.Context, ds []*layerDisk) {
 		return
 	}
 	for _, d := range ds {
+		s.layers.mu.Lock()
+		stopping := s.layers.stopping
+		s.layers.mu.Unlock()
+		if stopping {
+			return
+		}
 		s.layers.release(ctx, d)
 	}
 }
@@ -353,7 +388,7 @@ func (s *Service) sendErofsRootfs(ctx context.Context, v vm.Instance, cfg *Confi
 	if s.layers.vm != v {
 		s.layers.vm, s.layers.hp, s.layers.guest = v, hp, layersClient(v)
 		s.layers.disks, s.layers.users, s.layers.serials = map[string]*layerDisk{}, map[string][]*layerDisk{}, map[int]bool{}
-		s.layers.noUnplug = false
+		s.layers.noUnplug, s.layers.stopping = false, false
 	}
 	if _, ok := s.layers.users[id]; ok {
 		s.layers.mu.Unlock()

@@ -441,7 +441,8 @@ func TestLayerDiskLifecycle(t *testing.T) {
 
 // TestReleaseLayersLater: a container's deletion hands its disks back at
 // once (the id is free again) and does not wait for the unplugs, which
-// follow in the background.
+// follow in the background; the last container's deletion (the VM is
+// about to stop) and a stopping VM unplug nothing.
 func TestReleaseLayersLater(t *testing.T) {
 	root := t.TempDir()
 	mkfs := filepath.Join(root, "mkfs")
@@ -449,13 +450,18 @@ func TestReleaseLayersLater(t *testing.T) {
 	lower := filepath.Join(root, "snapshots", "1", "fs")
 	os.MkdirAll(lower, 0o755)
 	fakeGuests(t)
-	s := &Service{}
+	// Another container (a pod's sandbox) stays.
+	s := &Service{containers: map[string]*hostContainer{"sandbox": {}}}
 	v := newHotplugVM()
 	ctx := context.Background()
 	ms := []mount.Mount{{Type: "overlay", Source: "overlay", Options: []string{"lowerdir=" + lower}}}
-	if _, ok, why, err := s.sendErofsRootfs(ctx, v, &Config{MkfsErofs: mkfs}, "c", ms); err != nil || !ok {
-		t.Fatalf("create: %v %q %v", ok, why, err)
+	create := func(id string) {
+		t.Helper()
+		if _, ok, why, err := s.sendErofsRootfs(ctx, v, &Config{MkfsErofs: mkfs}, id, ms); err != nil || !ok {
+			t.Fatalf("create %s: %v %q %v", id, ok, why, err)
+		}
 	}
+	create("c")
 	v.rmGate = make(chan struct{})
 	returned := make(chan struct{})
 	go func() {
@@ -478,6 +484,27 @@ func TestReleaseLayersLater(t *testing.T) {
 		runtime.Gosched()
 	}
 	if got := v.events(); !slices.Equal(got, []string{"add raksh-ro-0", "release raksh-ro-0", "remove 0"}) {
-		t.Errorf("events %q", got)
+		t.Fatalf("events %q", got)
+	}
+
+	// The last container: nothing is unplugged (nor waited for).
+	v.rmGate = nil
+	create("d")
+	s.mu.Lock()
+	delete(s.containers, "sandbox")
+	s.mu.Unlock()
+	s.releaseLayersLater(ctx, "d")
+	// A stopping VM: a detach is not even started.
+	create("e")
+	s.stopLayers()
+	s.releaseLayers(ctx, "e")
+	if got := v.events(); !slices.Equal(got[3:], []string{"add raksh-ro-0"}) {
+		t.Errorf("events after the last container's and a stopping VM's deletions: %q", got[3:])
+	}
+	s.layers.mu.Lock()
+	refs := s.layers.disks[filepath.Join(filepath.Dir(lower), LayerImageName)].refs
+	s.layers.mu.Unlock()
+	if refs != 1 {
+		t.Errorf("the disk has %d users, want 1 (e's, not yet released when the VM stopped)", refs)
 	}
 }

@@ -726,6 +726,7 @@ func (s *Service) stopVM(ctx context.Context) {
 	if v == nil {
 		return
 	}
+	s.stopLayers()
 	if agent != nil {
 		actx, cancel := context.WithTimeout(ctx, time.Second)
 		agent.Shutdown(actx, &taskAPI.ShutdownRequest{Now: true})

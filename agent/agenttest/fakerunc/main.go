@@ -203,7 +203,7 @@ func (f *fake) spawn(dir string, p *specs.Process, cwd, gate, pidFile string, is
 		return err
 	}
 	w.Close()
-	os.MkdirAll(filepath.Join(dir, "sups"), 0o700)
+	os.Mkdir(filepath.Join(dir, "sups"), 0o700) // not MkdirAll: never recreate a removed state root
 	os.WriteFile(filepath.Join(dir, "sups", strconv.Itoa(cmd.Process.Pid)), nil, 0o600)
 	cmd.Process.Release()
 	var pid int
@@ -229,7 +229,7 @@ func supervise() error {
 		return err
 	}
 	pid := cmd.Process.Pid
-	os.MkdirAll(filepath.Join(dir, "pids"), 0o700)
+	os.Mkdir(filepath.Join(dir, "pids"), 0o700) // not MkdirAll: never recreate a removed state root
 	os.WriteFile(filepath.Join(dir, "pids", strconv.Itoa(pid)), nil, 0o600)
 	if os.Getenv("FAKE_INIT") == "true" {
 		os.WriteFile(filepath.Join(dir, "pid"), []byte(strconv.Itoa(pid)), 0o600)

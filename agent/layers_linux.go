@@ -102,7 +102,8 @@ func mountLayerDisk(ctx context.Context, serial string) (string, error) {
 		layerStacking[serial]++
 		return mp, nil
 	}
-	dev, err := waitLayerDisk(ctx, serial)
+	deadline := time.Now().Add(layerDiskTimeout)
+	dev, err := waitLayerDisk(ctx, serial, deadline)
 	if err != nil {
 		return "", err
 	}
@@ -110,8 +111,20 @@ func mountLayerDisk(ctx context.Context, serial string) (string, error) {
 	if err := os.MkdirAll(mp, 0o755); err != nil {
 		return "", err
 	}
-	if err := unix.Mount(dev, mp, "erofs", unix.MS_RDONLY, ""); err != nil {
-		return "", fmt.Errorf("mount layer disk %s (%s) as erofs: %w", serial, dev, err)
+	for {
+		err := unix.Mount(dev, mp, "erofs", unix.MS_RDONLY, "")
+		if err == nil {
+			break
+		}
+		// A hot-plugged disk's sysfs entry and device node appear before
+		// the kernel registers the block device they open: until then
+		// opening it fails with ENXIO.
+		if !errors.Is(err, unix.ENXIO) || time.Now().After(deadline) {
+			return "", fmt.Errorf("mount layer disk %s (%s) as erofs: %w", serial, dev, err)
+		}
+		if err := pollPause(ctx); err != nil {
+			return "", err
+		}
 	}
 	layerMounted[serial] = mp
 	layerStacking[serial]++
@@ -198,8 +211,7 @@ func overlayStacks(opts, dir string) bool {
 
 // waitLayerDisk waits for the virtio-blk disk with serial and its device
 // node.
-func waitLayerDisk(ctx context.Context, serial string) (string, error) {
-	deadline := time.Now().Add(layerDiskTimeout)
+func waitLayerDisk(ctx context.Context, serial string, deadline time.Time) (string, error) {
 	for {
 		serials, _ := filepath.Glob("/sys/block/vd*/serial")
 		for _, p := range serials {
@@ -215,11 +227,19 @@ func waitLayerDisk(ctx context.Context, serial string) (string, error) {
 		if time.Now().After(deadline) {
 			return "", fmt.Errorf("layer disk %s did not appear within %s: %w", serial, layerDiskTimeout, errdefs.ErrNotFound)
 		}
-		select {
-		case <-ctx.Done():
-			return "", ctx.Err()
-		case <-time.After(20 * time.Millisecond):
+		if err := pollPause(ctx); err != nil {
+			return "", err
 		}
+	}
+}
+
+// pollPause waits one polling interval of the layer-disk waits.
+func pollPause(ctx context.Context) error {
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-time.After(20 * time.Millisecond):
+		return nil
 	}
 }
 

@@ -21,6 +21,8 @@ run go test -tags integration -run '^$' -bench 'VirtioFSThroughput' -benchtime 1
 run go test -tags integration -run '^$' -bench 'ScratchThroughput' -benchtime 1x -timeout 30m ./integration/
 # Storage (root): first output and QEMU RSS vs image size (0-600 MiB unread layer), tar vs erofs plain rootfs; one run.
 run go test -tags integration -run '^$' -bench 'FirstOutputVsImageSize' -benchtime 1x -timeout 60m ./integration/
+# Storage (root): reading image files (128 MiB file, 5000 small files) on the tar and erofs paths vs a virtio-fs share vs runc; one run.
+run go test -tags integration -run '^$' -bench 'PlainRootfsRead' -benchtime 1x -timeout 30m ./integration/
 # Process stdio (root): an exec's stdout out of the VM.
 run go test -tags integration -run '^$' -bench 'ExecStdoutThroughput' -benchtime 3x -timeout 20m ./integration/
 run go test -tags integration -run '^$' -bench 'BootToAgent' -benchtime 5x -timeout 30m ./runtime/vm/

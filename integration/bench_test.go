@@ -79,13 +79,17 @@ func startWithBusyboxB(b *testing.B) *harness.Containerd {
 	return startWithBusybox(b, harness.Options{})
 }
 
-func rssKB(pid int) int {
+func rssKB(pid int) int { return statusKB(pid, "VmRSS") }
+
+// statusKB is field (e.g. VmRSS, RssShmem) of /proc/pid/status in KiB, 0
+// when absent.
+func statusKB(pid int, field string) int {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
 		return 0
 	}
 	for _, l := range strings.Split(string(b), "\n") {
-		if f := strings.Fields(l); len(f) >= 2 && f[0] == "VmRSS:" {
+		if f := strings.Fields(l); len(f) >= 2 && f[0] == field+":" {
 			n, _ := strconv.Atoi(f[1])
 			return n
 		}

@@ -205,33 +205,14 @@ func BenchmarkFirstOutputVsImageSize(b *testing.B) {
 		os.RemoveAll(filepath.Join(dir, fmt.Sprintf("big-%d.tar", mib)))
 	}
 	run := func(mode, ref, id string) (time.Duration, int, error) {
-		if err := os.WriteFile(h.RuntimeConfigPath, append(append([]byte{}, base...), fmt.Sprintf("plain_rootfs = %q\n", mode)...), 0o644); err != nil {
-			b.Fatal(err)
-		}
+		setRuntimeConfig(b, h, base, fmt.Sprintf("plain_rootfs = %q\n", mode))
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 		defer cancel()
-		cmd := h.CtrCmd(ctx, "run", "--rm", "--runtime", rakshRuntime, ref, id, "sh", "-c", "echo first-output; sleep 600")
-		out, err := cmd.StdoutPipe()
+		d, stop, err := startToFirstOutput(ctx, b, h, id, ref, "--runtime", rakshRuntime)
 		if err != nil {
-			b.Fatal(err)
+			return 0, 0, err
 		}
-		var stderr strings.Builder
-		cmd.Stderr = &stderr
-		start := time.Now()
-		if err := cmd.Start(); err != nil {
-			b.Fatal(err)
-		}
-		defer func() {
-			h.Ctr("task", "kill", "-s", "SIGKILL", id)
-			cmd.Wait()
-			h.Ctr("container", "rm", id)
-		}()
-		line, _ := bufio.NewReader(out).ReadString('\n')
-		if strings.TrimSpace(line) != "first-output" {
-			cmd.Wait()
-			return 0, 0, fmt.Errorf("%q %s", line, strings.TrimSpace(stderr.String()))
-		}
-		d := time.Since(start)
+		defer stop()
 		q := h.QEMUProcesses()
 		if len(q) != 1 {
 			b.Fatalf("QEMU processes %v", q)
@@ -252,4 +233,45 @@ func BenchmarkFirstOutputVsImageSize(b *testing.B) {
 			b.ReportMetric(float64(kb)/1024, fmt.Sprintf("%s-%dMiB-rss-MiB", m.name, mib))
 		}
 	}
+}
+
+// setRuntimeConfig writes h's runtime config: base (the harness's) then
+// extra; the shim reads it at each container start.
+func setRuntimeConfig(b *testing.B, h *harness.Containerd, base []byte, extra string) {
+	b.Helper()
+	if err := os.WriteFile(h.RuntimeConfigPath, append(append([]byte{}, base...), extra...), 0o644); err != nil {
+		b.Fatal(err)
+	}
+}
+
+// startToFirstOutput starts container id of image ref with `ctr run --rm`
+// (runArgs before the image, e.g. --runtime, --mount) running a shell that
+// prints one line and sleeps, and returns the time from the start of ctr to
+// that line, and a function that kills and removes the container (call it
+// before ctx is cancelled). The container does not run when err != nil.
+func startToFirstOutput(ctx context.Context, b *testing.B, h *harness.Containerd, id, ref string, runArgs ...string) (time.Duration, func(), error) {
+	b.Helper()
+	args := append(append([]string{"run", "--rm"}, runArgs...), ref, id, "sh", "-c", "echo first-output; sleep 900")
+	cmd := h.CtrCmd(ctx, args...)
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		b.Fatal(err)
+	}
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	start := time.Now()
+	if err := cmd.Start(); err != nil {
+		b.Fatal(err)
+	}
+	stop := func() {
+		h.Ctr("task", "kill", "-s", "SIGKILL", id)
+		cmd.Wait()
+		h.Ctr("container", "rm", id)
+	}
+	line, _ := bufio.NewReader(out).ReadString('\n')
+	if strings.TrimSpace(line) != "first-output" {
+		stop()
+		return 0, nil, fmt.Errorf("%q %s", line, strings.TrimSpace(stderr.String()))
+	}
+	return time.Since(start), stop, nil
 }

@@ -470,11 +470,23 @@ func (c *Containerd) killShims() {
 // QEMUProcesses returns the pids of QEMU processes whose command line
 // mentions this containerd's raksh state directory.
 func (c *Containerd) QEMUProcesses() []int {
+	return c.stateProcesses(func(argv0 string) bool { return strings.HasPrefix(argv0, "qemu") })
+}
+
+// VirtioFSDProcesses returns the pids of virtiofsd processes whose command
+// line mentions this containerd's raksh state directory.
+func (c *Containerd) VirtioFSDProcesses() []int {
+	return c.stateProcesses(func(argv0 string) bool { return filepath.Base(argv0) == "virtiofsd" })
+}
+
+// stateProcesses returns the pids of processes whose argv[0] matches and
+// whose command line mentions this containerd's raksh state directory.
+func (c *Containerd) stateProcesses(match func(argv0 string) bool) []int {
 	var pids []int
 	procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
 	for _, p := range procs {
 		b, err := os.ReadFile(p)
-		if err != nil || !bytes.Contains(b, []byte(c.StateDir)) || !bytes.HasPrefix(b, []byte("qemu")) {
+		if err != nil || !bytes.Contains(b, []byte(c.StateDir)) || !match(string(bytes.SplitN(b, []byte{0}, 2)[0])) {
 			continue
 		}
 		var pid int

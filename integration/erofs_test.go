@@ -18,7 +18,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/digitalocean/go-qemu/qmp"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
@@ -28,6 +27,7 @@ import (
 	"github.com/raksh-project/raksh/integration/harness"
 	"github.com/raksh-project/raksh/integration/testimage"
 	"github.com/raksh-project/raksh/runtime"
+	"github.com/raksh-project/raksh/runtime/vm/qemu"
 )
 
 // erofsConfig selects the erofs path for plain images explicitly.
@@ -397,10 +397,7 @@ func qemuLayerDisks(t testing.TB, pid int) (devices, nodes int) {
 	if sock == "" {
 		t.Fatalf("QEMU %d has no -qmp socket: %q", pid, args)
 	}
-	mon, err := qmp.NewSocketMonitor("unix", sock, 10*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
+	mon := qemu.NewQMPConn(sock, 10*time.Second)
 	if err := mon.Connect(); err != nil {
 		t.Fatal(err)
 	}
@@ -423,8 +420,8 @@ func qemuLayerDisks(t testing.TB, pid int) (devices, nodes int) {
 		out any
 	}{
 		{`{"execute": "qom-list", "arguments": {"path": "/machine/peripheral"}}`, &kids},
-		// The block graph: query-named-block-nodes' answer outgrows
-		// go-qemu's 64 KiB line with many nodes.
+		// The block graph (query-named-block-nodes' answer is large with
+		// many nodes).
 		{`{"execute": "x-debug-query-block-graph"}`, &graph},
 	} {
 		raw, err := mon.Run([]byte(q.cmd))

@@ -145,11 +145,7 @@ func (p *Process) qmpConnect(timeout time.Duration) (qmp.Monitor, error) {
 		if p.cfg.QMPSocket == "" {
 			return nil, fmt.Errorf("vm %s has no QMP socket", p.cfg.Name)
 		}
-		sm, err := qmp.NewSocketMonitor("unix", p.cfg.QMPSocket, timeout)
-		if err != nil {
-			return nil, fmt.Errorf("qmp: %w", err)
-		}
-		mon = sm
+		mon = NewQMPConn(p.cfg.QMPSocket, timeout)
 	}
 	if err := mon.Connect(); err != nil {
 		return nil, fmt.Errorf("qmp connect: %w", err)

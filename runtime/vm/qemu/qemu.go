@@ -88,10 +88,7 @@ func (p *Process) monitor(timeout time.Duration, fn func(*raw.Monitor) error) er
 	if p.cfg.QMPSocket == "" {
 		return fmt.Errorf("vm %s has no QMP socket", p.cfg.Name)
 	}
-	mon, err := qmp.NewSocketMonitor("unix", p.cfg.QMPSocket, timeout)
-	if err != nil {
-		return fmt.Errorf("qmp: %w", err)
-	}
+	mon := NewQMPConn(p.cfg.QMPSocket, timeout)
 	if err := mon.Connect(); err != nil {
 		return fmt.Errorf("qmp connect: %w", err)
 	}

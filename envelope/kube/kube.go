@@ -15,6 +15,7 @@ import (
 	"crypto"
 	"fmt"
 	"strings"
+	"unicode/utf8"
 
 	"github.com/containerd/errdefs"
 	appsv1 "k8s.io/api/apps/v1"
@@ -127,6 +128,12 @@ type workload struct {
 func decode(doc []byte) (*workload, error) {
 	if len(bytes.TrimSpace(doc)) == 0 {
 		return nil, nil
+	}
+	// Manifests are UTF-8. The YAML decoder also takes UTF-16 after a
+	// byte-order mark, where a document can decode alone and fail once
+	// JoinDocuments ends it with a newline (found by FuzzSeal).
+	if !utf8.Valid(doc) {
+		return nil, fmt.Errorf("document is not UTF-8: %w", errdefs.ErrInvalidArgument)
 	}
 	var tm typeMeta
 	if err := yaml.Unmarshal(doc, &tm); err != nil {
